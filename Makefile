@@ -1,0 +1,28 @@
+# xdp-teredo. Everything runs as root on Debian/Ubuntu; see README.md.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: setup test test-unit test-bpf test-e2e test-deps clean
+
+setup:
+	bash tools/setup.sh
+
+test-deps: setup
+	bash tools/setup-test-deps.sh
+
+# The whole suite, every tier: unit (no root), bpf (BPF_PROG_TEST_RUN), e2e (namespaces).
+test: test-deps
+	$(PYTEST) tests
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-bpf: test-deps
+	$(PYTEST) tests/bpf
+
+test-e2e: test-deps
+	$(PYTEST) tests/e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,44 @@
+"""Shared test plumbing.
+
+Tiers: tests/unit (pure, no root), tests/bpf (BPF_PROG_TEST_RUN, needs root and
+bcc), tests/e2e (network namespaces, needs root). CI runs as root, so every tier
+runs there; a test skips only when a feature is truly absent, and says which.
+"""
+
+import os
+import shutil
+
+import pytest
+
+
+def _why_no_root():
+    return None if os.geteuid() == 0 else "needs root (CAP_BPF/CAP_NET_ADMIN)"
+
+
+def _why_no_bcc():
+    try:
+        import bcc  # noqa: F401  (python3-bpfcc, from the OS)
+    except ImportError as err:
+        return f"bcc not importable ({err}); run `make setup`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def require_root():
+    why = _why_no_root()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def require_bcc(require_root):
+    why = _why_no_bcc()
+    if why:
+        pytest.skip(why)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.skip(f"{name} not installed; `make test` installs it")
+    return path

@@ -1,0 +1,98 @@
+"""The `xdp-teredo` command line: thin click commands, one library call each.
+
+Any TeredoError becomes one line on stderr and exit 2 (usage/input) or 1
+(runtime). click's own usage errors exit 2 as well.
+"""
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__, log
+from .errors import TeredoError
+
+
+def _fail(err: TeredoError) -> None:
+    click.echo(f"xdp-teredo: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+def handles_errors(fn):
+    """Turn the project's errors into a one-line message and an exit status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TeredoError as err:
+            _fail(err)
+
+    return wrapper
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=None, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xdp-teredo")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto",
+              show_default=True, help="Log rendering: console on a terminal, JSON lines otherwise.")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
+def cli(log_format: str, verbose: int, quiet: int) -> None:
+    """Teredo (RFC 4380) with its packet path in the kernel (XDP and tc)."""
+    log.configure(log_format, verbose - quiet)
+
+
+@cli.command()
+@click.argument("address")
+@json_option
+@handles_errors
+def decode(address: str, as_json: bool) -> None:
+    """Say what a Teredo address (2001::/32) contains."""
+    from .teredo.address import TeredoAddress
+
+    info = TeredoAddress.parse(address).describe()
+    if as_json:
+        _emit_json(info)
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+@json_option
+@handles_errors
+def check(as_json: bool) -> None:
+    """Preflight: can `attach` work on this machine? Exit 0 only if so."""
+    from . import preflight
+
+    results = preflight.run_all()
+    ok = all(r.ok for r in results)
+    if as_json:
+        _emit_json({"ok": ok, "checks": [r.as_dict() for r in results]})
+    else:
+        for r in results:
+            mark = "pass" if r.ok else "FAIL"
+            line = f"[{mark}] {r.name:<14} {r.detail}"
+            if not r.ok and r.fix:
+                line += f"  -> {r.fix}"
+            click.echo(line)
+        click.echo("ready: attach can work here" if ok else "not ready: fix the failed checks above")
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    cli(prog_name="xdp-teredo")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure Teredo protocol: addresses, packets, qualification, peers. No I/O, no root."""
