@@ -15,6 +15,8 @@ TEREDO_PREFIX_HI32 = 0x20010000
 TEREDO_PORT = 3544
 # RFC 4380 §5.1.2: the tunnel MTU.
 TEREDO_MTU = 1280
+# RFC 4380 §5.2.1: an RA's MTU option is honoured between TEREDO_MTU and this.
+RA_MTU_MAX = 65535
 # RFC 4380 §2.17: local discovery multicast group.
 TEREDO_DISCOVERY_GROUP = "224.0.0.253"
 
@@ -24,7 +26,10 @@ FLAG_CONE = 0x8000
 # zero; the remaining 12 bits are random so that the address is not guessable.
 FLAG_U = 0x0200
 FLAG_G = 0x0100
-FLAG_RANDOM_MASK = 0x7FFF & ~(FLAG_U | FLAG_G)  # 12 bits: 0x3CFF
+# RFC 5991 §4 lays the flags out as "CRAAAAUG AAAAAAAA": R is reserved (zero), so the
+# 12 random A bits are 0x3C00 | 0x00FF.
+FLAG_RESERVED = 0x4000
+FLAG_RANDOM_MASK = 0xFFFF & ~(FLAG_CONE | FLAG_RESERVED | FLAG_U | FLAG_G)  # 12 bits: 0x3CFF
 
 # RFC 4380 §5.1.1: encapsulation headers that may precede the IPv6 packet.
 INDICATOR_AUTH = 0x0001
@@ -57,6 +62,7 @@ QUALIFICATION_TIMEOUT = 4.0      # RFC 4380 §5.2.1: RS timeout
 QUALIFICATION_TRIES = 3          # RFC 4380 §5.2.1
 REFRESH_INTERVAL = 30.0          # RFC 4380 §5.2.7: default refresh interval
 RESTART_DELAY = 100.0            # Miredo: wait after failed qualification
+RESTART_DELAY_MAX = 800.0        # ours: cap of the doubling back-off after RESTART_DELAY
 ECHO_TIMEOUT = 2.0               # RFC 4380 §5.2.9: direct connectivity test
 ECHO_TRIES = 3
 BUBBLE_MIN_INTERVAL = 2.0        # RFC 4380 §5.2.6
@@ -64,7 +70,28 @@ BUBBLE_MAX_UNANSWERED = 4        # RFC 4380 §5.2.6: ... in BUBBLE_WINDOW
 BUBBLE_WINDOW = 300.0
 PEER_RECENT = 30.0               # RFC 4380 §5.2.3/§5.2.4: "recent" receive
 PEER_QUEUE_BYTES = 1280          # Miredo: queued bytes per peer
+PEER_EXPIRY = 300.0              # ours: idle peers removed; >= BUBBLE_WINDOW on purpose
+PEER_LIST_MAX = 1024             # Miredo (MAX_PEERS without Judy): peer list capacity
 DISCOVERY_INTERVAL_MIN = 200.0   # RFC 4380 §5.2.8
 DISCOVERY_INTERVAL_MAX = 300.0
 # Miredo's default route metric: never overrides native IPv6.
 DEFAULT_ROUTE_METRIC = 1029
+
+# IPv6 header (RFC 8200 §3).
+IPV6_VERSION = 6
+# RFC 4861 §6.1: Neighbor Discovery messages travel with hop limit 255, so that a
+# receiver knows they were not forwarded.
+ND_HOP_LIMIT = 255
+# Hop limit of the ordinary packets we originate (echo requests of the direct
+# connectivity test); the Linux default.
+DEFAULT_HOP_LIMIT = 64
+# RFC 4861 §4.6: Neighbor Discovery option types, and the option length unit.
+ND_OPT_SOURCE_LINK_LAYER = 1
+ND_OPT_PREFIX_INFORMATION = 3
+ND_OPT_MTU = 5
+ND_OPT_UNIT = 8
+# RFC 4861 §4.6.2: prefix information flags.
+ND_PREFIX_FLAG_ON_LINK = 0x80
+ND_PREFIX_FLAG_AUTONOMOUS = 0x40
+# RFC 4380 §5.2.9: the direct connectivity test's nonce is at least 64 bits.
+ECHO_NONCE_MIN_LEN = 8
