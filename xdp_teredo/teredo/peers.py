@@ -1,0 +1,585 @@
+"""The peer list and its policy (RFC 4380 §5.2.3, §5.2.4, §5.2.6, §5.2.9, §5.4.1).
+
+Pure policy with an injected clock: every method returns the actions the
+orchestrator performs (send, deliver, tell the BPF maps); nothing here does I/O.
+The per-packet fast path is BPF: only the packets it punts reach this module
+(unknown or untrusted peers, stale entries, bubbles, echo replies of our tests),
+so this code aims at being simple and correct, not fast.
+
+Decisions, in the order Miredo's relay.c takes them:
+
+Sending (§5.2.4 client, §5.4.1 relay), `on_outgoing`:
+- multicast destination: dropped.
+- trusted peer, received from in the last PEER_RECENT s: SendDirect.
+- Teredo destination otherwise: queue the packet; if the bubble rate limit allows
+  (§5.2.6: BUBBLE_MIN_INTERVAL apart, at most BUBBLE_MAX_UNANSWERED in any
+  BUBBLE_WINDOW without a reply), a direct bubble to the mapped address embedded
+  in the destination (opens our NAT) and an indirect one through the server
+  embedded in it. Once the limit is reached: Unreachable.
+- non-Teredo destination (client only): queue and run the direct connectivity test
+  (§5.2.9): an echo request with a random nonce of >= 64 bits through our server,
+  ECHO_TIMEOUT apart, ECHO_TRIES tries. The matching reply comes from the relay
+  nearest that host: its UDP source becomes the peer's mapping; trusted, flushed.
+  After a failed test the destination is Unreachable until its entry expires
+  (Miredo: pings stay exhausted until a reply).
+
+Receiving (§5.2.3 client, §5.4.2 relay), `on_incoming`:
+- multicast destination: dropped.
+- from our server with an origin indication (or, like Miredo, a bubble with a
+  Teredo source and none): an indirect bubble; answer it with a direct bubble to
+  the origin; a bubble goes no further.
+- link-local source: dropped (Miredo: lets no forged RA reach the kernel).
+- trusted peer whose mapping is the UDP source: deliver (the peer answered:
+  bubble counters reset, queue flushed).
+- echo reply carrying the nonce of the peer's outstanding test: trusted with the
+  UDP source as mapping, queue flushed, not delivered (it was ours).
+- Teredo source embedding exactly the UDP source: trusted, delivered (a relay
+  only accepts it from a peer already listed, i.e. one it sent to: Miredo's
+  choice, allowed by §5.4.2, so spoofed sources cannot fill the list).
+- Teredo source embedding something else: dropped.
+- non-Teredo source (client only; a relay drops it): held in the queue and a
+  connectivity test is started towards it; held packets are delivered only if the
+  test's answer comes from the relay they came through.
+
+Queue: at most PEER_QUEUE_BYTES per peer; like Miredo (peerlist.c) a packet that
+does not fit is refused and the older ones kept; unlike Miredo (which pushes on a
+stack) they leave in arrival order.
+
+Capacity: at most `capacity` peers. Miredo refuses new peers when full; we evict
+the least recently active peer instead, preferring untrusted entries, so that a
+flood of spoofed sources neither grows memory nor pushes out established peers.
+
+Expiry: a peer idle (no receive, no send, no bubble, no echo) for `expiry` s is
+removed; BPF's own last_rx/last_tx come in through `observe`. An entry with a
+bubble sent in the last BUBBLE_WINDOW s, or a connectivity test running, is kept
+so that forgetting it cannot reset the bubble rate limit. Eviction under a flood
+may still forget it: bounded memory comes first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, Iterator, List, Optional, Tuple, Union
+
+from xdp_teredo import log
+from xdp_teredo.teredo import security
+from xdp_teredo.teredo.address import TeredoAddress, is_teredo
+from xdp_teredo.teredo.clock import Clock
+from xdp_teredo.teredo.constants import (
+    BUBBLE_MAX_UNANSWERED,
+    BUBBLE_MIN_INTERVAL,
+    BUBBLE_WINDOW,
+    ECHO_NONCE_MIN_LEN,
+    ECHO_TIMEOUT,
+    ECHO_TRIES,
+    PEER_EXPIRY,
+    PEER_LIST_MAX,
+    PEER_QUEUE_BYTES,
+    PEER_RECENT,
+)
+# Miredo's is_ipv4_global_unicast: nothing is ever sent to a mapping outside it.
+from xdp_teredo.teredo.ipv4 import is_global_unicast
+
+IPv4Address = ipaddress.IPv4Address
+IPv6Address = ipaddress.IPv6Address
+
+_log = log.get("xdp_teredo.peers")
+
+def teredo_parts(address: IPv6Address) -> Optional[Tuple[IPv4Address, IPv4Address, int]]:
+    """(server, mapped IPv4, mapped port) embedded in a Teredo address (§4), else None."""
+    address = IPv6Address(address)
+    if not is_teredo(address):
+        return None
+    decoded = TeredoAddress.from_ipv6(address)
+    return decoded.server, decoded.client, decoded.port
+
+
+# --- actions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendDirect:
+    """Encapsulate `packet` to ip:port (the peer's mapping)."""
+
+    peer: IPv6Address
+    ip: IPv4Address
+    port: int
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class SendDirectBubble:
+    """A bubble (§2.8) to `peer`, sent to ip:port."""
+
+    peer: IPv6Address
+    ip: IPv4Address
+    port: int
+
+
+@dataclass(frozen=True)
+class SendIndirectBubble:
+    """A bubble to `peer`, sent to its Teredo server (`server`:3544) to relay (§5.2.6)."""
+
+    peer: IPv6Address
+    server: IPv4Address
+
+
+@dataclass(frozen=True)
+class SendEcho:
+    """An ICMPv6 echo request to `peer` carrying `nonce`, through our server (§5.2.9)."""
+
+    peer: IPv6Address
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Hand the decapsulated IPv6 `packet` to the tunnel interface."""
+
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """`packet` to `peer` cannot be sent; the orchestrator may answer with an
+    ICMPv6 destination unreachable (Miredo: code 3, address unreachable)."""
+
+    peer: IPv6Address
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class PeerTrusted:
+    """`peer` is trusted with mapping ip:port: the fast path may take over."""
+
+    peer: IPv6Address
+    ip: IPv4Address
+    port: int
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    """`peer` left the list (reason: expired, evicted, flushed): forget it in BPF too."""
+
+    peer: IPv6Address
+    reason: str
+
+
+Action = Union[SendDirect, SendDirectBubble, SendIndirectBubble, SendEcho, Deliver,
+               Unreachable, PeerTrusted, PeerRemoved]
+
+
+# --- inputs and entries ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A packet the fast path punted, already parsed by the caller.
+
+    source/destination: the IPv6 header's addresses; udp_ip/udp_port: the outer
+    source; packet: the IPv6 packet (what Deliver hands on); bubble: next header
+    59 and no payload (§2.8); echo_nonce: for an ICMPv6 echo reply, the nonce it
+    carries (None otherwise); from_server: the outer source is our server:3544;
+    origin: the origin indication (ip, port), de-obfuscated, if any.
+    """
+
+    source: IPv6Address
+    destination: IPv6Address
+    udp_ip: IPv4Address
+    udp_port: int
+    packet: bytes = b""
+    bubble: bool = False
+    echo_nonce: Optional[bytes] = None
+    from_server: bool = False
+    origin: Optional[Tuple[IPv4Address, int]] = None
+
+
+@dataclass
+class QueuedPacket:
+    packet: bytes
+    incoming: bool
+    # For held incoming packets: the relay they came through (Miredo delivers
+    # them only if the test's answer comes from the same one).
+    udp_ip: Optional[IPv4Address] = None
+    udp_port: Optional[int] = None
+
+
+@dataclass
+class Peer:
+    address: IPv6Address
+    created: float
+    mapped_ip: Optional[IPv4Address] = None
+    mapped_port: Optional[int] = None
+    trusted: bool = False
+    last_rx: Optional[float] = None
+    last_tx: Optional[float] = None  # data, bubbles and echo requests alike
+    # Send times of the bubbles not answered yet (§5.2.6); cleared by any receive.
+    bubbles: List[float] = field(default_factory=list)
+    # Direct connectivity test (§5.2.9): the outstanding nonce, tries sent, when the
+    # next try is due; `echo_failed` once all tries went unanswered.
+    nonce: Optional[bytes] = None
+    echo_tries: int = 0
+    echo_deadline: Optional[float] = None
+    echo_failed: bool = False
+    queue: Deque[QueuedPacket] = field(default_factory=deque)
+    queue_bytes: int = 0
+
+    @property
+    def mapping(self) -> Optional[Tuple[IPv4Address, int]]:
+        if self.mapped_ip is None:
+            return None
+        return self.mapped_ip, self.mapped_port
+
+    @property
+    def bubble_count(self) -> int:
+        return len(self.bubbles)
+
+    def last_activity(self) -> float:
+        return max(t for t in (self.created, self.last_rx, self.last_tx) if t is not None)
+
+    def is_recent(self, now: float) -> bool:
+        """§5.2.3/§5.2.4: received from in the last PEER_RECENT seconds."""
+        return self.last_rx is not None and now - self.last_rx <= PEER_RECENT
+
+
+# --- the list -------------------------------------------------------------------
+
+
+class PeerList:
+    """Peers of a Teredo client (or, with relay=True, of a relay)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        rng: Optional[security.Rng] = None,
+        relay: bool = False,
+        expiry: float = PEER_EXPIRY,
+        capacity: int = PEER_LIST_MAX,
+        queue_bytes: int = PEER_QUEUE_BYTES,
+        echo_timeout: float = ECHO_TIMEOUT,
+        echo_tries: int = ECHO_TRIES,
+    ):
+        if capacity < 1 or expiry <= 0 or echo_tries < 1 or echo_timeout <= 0:
+            raise ValueError("capacity >= 1, expiry > 0, echo tries >= 1, echo timeout > 0")
+        self._clock = clock
+        self._rng = rng
+        self.relay = relay
+        self.expiry = float(expiry)
+        self.capacity = int(capacity)
+        self.queue_limit = int(queue_bytes)
+        self.echo_timeout = float(echo_timeout)
+        self.echo_tries = int(echo_tries)
+        self.peers: Dict[IPv6Address, Peer] = {}
+        self.drops: Counter = Counter()  # packets not sent nor delivered, by reason
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def __contains__(self, address) -> bool:
+        return IPv6Address(address) in self.peers
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self.peers.values()))
+
+    def get(self, address) -> Optional[Peer]:
+        return self.peers.get(IPv6Address(address))
+
+    # -- sending --
+
+    def on_outgoing(self, destination, packet: bytes) -> list:
+        """The kernel sent `packet` to `destination` and the fast path punted it."""
+        now = self._clock.monotonic()
+        dst = IPv6Address(destination)
+        if dst.is_multicast:
+            return self._drop("multicast_destination")
+        parts = teredo_parts(dst)
+        if parts is None:
+            if self.relay:
+                # A relay only routes towards Teredo clients: the routing is wrong.
+                self.drops["relay_non_teredo_destination"] += 1
+                return [Unreachable(dst, packet)]
+            return self._outgoing_native(dst, packet, now)
+
+        server, ip, port = parts
+        # Miredo checks the server before creating an entry, so that junk
+        # destinations do not fill the list; §4 mappings must be global too.
+        if not is_global_unicast(server):
+            return self._drop("peer_server_not_global")
+        if not is_global_unicast(ip):
+            return self._drop("peer_mapping_not_global")
+
+        peer, actions = self._lookup_or_create(dst, now)
+        if peer.trusted and peer.is_recent(now):
+            return actions + [self._send_direct(peer, packet, now)]
+        if peer.mapped_ip is None:
+            peer.mapped_ip, peer.mapped_port = ip, port
+
+        verdict = self._bubble_verdict(peer, now)
+        if verdict == "exhausted":
+            self.drops["bubble_limit"] += 1
+            return actions + [Unreachable(dst, packet)]
+        self._enqueue(peer, QueuedPacket(packet, incoming=False))
+        if verdict == "later":
+            return actions
+        peer.bubbles.append(now)
+        peer.last_tx = now
+        # Direct first: it opens our own NAT for the answer the indirect one asks for.
+        return actions + [SendDirectBubble(dst, ip, port), SendIndirectBubble(dst, server)]
+
+    def _outgoing_native(self, dst: IPv6Address, packet: bytes, now: float) -> list:
+        peer, actions = self._lookup_or_create(dst, now)
+        if peer.trusted and peer.is_recent(now):
+            return actions + [self._send_direct(peer, packet, now)]
+        if peer.echo_failed:
+            self.drops["connectivity_test_failed"] += 1
+            return actions + [Unreachable(dst, packet)]
+        self._enqueue(peer, QueuedPacket(packet, incoming=False))
+        return actions + self._start_echo_test(peer, now)
+
+    # -- receiving --
+
+    def on_incoming(self, pkt: Incoming) -> list:
+        """A packet arrived from the Teredo side and the fast path punted it."""
+        now = self._clock.monotonic()
+        src, dst = IPv6Address(pkt.source), IPv6Address(pkt.destination)
+        udp = (IPv4Address(pkt.udp_ip), int(pkt.udp_port))
+        if dst.is_multicast:
+            return self._drop("multicast_destination")
+
+        actions: list = []
+        if pkt.from_server and not self.relay:
+            origin = pkt.origin
+            if origin is None and pkt.bubble:
+                # Miredo: some servers omit the origin indication; a Teredo
+                # source tells the mapping anyway.
+                parts = teredo_parts(src)
+                origin = parts[1:] if parts else None
+            if origin is not None:
+                # §5.2.3: an indirect bubble; answer with a direct one to open the
+                # path from the peer through our NAT.
+                ip, port = IPv4Address(origin[0]), int(origin[1])
+                if is_global_unicast(ip) and 0 < port <= 0xFFFF:
+                    actions.append(SendDirectBubble(src, ip, port))
+                else:
+                    self.drops["origin_not_global"] += 1
+            if pkt.bubble:
+                if origin is None:
+                    self.drops["bubble_without_origin"] += 1
+                return actions
+            # Not a bubble: our server may be a relay as well; go on.
+
+        if src.is_link_local:
+            return actions + self._drop("link_local_source")
+
+        peer = self.peers.get(src)
+        if peer is not None and pkt.echo_nonce is not None and peer.nonce is not None:
+            if security.nonces_equal(peer.nonce, pkt.echo_nonce):
+                # §5.2.9: the test succeeded; the relay's address is the mapping.
+                # The reply answers our own request: it is not delivered.
+                return actions + self._trust(peer, udp, now)
+            self.drops["echo_nonce_mismatch"] += 1  # then handled as any packet
+
+        if peer is not None and peer.trusted and peer.mapping == udp:
+            actions += self._received(peer, now)
+            return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
+
+        parts = teredo_parts(src)
+        if parts is not None:
+            if parts[1:] != udp:
+                return actions + self._drop("teredo_source_mismatch")
+            if peer is None and self.relay:
+                # Miredo: relays may drop packets from peers they never sent to;
+                # spoofed sources then cannot fill the list with trusted entries.
+                return actions + self._drop("relay_unknown_peer")
+            peer, evicted = self._lookup_or_create(src, now)
+            actions += evicted + self._trust(peer, udp, now)
+            return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
+
+        if self.relay:
+            # §5.4.2: relays accept only Teredo sources matching the UDP source.
+            return actions + self._drop("relay_non_teredo_source")
+        if pkt.bubble:
+            return actions + self._drop("bubble_from_non_teredo")
+
+        # Non-Teredo source through a relay we do not know (or no longer know):
+        # hold the packet until a connectivity test proves that relay.
+        peer, evicted = self._lookup_or_create(src, now)
+        actions += evicted
+        if peer.echo_failed:
+            return actions + self._drop("connectivity_test_failed")
+        self._enqueue(peer, QueuedPacket(pkt.packet, True, udp[0], udp[1]))
+        return actions + self._start_echo_test(peer, now)
+
+    # -- time --
+
+    def on_timer(self) -> list:
+        """Echo-test retries and failures that are due, then expiry."""
+        now = self._clock.monotonic()
+        actions: list = []
+        for peer in list(self.peers.values()):
+            if peer.echo_deadline is None or now < peer.echo_deadline:
+                continue
+            if peer.echo_tries < self.echo_tries:
+                peer.echo_tries += 1
+                peer.echo_deadline = now + self.echo_timeout
+                peer.last_tx = now
+                # Same nonce for every try: a late answer to an earlier try is as
+                # good a proof as any.
+                actions.append(SendEcho(peer.address, peer.nonce))
+            else:
+                actions += self._echo_failed(peer)
+        return actions + self.expire()
+
+    def next_deadline(self) -> Optional[float]:
+        """When on_timer has something to do next (None: nothing scheduled)."""
+        times = []
+        for peer in self.peers.values():
+            if peer.echo_deadline is not None:
+                times.append(peer.echo_deadline)
+            else:
+                times.append(self._expires_at(peer))
+        return min(times, default=None)
+
+    def expire(self) -> list:
+        """Remove peers idle for `expiry` seconds or more."""
+        now = self._clock.monotonic()
+        actions = []
+        for peer in list(self.peers.values()):
+            if peer.echo_deadline is None and now >= self._expires_at(peer):
+                actions += self._remove(peer, "expired")
+        return actions
+
+    def observe(self, address, last_rx: Optional[float] = None,
+                last_tx: Optional[float] = None) -> list:
+        """Merge the fast path's timestamps (seconds on this list's clock).
+
+        A newer receive on a trusted peer is an answer the fast path saw: it
+        resets the bubble count and flushes what waited in the queue.
+        """
+        peer = self.get(address)
+        if peer is None:
+            return []
+        if last_tx is not None and (peer.last_tx is None or last_tx > peer.last_tx):
+            peer.last_tx = float(last_tx)
+        if last_rx is not None and (peer.last_rx is None or last_rx > peer.last_rx):
+            if peer.trusted:
+                return self._received(peer, float(last_rx))
+            peer.last_rx = float(last_rx)
+        return []
+
+    def flush(self) -> list:
+        """Forget every peer (our address changed: §5.2.7)."""
+        actions = []
+        for peer in list(self.peers.values()):
+            actions += self._remove(peer, "flushed")
+        return actions
+
+    # -- internals --
+
+    def _drop(self, reason: str) -> list:
+        self.drops[reason] += 1
+        return []
+
+    def _lookup_or_create(self, address: IPv6Address, now: float) -> Tuple[Peer, list]:
+        peer = self.peers.get(address)
+        if peer is not None:
+            return peer, []
+        actions = []
+        if len(self.peers) >= self.capacity:
+            untrusted = [p for p in self.peers.values() if not p.trusted]
+            victim = min(untrusted or self.peers.values(), key=Peer.last_activity)
+            actions = self._remove(victim, "evicted")
+        peer = Peer(address, created=now)
+        self.peers[address] = peer
+        return peer, actions
+
+    def _remove(self, peer: Peer, reason: str) -> list:
+        del self.peers[peer.address]
+        if peer.queue:
+            self.drops[f"queued_{reason}"] += len(peer.queue)
+        _log.debug("peer_removed", peer=str(peer.address), reason=reason)
+        return [PeerRemoved(peer.address, reason)]
+
+    def _enqueue(self, peer: Peer, item: QueuedPacket) -> bool:
+        size = len(item.packet)
+        if peer.queue_bytes + size > self.queue_limit:
+            self.drops["queue_full"] += 1
+            return False
+        peer.queue.append(item)
+        peer.queue_bytes += size
+        return True
+
+    def _send_direct(self, peer: Peer, packet: bytes, now: float) -> SendDirect:
+        peer.last_tx = now
+        return SendDirect(peer.address, peer.mapped_ip, peer.mapped_port, packet)
+
+    def _bubble_verdict(self, peer: Peer, now: float) -> str:
+        """"send", "later" (too soon after the last one) or "exhausted" (§5.2.6)."""
+        # The window is closed ([now - BUBBLE_WINDOW, now]) so that no closed
+        # window of that length ever holds more than BUBBLE_MAX_UNANSWERED.
+        peer.bubbles = [t for t in peer.bubbles if now - t <= BUBBLE_WINDOW]
+        # Exhaustion first: queueing for a peer we may not bubble is pointless.
+        if len(peer.bubbles) >= BUBBLE_MAX_UNANSWERED:
+            return "exhausted"
+        if peer.bubbles and now - peer.bubbles[-1] < BUBBLE_MIN_INTERVAL:
+            return "later"
+        return "send"
+
+    def _start_echo_test(self, peer: Peer, now: float) -> list:
+        if peer.nonce is not None:
+            return []  # a test is already running; the packet just waits
+        peer.nonce = security.generate_nonce(self._rng, ECHO_NONCE_MIN_LEN)
+        peer.echo_tries = 1
+        peer.echo_deadline = now + self.echo_timeout
+        peer.last_tx = now
+        return [SendEcho(peer.address, peer.nonce)]
+
+    def _echo_failed(self, peer: Peer) -> list:
+        _log.debug("connectivity_test_failed", peer=str(peer.address))
+        peer.nonce, peer.echo_deadline, peer.echo_failed = None, None, True
+        actions = []
+        for item in peer.queue:
+            if item.incoming:
+                self.drops["connectivity_test_failed"] += 1
+            else:
+                actions.append(Unreachable(peer.address, item.packet))
+        peer.queue.clear()
+        peer.queue_bytes = 0
+        return actions
+
+    def _trust(self, peer: Peer, udp: Tuple[IPv4Address, int], now: float) -> list:
+        actions = []
+        if not peer.trusted or peer.mapping != udp:
+            peer.trusted = True
+            peer.mapped_ip, peer.mapped_port = udp
+            _log.debug("peer_trusted", peer=str(peer.address), mapped=f"{udp[0]}:{udp[1]}")
+            actions.append(PeerTrusted(peer.address, udp[0], udp[1]))
+        peer.nonce, peer.echo_tries, peer.echo_deadline = None, 0, None
+        return actions + self._received(peer, now)
+
+    def _received(self, peer: Peer, now: float) -> list:
+        """The peer answered from its mapping: reset the rate limits, flush the queue."""
+        peer.last_rx = now if peer.last_rx is None else max(peer.last_rx, now)
+        peer.bubbles.clear()
+        peer.echo_failed = False
+        actions = []
+        for item in peer.queue:
+            if not item.incoming:
+                actions.append(self._send_direct(peer, item.packet, now))
+            elif (item.udp_ip, item.udp_port) == peer.mapping:
+                actions.append(Deliver(item.packet))
+            else:
+                self.drops["held_source_mismatch"] += 1
+        peer.queue.clear()
+        peer.queue_bytes = 0
+        return actions
+
+    def _expires_at(self, peer: Peer) -> float:
+        at = peer.last_activity() + self.expiry
+        if peer.bubbles:
+            # Keep the bubble history for its whole window (see module docstring).
+            at = max(at, peer.bubbles[-1] + BUBBLE_WINDOW)
+        return at
