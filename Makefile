@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup test test-unit test-bpf test-e2e test-deps clean
+.PHONY: setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header
 
 setup:
 	bash tools/setup.sh
@@ -23,6 +23,14 @@ test-bpf: test-deps
 
 test-e2e: test-deps
 	$(PYTEST) tests/e2e
+
+# Not a test: ns per packet of the BPF programs (BPF_PROG_TEST_RUN); docs/benchmarks.md.
+bench-datapath: setup
+	$(PY) tools/bench_datapath.py
+
+# Regenerate bpf/teredo_shared.h from the Python source of truth (constants.py, layout.py).
+gen-header:
+	$(PY) tools/gen_shared_header.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

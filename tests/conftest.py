@@ -42,3 +42,18 @@ def require_tool(name: str) -> str:
     if not path:
         pytest.skip(f"{name} not installed; `make test` installs it")
     return path
+
+
+@pytest.fixture(scope="session")
+def datapath_program(require_bcc):
+    """The data path (bpf/teredo_encap.c), compiled and loaded ONCE per test run.
+
+    Not attached to any device: tests drive it through BPF_PROG_TEST_RUN, or attach
+    it themselves (and detach it before they end). Tests that use it must leave the
+    maps as they want them: tests/bpf's `dp` fixture resets them around each test.
+    """
+    from xdp_teredo.datapath import Datapath
+
+    prog = Datapath.compile()
+    yield prog
+    prog.close()

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * GENERATED FILE, DO NOT EDIT.
+ * Made by tools/gen_shared_header.py from xdp_teredo/teredo/constants.py and
+ * xdp_teredo/datapath/layout.py: change those, then run
+ *     .venv/bin/python tools/gen_shared_header.py
+ * tests/unit/test_shared_header.py fails while this file is out of date.
+ */
+#ifndef TEREDO_SHARED_H
+#define TEREDO_SHARED_H
+
+#include <linux/types.h>
+
+/* Protocol numbers (xdp_teredo/teredo/constants.py). */
+#define TEREDO_PREFIX_HI32       0x20010000   /* RFC 4380 §2.6: 2001:0000::/32, first 32 bits */
+#define TEREDO_MTU               1280         /* RFC 4380 §5.1.2: tunnel MTU */
+#define TEREDO_INDICATOR_AUTH    1            /* RFC 4380 §5.1.1: authentication header */
+#define TEREDO_INDICATOR_ORIGIN  0            /* RFC 4380 §5.1.1: origin indication */
+#define TEREDO_IPPROTO_UDP       17           /* outer transport */
+#define TEREDO_IPPROTO_NONE      59           /* RFC 4380 §2.8: a bubble's next header */
+#define TEREDO_IPV6_VERSION      6            /* RFC 8200 §3 */
+#define TEREDO_IPV4_HDR_LEN      20           /* outer IPv4 header we write (no options) */
+#define TEREDO_UDP_HDR_LEN       8            /* outer UDP header */
+#define TEREDO_ENCAP_OVERHEAD    28           /* IPv4 + UDP in front of the IPv6 packet */
+#define TEREDO_IPV6_HDR_LEN      40           /* fixed IPv6 header */
+
+/* struct teredo_config.flags */
+#define TEREDO_CFG_ENABLED 0x1       /* off: every Teredo packet goes to the slow path (not qualified yet) */
+#define TEREDO_CFG_LEARN_PEERS 0x2   /* RFC 4380 §5.2.3: a source embedding its UDP source becomes a trusted peer */
+#define TEREDO_CFG_RELAY 0x4         /* RFC 4380 §5.4.2: relay rules instead of client rules */
+
+/* struct teredo_peer.flags */
+#define TEREDO_PEER_TRUSTED 0x1      /* RFC 4380 §5.2.4: the peer answered; send to it directly */
+#define TEREDO_PEER_LEARNED 0x2      /* created by the data path (ConfigFlag.LEARN_PEERS), not the control plane */
+#define TEREDO_PEER_RELAY 0x4        /* a native IPv6 host reached through this relay (§5.2.9) */
+
+/* struct teredo_xdp_meta.magic of a frame our XDP program decapsulated. */
+#define TEREDO_XDP_META_MAGIC 0x7e3ed0deU
+
+/* Key of the peer table: the peer's IPv6 address, as on the wire. */
+struct teredo_peer_key {
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct teredo_peer_key) == 16, "struct teredo_peer_key differs from layout.PeerKey");
+
+/* Value of the peer table: where the peer's packets go, and activity. */
+struct teredo_peer {
+	__be32 mapped_ipv4;          /* the peer's mapped IPv4 address */
+	__be16 mapped_port;          /* the peer's mapped UDP port */
+	__u16 flags;                 /* PeerFlag */
+	__u64 last_rx_ns;            /* last receive (RFC 4380 §5.2.3 "recent") */
+	__u64 last_tx_ns;            /* last send */
+	__u64 rx_packets;
+	__u64 rx_bytes;              /* IPv6 bytes (inner packet) received */
+	__u64 tx_packets;            /* also the source of the outer IPv4 ID */
+	__u64 tx_bytes;              /* IPv6 bytes (inner packet) sent */
+};
+_Static_assert(sizeof(struct teredo_peer) == 56, "struct teredo_peer differs from layout.PeerValue");
+
+/* The one entry of the config map, written by the control plane. */
+struct teredo_config {
+	__be32 local_ipv4;           /* our IPv4 address (the Teredo socket's) */
+	__be16 local_port;           /* our UDP port (the Teredo socket's) */
+	__u16 flags;                 /* ConfigFlag */
+	__u8 teredo_addr[16];        /* our Teredo IPv6 address */
+	__u32 nic_ifindex;           /* where encapsulated packets leave */
+	__u32 tun_ifindex;           /* where decapsulated packets arrive */
+	__u64 peer_timeout_ns;       /* a peer is fresh this long after last_rx */
+	__u32 mtu;                   /* the tunnel MTU (RFC 4380 §5.1.2: 1280) */
+	__u32 l2_len;                /* tc egress: bytes before the IPv6 header */
+};
+_Static_assert(sizeof(struct teredo_config) == 48, "struct teredo_config differs from layout.ConfigValue");
+
+/* Value of the per-CPU stats array, one slot per Reason. */
+struct teredo_stat {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct teredo_stat) == 16, "struct teredo_stat differs from layout.StatValue");
+
+/* XDP metadata in front of a decapsulated frame, read by tc ingress. */
+struct teredo_xdp_meta {
+	__u32 magic;
+};
+_Static_assert(sizeof(struct teredo_xdp_meta) == 4, "struct teredo_xdp_meta differs from layout.XdpMeta");
+
+/* Verdict reasons: the index of the per-CPU stats array. Ordered by kind: ok,
+ * then pass (untouched, to the stack / control plane), then drop. */
+enum teredo_reason {
+	TEREDO_R_DECAPSULATED = 0,               /* ok: XDP or tc: outer IPv4/UDP stripped, IPv6 to the tun */
+	TEREDO_R_ENCAPSULATED = 1,               /* ok: tc egress: IPv6 wrapped in IPv4/UDP, out of the NIC */
+	TEREDO_R_RX_REDIRECTED = 2,              /* ok: tc ingress: an XDP-decapsulated frame sent into the tun */
+	TEREDO_R_RX_NOT_TEREDO = 3,              /* pass: not IPv4/UDP to our address and port: host traffic */
+	TEREDO_R_RX_DISABLED = 4,                /* pass: config says not enabled (not qualified yet) */
+	TEREDO_R_RX_FRAGMENT = 5,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
+	TEREDO_R_RX_IPV4_OPTIONS = 6,            /* pass: legal but rare: the socket gets it */
+	TEREDO_R_RX_AUTH = 7,                    /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
+	TEREDO_R_RX_ORIGIN = 8,                  /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
+	TEREDO_R_RX_BUBBLE = 9,                  /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
+	TEREDO_R_RX_LINK_LOCAL_SOURCE = 10,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
+	TEREDO_R_RX_MULTICAST_DESTINATION = 11,  /* pass: ff00::/8 destination (idem) */
+	TEREDO_R_RX_NOT_OUR_ADDRESS = 12,        /* pass: IPv6 destination is not our Teredo address */
+	TEREDO_R_RX_UNKNOWN_PEER = 13,           /* pass: no peer entry, source does not embed the UDP source */
+	TEREDO_R_RX_UNTRUSTED_PEER = 14,         /* pass: the control plane is still talking to this peer */
+	TEREDO_R_RX_MAPPING_MISMATCH = 15,       /* pass: trusted entry, but from another IPv4 address/port */
+	TEREDO_R_RX_DECAP_UNSUPPORTED = 16,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
+	TEREDO_R_TX_NOT_IPV6 = 17,               /* pass: not an IPv6 packet */
+	TEREDO_R_TX_DISABLED = 18,               /* pass: config says not enabled */
+	TEREDO_R_TX_MALFORMED = 19,              /* pass: truncated IPv6 header or wrong version */
+	TEREDO_R_TX_TOO_BIG = 20,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
+	TEREDO_R_TX_NO_PEER = 21,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
+	TEREDO_R_TX_UNTRUSTED_PEER = 22,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
+	TEREDO_R_TX_STALE_PEER = 23,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
+	TEREDO_R_TX_ENCAP_UNSUPPORTED = 24,      /* pass: bpf_skb_adjust_room refused: untouched */
+	TEREDO_R_RX_IPV4_CHECKSUM = 25,          /* drop: bad outer IPv4 header checksum */
+	TEREDO_R_RX_IPV4_LENGTH = 26,            /* drop: IPv4 total length shorter than its headers or the frame */
+	TEREDO_R_RX_UDP_LENGTH = 27,             /* drop: UDP length != IPv4 payload length */
+	TEREDO_R_RX_NOT_IPV6 = 28,               /* drop: UDP payload is neither IPv6 nor an indicator header */
+	TEREDO_R_RX_IPV6_TRUNCATED = 29,         /* drop: UDP payload shorter than an IPv6 header */
+	TEREDO_R_RX_IPV6_LENGTH = 30,            /* drop: 40 + IPv6 payload length != UDP payload length */
+	TEREDO_R_RX_NO_TUN = 31,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
+	TEREDO_R_TX_ENCAP_ERROR = 32,            /* drop: writing the outer headers failed half-way */
+	TEREDO_R_TX_REDIRECT_FAILED = 33,        /* drop: bpf_redirect_neigh refused */
+	TEREDO_R_MAX = 34,
+};
+#define TEREDO_R_FIRST_PASS 3
+#define TEREDO_R_FIRST_DROP 25
+
+#endif /* TEREDO_SHARED_H */

@@ -1,0 +1,211 @@
+"""The binary contract between the BPF programs and Python: the source of truth.
+
+Everything the kernel side and the userspace side must agree on is declared here
+once: the ctypes structs of map keys and values, the flag bits, the XDP metadata
+mark and the enum of verdict reasons. tools/gen_shared_header.py turns this module
+(plus the protocol numbers of xdp_teredo.teredo.constants) into
+bpf/teredo_shared.h; tests/unit/test_shared_header.py fails when the committed
+header differs from the generator's output, and compiles a small C program with gcc
+to check that sizeof/offsetof of every struct equal what ctypes computes here.
+
+Conventions (so that the BPF code compares packet bytes without byte swaps):
+- addresses and ports are kept in network byte order (C type __be32/__be16);
+  xdp_teredo.datapath.maps converts them to and from ipaddress objects;
+- no implicit padding: every struct is laid out so that its fields are naturally
+  aligned and the generator refuses a struct with holes;
+- times are nanoseconds of CLOCK_MONOTONIC, what bpf_ktime_get_ns() returns and
+  what time.monotonic_ns() reads (the control plane's clock, teredo/clock.py).
+"""
+
+import ctypes
+import enum
+from typing import Dict, List, Tuple
+
+# ---------------------------------------------------------------------------
+# Structs. `_c_name_` is the C struct name, `_c_types_` overrides the C type of a
+# field (byte order), `_c_doc_` gives the one-line comment the header carries.
+
+
+class PeerKey(ctypes.Structure):
+    _c_name_ = "teredo_peer_key"
+    _c_doc_ = "Key of the peer table: the peer's IPv6 address, as on the wire."
+    _fields_ = [("addr", ctypes.c_uint8 * 16)]
+    _c_types_: Dict[str, str] = {}
+
+
+class PeerValue(ctypes.Structure):
+    """One peer (RFC 4380 §5.2.4's peer list entry, minus what only userspace needs:
+    nonce, bubble count and the queue stay in the control plane)."""
+
+    _c_name_ = "teredo_peer"
+    _c_doc_ = "Value of the peer table: where the peer's packets go, and activity."
+    _fields_ = [
+        ("mapped_ipv4", ctypes.c_uint32),   # the peer's mapped IPv4 address
+        ("mapped_port", ctypes.c_uint16),   # the peer's mapped UDP port
+        ("flags", ctypes.c_uint16),         # PeerFlag
+        ("last_rx_ns", ctypes.c_uint64),    # last receive (RFC 4380 §5.2.3 "recent")
+        ("last_tx_ns", ctypes.c_uint64),    # last send
+        ("rx_packets", ctypes.c_uint64),
+        ("rx_bytes", ctypes.c_uint64),      # IPv6 bytes (inner packet) received
+        ("tx_packets", ctypes.c_uint64),    # also the source of the outer IPv4 ID
+        ("tx_bytes", ctypes.c_uint64),      # IPv6 bytes (inner packet) sent
+    ]
+    _c_types_ = {"mapped_ipv4": "__be32", "mapped_port": "__be16"}
+
+
+class ConfigValue(ctypes.Structure):
+    _c_name_ = "teredo_config"
+    _c_doc_ = "The one entry of the config map, written by the control plane."
+    _fields_ = [
+        ("local_ipv4", ctypes.c_uint32),     # our IPv4 address (the Teredo socket's)
+        ("local_port", ctypes.c_uint16),     # our UDP port (the Teredo socket's)
+        ("flags", ctypes.c_uint16),          # ConfigFlag
+        ("teredo_addr", ctypes.c_uint8 * 16),  # our Teredo IPv6 address
+        ("nic_ifindex", ctypes.c_uint32),    # where encapsulated packets leave
+        ("tun_ifindex", ctypes.c_uint32),    # where decapsulated packets arrive
+        ("peer_timeout_ns", ctypes.c_uint64),  # a peer is fresh this long after last_rx
+        ("mtu", ctypes.c_uint32),            # the tunnel MTU (RFC 4380 §5.1.2: 1280)
+        ("l2_len", ctypes.c_uint32),         # tc egress: bytes before the IPv6 header
+    ]
+    _c_types_ = {"local_ipv4": "__be32", "local_port": "__be16"}
+
+
+class StatValue(ctypes.Structure):
+    _c_name_ = "teredo_stat"
+    _c_doc_ = "Value of the per-CPU stats array, one slot per Reason."
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+    _c_types_: Dict[str, str] = {}
+
+
+class XdpMeta(ctypes.Structure):
+    _c_name_ = "teredo_xdp_meta"
+    _c_doc_ = "XDP metadata in front of a decapsulated frame, read by tc ingress."
+    _fields_ = [("magic", ctypes.c_uint32)]
+    _c_types_: Dict[str, str] = {}
+
+
+STRUCTS: Tuple[type, ...] = (PeerKey, PeerValue, ConfigValue, StatValue, XdpMeta)
+
+# Marks a frame that our XDP program decapsulated (an arbitrary constant). Any other
+# value, or no metadata at all, means the tc ingress program leaves the skb alone.
+XDP_META_MAGIC = 0x7E3ED0DE
+
+# ---------------------------------------------------------------------------
+# Flags.
+
+
+class ConfigFlag(enum.IntFlag):
+    # LEARN_PEERS: the peer map is an LRU hash, so learning stays bounded. RELAY: a
+    # relay takes any IPv6 destination but only sources that embed their mapping.
+    ENABLED = 0x1      # off: every Teredo packet goes to the slow path (not qualified yet)
+    LEARN_PEERS = 0x2  # RFC 4380 §5.2.3: a source embedding its UDP source becomes a trusted peer
+    RELAY = 0x4        # RFC 4380 §5.4.2: relay rules instead of client rules
+
+
+class PeerFlag(enum.IntFlag):
+    TRUSTED = 0x1  # RFC 4380 §5.2.4: the peer answered; send to it directly
+    LEARNED = 0x2  # created by the data path (ConfigFlag.LEARN_PEERS), not the control plane
+    RELAY = 0x4    # a native IPv6 host reached through this relay (§5.2.9)
+
+
+# ---------------------------------------------------------------------------
+# Verdict reasons: one per-CPU counter each. The order is part of the contract:
+# "ok" reasons first, then the slow-path ("pass") ones, then drops, so that the BPF
+# code derives the action from the reason with two comparisons.
+
+
+class Kind(str, enum.Enum):
+    OK = "ok"      # the fast path did its job
+    PASS = "pass"  # left untouched for the kernel stack / the control plane
+    DROP = "drop"  # malformed, or broken half-way: dropped
+
+
+class Reason(enum.IntEnum):
+    # -- ok
+    DECAPSULATED = 0            # XDP or tc: outer IPv4/UDP stripped, IPv6 to the tun
+    ENCAPSULATED = 1            # tc egress: IPv6 wrapped in IPv4/UDP, out of the NIC
+    RX_REDIRECTED = 2           # tc ingress: an XDP-decapsulated frame sent into the tun
+    # -- pass: ingress, XDP_PASS / TC_ACT_OK, packet unchanged
+    RX_NOT_TEREDO = 3           # not IPv4/UDP to our address and port: host traffic
+    RX_DISABLED = 4             # config says not enabled (not qualified yet)
+    RX_FRAGMENT = 5             # IPv4 first fragment: the stack reassembles for the socket
+    RX_IPV4_OPTIONS = 6         # legal but rare: the socket gets it
+    RX_AUTH = 7                 # RFC 4380 §5.1.1 authentication header: server traffic
+    RX_ORIGIN = 8               # RFC 4380 §5.1.1 origin indication: server traffic
+    RX_BUBBLE = 9               # RFC 4380 §2.8: next header 59, payload length 0
+    RX_LINK_LOCAL_SOURCE = 10   # fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane)
+    RX_MULTICAST_DESTINATION = 11  # ff00::/8 destination (idem)
+    RX_NOT_OUR_ADDRESS = 12     # IPv6 destination is not our Teredo address
+    RX_UNKNOWN_PEER = 13        # no peer entry, source does not embed the UDP source
+    RX_UNTRUSTED_PEER = 14      # the control plane is still talking to this peer
+    RX_MAPPING_MISMATCH = 15    # trusted entry, but from another IPv4 address/port
+    RX_DECAP_UNSUPPORTED = 16   # adjust_meta/adjust_head/adjust_room refused: untouched
+    # -- pass: egress, TC_ACT_OK: the packet goes on into the tun, to the control plane
+    TX_NOT_IPV6 = 17            # not an IPv6 packet
+    TX_DISABLED = 18            # config says not enabled
+    TX_MALFORMED = 19           # truncated IPv6 header or wrong version
+    TX_TOO_BIG = 20             # above the tunnel MTU: the control plane sends Packet Too Big
+    TX_NO_PEER = 21             # no peer entry: the control plane resolves it (bubbles, echo)
+    TX_UNTRUSTED_PEER = 22      # RFC 4380 §5.2.4: queue and bubble, in the control plane
+    TX_STALE_PEER = 23          # RFC 4380 §5.2.4: trusted but no recent receive
+    TX_ENCAP_UNSUPPORTED = 24   # bpf_skb_adjust_room refused: untouched
+    # -- drop
+    RX_IPV4_CHECKSUM = 25       # bad outer IPv4 header checksum
+    RX_IPV4_LENGTH = 26         # IPv4 total length shorter than its headers or the frame
+    RX_UDP_LENGTH = 27          # UDP length != IPv4 payload length
+    RX_NOT_IPV6 = 28            # UDP payload is neither IPv6 nor an indicator header
+    RX_IPV6_TRUNCATED = 29      # UDP payload shorter than an IPv6 header
+    RX_IPV6_LENGTH = 30         # 40 + IPv6 payload length != UDP payload length
+    RX_NO_TUN = 31              # tc ingress: a decapsulated frame, but no tun configured any more
+    TX_ENCAP_ERROR = 32         # writing the outer headers failed half-way
+    TX_REDIRECT_FAILED = 33     # bpf_redirect_neigh refused
+
+    @property
+    def kind(self) -> Kind:
+        if self < FIRST_PASS:
+            return Kind.OK
+        if self < FIRST_DROP:
+            return Kind.PASS
+        return Kind.DROP
+
+    @property
+    def key(self) -> str:
+        """The name used in statistics dicts and JSON: lower snake case."""
+        return self.name.lower()
+
+
+FIRST_PASS = Reason.RX_NOT_TEREDO
+FIRST_DROP = Reason.RX_IPV4_CHECKSUM
+REASON_COUNT = len(Reason)
+
+
+def member_comments(cls: type) -> Dict[str, str]:
+    """The comment after each member of an enum class (first line), for the header."""
+    import inspect
+    import re
+
+    comments: Dict[str, str] = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s*([A-Z0-9_]+) = (?:0x)?[0-9a-fA-F]+\s*#\s*(.*)", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def field_comments(struct: type) -> Dict[str, str]:
+    """The comment after each field of a struct's _fields_, for the generated header."""
+    import inspect
+    import re
+
+    comments: Dict[str, str] = {}
+    for line in inspect.getsource(struct).splitlines():
+        m = re.match(r'\s*\("([a-z0-9_]+)",.*\),\s*#\s*(.*)', line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def struct_fields(struct: type) -> List[Tuple[str, int, int]]:
+    """(name, offset, size) of each field, as ctypes lays it out."""
+    return [(name, getattr(struct, name).offset, getattr(struct, name).size)
+            for name, _ in struct._fields_]
