@@ -90,6 +90,53 @@ def check(as_json: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
+# The server's defaults appear in --help; the module is light (no bcc, no pyroute2).
+from . import server as _teredo_server  # noqa: E402
+
+
+@cli.command()
+@click.option("--bind", metavar="ADDR",
+              help="Primary public IPv4 address (UDP 3544); the one clients are given.")
+@click.option("--bind2", metavar="ADDR2", help="Secondary address.  [default: ADDR + 1]")
+@click.option("--native-ipv6/--no-native-ipv6", default=True, show_default=True,
+              help="Forward clients' echo tests to native IPv6 (RFC 4380 §5.2.9).")
+@click.option("--source-pps", type=float, default=_teredo_server.DEFAULT_SOURCE_PPS,
+              show_default=True,
+              help="Packets/s one IPv4 address can make the server send.")
+@click.option("--source-bps", type=float, default=_teredo_server.DEFAULT_SOURCE_BPS,
+              show_default=True,
+              help="Bytes/s one IPv4 address can make the server send.")
+@click.option("--global-pps", type=float, default=_teredo_server.DEFAULT_GLOBAL_PPS,
+              show_default=True,
+              help="Packets/s the server sends in all (0: no overall limit).")
+@click.option("--global-bps", type=float, default=_teredo_server.DEFAULT_GLOBAL_BPS,
+              show_default=True,
+              help="Bytes/s the server sends in all (0: no overall limit).")
+@click.option("--max-sources", type=click.IntRange(min=1),
+              default=_teredo_server.DEFAULT_MAX_SOURCES,
+              show_default=True,
+              help="Addresses tracked by the rate limiter (least recent evicted).")
+@click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
+              help="Log the counters every SECONDS (0: never).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Print the JSON status of the server running in this network namespace.")
+@handles_errors
+def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_bps,
+           max_sources, stats_interval, show_status) -> None:
+    """Run a Teredo server (RFC 4380 §5.3) on two consecutive public IPv4 addresses."""
+    from .errors import UsageError
+
+    if show_status:
+        _emit_json(_teredo_server.query_status())
+        return
+    if not bind:
+        raise UsageError("--bind ADDR is required (the server's primary public IPv4 address)")
+    sys.exit(_teredo_server.run(_teredo_server.config_from_options(
+        bind, bind2, native_ipv6=native_ipv6, source_pps=source_pps, source_bps=source_bps,
+        global_pps=global_pps, global_bps=global_bps, max_sources=max_sources,
+        stats_interval=stats_interval)))
+
+
 def main() -> None:
     cli(prog_name="xdp-teredo")
 

@@ -95,3 +95,10 @@ ND_PREFIX_FLAG_ON_LINK = 0x80
 ND_PREFIX_FLAG_AUTONOMOUS = 0x40
 # RFC 4380 §5.2.9: the direct connectivity test's nonce is at least 64 bits.
 ECHO_NONCE_MIN_LEN = 8
+
+# Teredo server (RFC 4380 §5.3), as Miredo's miredo-server behaves.
+# The retransmission timer its Router Advertisements carry, in milliseconds.
+RA_RETRANS_TIMER_MS = 2000
+# The largest IPv6 payload of a non-bubble that a server forwards: room for an echo
+# carrying a nonce or hash (Miredo's limit, libteredo/server.c), too small for data.
+SERVER_FORWARD_MAX_PAYLOAD = 88
