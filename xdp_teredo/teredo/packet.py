@@ -45,9 +45,13 @@ class Ipv6Packet:
     flow_label: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "src", ipaddress.IPv6Address(self.src))
-        object.__setattr__(self, "dst", ipaddress.IPv6Address(self.dst))
-        object.__setattr__(self, "payload", bytes(self.payload))
+        # The slow path builds many of these: skip conversions that are no-ops.
+        if not isinstance(self.src, ipaddress.IPv6Address):
+            object.__setattr__(self, "src", ipaddress.IPv6Address(self.src))
+        if not isinstance(self.dst, ipaddress.IPv6Address):
+            object.__setattr__(self, "dst", ipaddress.IPv6Address(self.dst))
+        if type(self.payload) is not bytes:
+            object.__setattr__(self, "payload", bytes(self.payload))
         _check_field("next_header", self.next_header, 8)
         _check_field("hop_limit", self.hop_limit, 8)
         _check_field("traffic_class", self.traffic_class, 8)
