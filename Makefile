@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header
+.PHONY: setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench
 
 setup:
 	bash tools/setup.sh
@@ -23,6 +23,12 @@ test-bpf: test-deps
 
 test-e2e: test-deps
 	$(PYTEST) tests/e2e
+
+# Not a test: xdp-teredo, Miredo and the plain path side by side, in the lab;
+# rewrites the generated part of docs/benchmarks.md and its plots (docs/img/).
+bench: test-deps
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m tools.bench.run $(BENCH_ARGS)
 
 # Not a test: ns per packet of the BPF programs (BPF_PROG_TEST_RUN); docs/benchmarks.md.
 bench-datapath: setup
