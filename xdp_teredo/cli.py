@@ -137,6 +137,58 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
         stats_interval=stats_interval)))
 
 
+@cli.command()
+@click.option("--pin-root", envvar="XDP_TEREDO_PIN_ROOT", metavar="DIR",
+              help="Where running data paths pin their maps [env XDP_TEREDO_PIN_ROOT; "
+                   "default /sys/fs/bpf/xdp-teredo]. `ip netns exec` hides /sys/fs/bpf: "
+                   "see docs/datapath.md.")
+@click.option("--instance", metavar="NAME",
+              help="Which pinned instance (netns<inode>-if<ifindex>), when this "
+                   "network namespace runs several.")
+@json_option
+@handles_errors
+def stats(pin_root: str, instance, as_json: bool) -> None:
+    """Packet counters of the data path running in this network namespace.
+
+    Fast path (decapsulated, encapsulated, ...), slow path (left to the stack and
+    the control plane) and drops, one line per reason, summed over CPUs.
+    """
+    import os
+
+    # Light imports only: reading pinned maps needs libbpf (ctypes), not bcc.
+    from .datapath import stats as dp_stats
+    from .datapath.layout import Kind, Reason
+
+    from .errors import RuntimeFailure
+
+    pin_root = pin_root or dp_stats.DEFAULT_PIN_ROOT
+    if not instance and not dp_stats.is_bpffs(pin_root):
+        # Typically `ip netns exec`, which mounts a fresh /sys without the bpffs.
+        raise RuntimeFailure(
+            f"no bpffs at {pin_root}, so no pinned data path to read: under `ip netns exec` "
+            "use `nsenter --net=/run/netns/NAME xdp-teredo stats`, or pin under a bpffs "
+            "mounted outside /sys (--pin-root, XDP_TEREDO_PIN_ROOT)")
+    pin_dir = dp_stats.find(pin_root, instance)
+    snapshot = dp_stats.read(pin_root=pin_root, instance=os.path.basename(pin_dir))
+    if as_json:
+        # Top level: reason -> packets (plain integers, as scripts compare them);
+        # bytes apart, so that every other top-level value is a packet count.
+        out = {"instance": pin_dir}
+        out.update({r.key: snapshot[r.key]["packets"] for r in Reason})
+        out["bytes"] = {r.key: snapshot[r.key]["bytes"] for r in Reason}
+        _emit_json(out)
+        return
+    titles = {Kind.OK: "fast path", Kind.PASS: "slow path (left to the stack / control plane)",
+              Kind.DROP: "dropped"}
+    width = max(len(r.key) for r in Reason)
+    click.echo(f"instance {pin_dir}")
+    for kind, title in titles.items():
+        click.echo(f"{title}\n  {'reason':<{width}}  {'packets':>12}  {'bytes':>14}")
+        for r in (r for r in Reason if r.kind == kind):
+            c = snapshot[r.key]
+            click.echo(f"  {r.key:<{width}}  {c['packets']:>12}  {c['bytes']:>14}")
+
+
 def main() -> None:
     cli(prog_name="xdp-teredo")
 
