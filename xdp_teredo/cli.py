@@ -189,6 +189,129 @@ def stats(pin_root: str, instance, as_json: bool) -> None:
             click.echo(f"  {r.key:<{width}}  {c['packets']:>12}  {c['bytes']:>14}")
 
 
+# -- the client: attach, status, peers, detach (xdp_teredo/client.py) -------------------
+
+class _OneLineUsage(click.Command):
+    """A bad option or a missing argument is one line and exit 2, like every other
+    bad input of `attach` (click would print usage and a hint around it)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            from .errors import UsageError
+
+            _fail(UsageError(err.format_message()))
+
+
+def _tunnel_option(fn):
+    return click.option("--tunnel", "tunnel", default=None, metavar="NAME",
+                        help="The client's tunnel device.  [default: teredo]")(fn)
+
+
+def _hidden_seconds(name: str, help_text: str):
+    # Testing knobs: the protocol's timers, shortened so that tests wait seconds
+    # rather than the RFC's 30 s / 100 s. Hidden from --help.
+    return click.option(name, type=float, default=None, hidden=True, help=help_text)
+
+
+@cli.command(cls=_OneLineUsage)
+@click.argument("interface", metavar="IFACE")
+@click.option("--server", "servers", multiple=True, metavar="ADDR",
+              help="Teredo server (name or IPv4), repeatable, tried in order.  "
+                   "[default: the config file's ServerAddress, else the built-in list]")
+@_tunnel_option
+@click.option("--bind-port", type=int, default=None, metavar="N",
+              help="UDP port of the Teredo socket.  [default: 0, the kernel picks]")
+@click.option("--user", default=None, metavar="USER",
+              help="Run as USER after set-up, keeping CAP_NET_ADMIN only.  [default: nobody]")
+@click.option("--hook", default=None, metavar="PATH",
+              help="Run PATH on every change with Miredo's client-hook environment.")
+@click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default=None,
+              help="XDP attach mode on IFACE.  [default: auto]")
+@click.option("--config", "config_path", default=None, metavar="FILE",
+              help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
+@_hidden_seconds("--refresh-interval", "Seconds between maintenance RSs (RFC: 30).")
+@_hidden_seconds("--qualification-timeout", "Seconds to wait for an RA (RFC: 4).")
+@_hidden_seconds("--restart-delay", "Seconds offline before trying again (Miredo: 100).")
+@_hidden_seconds("--peer-expiry", "Seconds before an idle peer is forgotten (300).")
+@_hidden_seconds("--sync-interval", "Seconds between reads of the BPF peer table (5).")
+@handles_errors
+def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_path,
+           refresh_interval, qualification_timeout, restart_delay, peer_expiry,
+           sync_interval) -> None:
+    """Give this host IPv6 over Teredo through IFACE (until SIGINT/SIGTERM)."""
+    from . import client as teredo_client
+    from . import config as client_config
+
+    settings = client_config.command_line(
+        servers=servers, tunnel=tunnel, bind_port=bind_port, interface=interface,
+        user=user, hook=hook, xdp_mode=xdp_mode)
+    given = {"refresh_interval": refresh_interval,
+             "qualification_timeout": qualification_timeout,
+             "restart_delay": restart_delay, "peer_expiry": peer_expiry,
+             "sync_interval": sync_interval}
+    timers = teredo_client.Timers(**{k: v for k, v in given.items() if v is not None})
+    sys.exit(teredo_client.attach(settings, config_path, timers))
+
+
+@cli.command()
+@_tunnel_option
+@json_option
+@handles_errors
+def status(tunnel, as_json: bool) -> None:
+    """State of the client of this network namespace. Exit 0 only when qualified
+    (3: running but not qualified; 1: no client)."""
+    from . import client as teredo_client
+
+    info = teredo_client.query_status(tunnel or "teredo")
+    if as_json:
+        _emit_json(info)
+    else:
+        for key in ("state", "address", "server", "mapped", "nat", "since", "tunnel",
+                    "interface", "local", "xdp", "peers", "pid", "user"):
+            click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
+    sys.exit(0 if info.get("state") == "qualified" else 3)
+
+
+@cli.command()
+@_tunnel_option
+@json_option
+@handles_errors
+def peers(tunnel, as_json: bool) -> None:
+    """The peer table of the client of this network namespace (BPF map + pending)."""
+    from . import client as teredo_client
+
+    rows = teredo_client.query_peers(tunnel or "teredo")
+    if as_json:
+        _emit_json(rows)
+        return
+    click.echo(f"{'address':<40} {'mapped':<22} {'trust':<9} {'rx age':>8} {'tx age':>8} "
+               f"{'rx pkts':>9} {'tx pkts':>9}")
+    for row in rows:
+        trust = "trusted" if row["trusted"] else "pending"
+        if row.get("learned"):
+            trust = "learned"
+        ages = [("-" if row[k] is None else f"{row[k]:.1f}s") for k in ("last_rx_s", "last_tx_s")]
+        click.echo(f"{row['address']:<40} {row['mapped'] or '-':<22} {trust:<9} "
+                   f"{ages[0]:>8} {ages[1]:>8} {row['rx_packets']:>9} {row['tx_packets']:>9}")
+
+
+@cli.command(cls=_OneLineUsage)
+@click.argument("interface", metavar="IFACE")
+@_tunnel_option
+@handles_errors
+def detach(interface, tunnel) -> None:
+    """Remove what a killed client left on IFACE (XDP, tc filters, pins, its tunnel)."""
+    from . import client as teredo_client
+
+    removed = teredo_client.detach(interface, tunnel or "teredo")
+    for line in removed:
+        click.echo(f"removed {line}")
+    if not removed:
+        click.echo("nothing to remove")
+
+
 def main() -> None:
     cli(prog_name="xdp-teredo")
 

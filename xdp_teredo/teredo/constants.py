@@ -51,6 +51,12 @@ ICMPV6_ECHO_REQUEST = 128
 ICMPV6_ECHO_REPLY = 129
 ICMPV6_ROUTER_SOLICITATION = 133
 ICMPV6_ROUTER_ADVERTISEMENT = 134
+# RFC 4443 §3.1: Destination Unreachable, code 3 "address unreachable" (what Miredo's
+# relay answers when a Teredo destination does not answer its bubbles).
+ICMPV6_DESTINATION_UNREACHABLE = 1
+ICMPV6_CODE_ADDRESS_UNREACHABLE = 3
+# RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error (types below 128).
+ICMPV6_INFORMATIONAL_MIN = 128
 
 # Miredo's link-local addresses for the RS (libteredo/teredo.h).
 LINK_LOCAL_RESTRICTED = "fe80::ffff:ffff:ffff"
@@ -102,3 +108,9 @@ RA_RETRANS_TIMER_MS = 2000
 # The largest IPv6 payload of a non-bubble that a server forwards: room for an echo
 # carrying a nonce or hash (Miredo's limit, libteredo/server.c), too small for data.
 SERVER_FORWARD_MAX_PAYLOAD = 88
+
+# Teredo relay (RFC 4380 §5.4).
+# Peer table of the relay's data path; Miredo's relay holds up to 1M with Judy.
+RELAY_PEER_MAX = 65536
+# ICMPv6 errors the relay's control plane sends per second (Miredo: one per 100 ms).
+RELAY_ICMPV6_ERRORS_PER_S = 10.0

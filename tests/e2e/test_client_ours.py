@@ -1,0 +1,121 @@
+"""Two of our clients, behind one NAT (client1) and two stacked NATs (client2),
+qualified with our own server (`xdp-teredo server`).
+
+client1 starts the conversation: its packet waits in the queue while it bubbles
+directly and through the server (RFC 4380 §5.2.6); client2 answers the forwarded
+bubble (§5.2.3), which makes client1 trust it and flush the queue; client2's data
+path learns client1 from the first data packet, whose source embeds its UDP source.
+Then pings both ways and a TCP transfer both ways, which the counters of both data
+paths must show in the kernel and not in Python. Last, expiry: a conversation that
+only the data path sees (its last_rx/last_tx) keeps the peers; silence removes them.
+"""
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.e2e import client_support as cs
+
+pytestmark = pytest.mark.e2e
+
+NBYTES = 4_000_000
+CLIENTS = ("client1", "client2")
+EXPIRY = 5   # --peer-expiry: idle peers are forgotten after 5 s instead of 300
+
+
+@pytest.fixture(scope="module")
+def teredo(make_module_lab):
+    require_tool("ethtool")
+    lab = make_module_lab("server", *CLIENTS)
+    server = lab.spawn("server", *cs.CLI, "--log-format", "json", "server", "--bind", cs.SERVER,
+                       log="xdp-teredo-server.log")
+    server.wait_for_output(r'"event": "server_started"', timeout=10)
+    procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY), wait=False)
+             for role in CLIENTS}
+    for proc in procs.values():
+        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+    addresses = {role: cs.status(lab, role)[1]["address"] for role in CLIENTS}
+    return SimpleNamespace(lab=lab, server=server, procs=procs, addresses=addresses)
+
+
+def _peers(lab, role):
+    return {row["address"]: row for row in cs.query(lab, role, "peers")}
+
+
+def test_both_qualify_with_our_server(teredo):
+    lab = teredo.lab
+    for role in CLIENTS:
+        code, info = cs.status(lab, role)
+        assert code == 0 and info["server"] == cs.SERVER
+        assert info["mapped"].startswith(f"{lab[role].public_ipv4}:")
+    assert teredo.addresses["client1"] != teredo.addresses["client2"]
+
+
+def test_the_first_packet_waits_for_the_bubbles_then_both_ways_work(teredo):
+    lab, a1, a2 = teredo.lab, teredo.addresses["client1"], teredo.addresses["client2"]
+    slow0 = cs.query(lab, "client1", "counters")["slow_path"]
+    there = lab.ping("client1", a2, count=3, deadline=10)
+    assert there.ok and there.replies_from == [a2], there
+    slow1 = cs.query(lab, "client1", "counters")["slow_path"]
+    moved = cs.delta(slow0, slow1)
+    # §5.2.6: one direct and one indirect bubble, then the queued echo request was
+    # sent by the control plane once client2 answered; the rest took the fast path.
+    assert moved.get("bubble_direct", 0) >= 1 and moved.get("bubble_indirect", 0) >= 1, moved
+    assert moved.get("sent_direct", 0) >= 1, moved
+    assert moved.get("tun_read", 0) <= 3, moved
+    back = lab.ping("client2", a1, count=3, deadline=10)
+    assert back.ok and back.replies_from == [a1], back
+    # client1 installed client2 itself; client2's data path learned client1 (§5.2.3).
+    one, two = _peers(lab, "client1")[a2], _peers(lab, "client2")[a1]
+    assert one["trusted"] and not one["learned"]
+    assert two["trusted"] and two["learned"]
+    assert one["mapped"].startswith(f"{lab['client2'].public_ipv4}:")
+    assert two["mapped"].startswith(f"{lab['client1'].public_ipv4}:")
+    assert one["rx_packets"] >= 5 and one["tx_packets"] >= 5
+
+
+def test_tcp_both_ways_never_touches_python(teredo):
+    lab, a1, a2 = teredo.lab, teredo.addresses["client1"], teredo.addresses["client2"]
+    before = {role: (cs.query(lab, role, "stats"), cs.query(lab, role, "counters")["slow_path"])
+              for role in CLIENTS}
+    there = cs.tcp_transfer(lab, "client1", "client2", a2, nbytes=NBYTES)
+    back = cs.tcp_transfer(lab, "client2", "client1", a1, nbytes=NBYTES, port=5202)
+    assert there["from"] == a1 and back["from"] == a2
+    for role in CLIENTS:
+        stats0, slow0 = before[role]
+        stats1 = cs.query(lab, role, "stats")
+        slow = cs.delta(slow0, cs.query(lab, role, "counters")["slow_path"])
+        fast = cs.delta(cs.packets(stats0), cs.packets(stats1))
+        fast_bytes = cs.delta(cs.nbytes(stats0), cs.nbytes(stats1))
+        print(f"\n{role}: fast path packets {fast}\n{role}: fast path bytes {fast_bytes}"
+              f"\n{role}: slow path {slow}", file=sys.stderr)
+        assert fast_bytes.get("encapsulated", 0) >= NBYTES, fast_bytes
+        assert fast_bytes.get("decapsulated", 0) >= NBYTES, fast_bytes
+        python = slow.get("tun_read", 0) + slow.get("udp_received", 0)
+        assert python < 50, slow
+        assert slow.get("sent_direct", 0) + slow.get("delivered", 0) == 0, slow
+
+
+def test_peers_busy_on_the_fast_path_stay_and_idle_ones_expire(teredo):
+    lab, a1, a2 = teredo.lab, teredo.addresses["client1"], teredo.addresses["client2"]
+    # Twice the expiry of traffic that Python never sees: only the BPF timestamps
+    # (merged every --sync-interval) keep the peers alive.
+    slow0 = cs.query(lab, "client1", "counters")["slow_path"]
+    busy = lab.ping("client1", a2, count=2 * EXPIRY + 1, interval=1.0, deadline=2 * EXPIRY + 5)
+    assert busy.ok, busy
+    slow = cs.delta(slow0, cs.query(lab, "client1", "counters")["slow_path"])
+    # (The kernel's own multicast, MLD reports, is all the tun gives Python.)
+    assert slow.get("tun_read", 0) == slow.get("drop_tx_multicast", 0), slow
+    assert not {"sent_direct", "bubble_direct", "bubble_indirect", "delivered"} & set(slow), slow
+    assert not cs.events(teredo.procs["client1"], "peer_expired")
+    assert a2 in _peers(lab, "client1") and a1 in _peers(lab, "client2")
+    # Then silence: both sides forget (client2's entry was learned by its data path).
+    for role, other in (("client1", a2), ("client2", a1)):
+        cs.wait_until(f"{role} forgets its peer", lambda: other not in _peers(lab, role),
+                      timeout=EXPIRY + 5, proc=teredo.procs[role])
+        assert [e["peer"] for e in cs.events(teredo.procs[role], "peer_expired")] == [other]
+    # And they find each other again.
+    again = lab.ping("client2", a1, count=2, deadline=10)
+    assert again.ok, again
