@@ -145,9 +145,11 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
 @click.option("--instance", metavar="NAME",
               help="Which pinned instance (netns<inode>-if<ifindex>), when this "
                    "network namespace runs several.")
+@click.option("--tunnel", default="teredo", show_default=True, metavar="NAME",
+              help="Ask the client of this tunnel first (its control socket).")
 @json_option
 @handles_errors
-def stats(pin_root: str, instance, as_json: bool) -> None:
+def stats(pin_root: str, instance, tunnel: str, as_json: bool) -> None:
     """Packet counters of the data path running in this network namespace.
 
     Fast path (decapsulated, encapsulated, ...), slow path (left to the stack and
@@ -156,20 +158,32 @@ def stats(pin_root: str, instance, as_json: bool) -> None:
     import os
 
     # Light imports only: reading pinned maps needs libbpf (ctypes), not bcc.
+    from . import control
     from .datapath import stats as dp_stats
     from .datapath.layout import Kind, Reason
 
     from .errors import RuntimeFailure
 
-    pin_root = pin_root or dp_stats.DEFAULT_PIN_ROOT
-    if not instance and not dp_stats.is_bpffs(pin_root):
-        # Typically `ip netns exec`, which mounts a fresh /sys without the bpffs.
-        raise RuntimeFailure(
-            f"no bpffs at {pin_root}, so no pinned data path to read: under `ip netns exec` "
-            "use `nsenter --net=/run/netns/NAME xdp-teredo stats`, or pin under a bpffs "
-            "mounted outside /sys (--pin-root, XDP_TEREDO_PIN_ROOT)")
-    pin_dir = dp_stats.find(pin_root, instance)
-    snapshot = dp_stats.read(pin_root=pin_root, instance=os.path.basename(pin_dir))
+    snapshot = None
+    if not instance and not pin_root:
+        # A running client answers over its abstract unix socket, which is per
+        # network namespace and so works under `ip netns exec` and after the
+        # client dropped root (it pins nothing then).
+        try:
+            snapshot = control.query("stats", tunnel)
+            pin_dir = f"client of tunnel {tunnel} (control socket)"
+        except control.NotRunning:
+            snapshot = None
+    if snapshot is None:
+        pin_root = pin_root or dp_stats.DEFAULT_PIN_ROOT
+        if not instance and not dp_stats.is_bpffs(pin_root):
+            # Typically `ip netns exec`, which mounts a fresh /sys without the bpffs.
+            raise RuntimeFailure(
+                f"no client answers on tunnel {tunnel!r} and no bpffs at {pin_root}: under "
+                "`ip netns exec` use `nsenter --net=/run/netns/NAME xdp-teredo stats`, or pin "
+                "under a bpffs mounted outside /sys (--pin-root, XDP_TEREDO_PIN_ROOT)")
+        pin_dir = dp_stats.find(pin_root, instance)
+        snapshot = dp_stats.read(pin_root=pin_root, instance=os.path.basename(pin_dir))
     if as_json:
         # Top level: reason -> packets (plain integers, as scripts compare them);
         # bytes apart, so that every other top-level value is a packet count.

@@ -109,6 +109,30 @@ def test_the_data_path_is_attached_and_sees_the_server_traffic(teredo):
                   > before["rx_auth"], timeout=10)
 
 
+def test_stats_command_reads_the_unprivileged_client_under_ip_netns_exec(teredo):
+    """`ip netns exec NS xdp-teredo stats` finds the client through its control
+    socket: it pins nothing once it runs as nobody, and /sys/fs/bpf is hidden."""
+    lab = teredo.lab
+
+    def stats_json():
+        res = cs.cli(lab, "client1", "stats", "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    out = stats_json()
+    assert isinstance(out["decapsulated"], int) and isinstance(out["encapsulated"], int)
+    # Refresh RAs (every 2 s here) are counted as left to the socket: the command
+    # reads live counters, not a copy.
+    cs.wait_until("stats showing a new refresh RA",
+                  lambda: stats_json()["rx_auth"] > out["rx_auth"], timeout=10)
+    assert set(out["bytes"]) >= {"decapsulated", "encapsulated", "rx_auth"}
+    table = cs.cli(lab, "client1", "stats")
+    assert table.returncode == 0 and "fast path" in table.stdout and "rx_auth" in table.stdout
+    # No client on another tunnel name, no pins: one line, exit 1.
+    res = cs.cli(lab, "client1", "stats", "--tunnel", "nosuch")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def test_it_refreshes_every_interval_and_keeps_its_address(teredo):
     lab = teredo.lab
     _, first = cs.status(lab, "client1")
