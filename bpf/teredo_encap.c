@@ -268,21 +268,6 @@ int tc_teredo_rx(struct __sk_buff *skb)
 
 /* ---------------------------------------------------------------- transmit */
 
-/* RFC 4380 §5.2.4: send directly only to a trusted peer heard from recently. */
-static __always_inline int tx_peer_verdict(const struct teredo_peer *peer, __u64 now,
-					   __u64 timeout_ns)
-{
-	if (!peer)
-		return TEREDO_R_TX_NO_PEER;
-	if (!(peer->flags & TEREDO_PEER_TRUSTED))
-		return TEREDO_R_TX_UNTRUSTED_PEER;
-	/* A timeout of 0 means "never stale" (static peers). A last_rx_ns ahead of
-	 * our clock was written by the control plane just now: fresh. */
-	if (timeout_ns && peer->last_rx_ns < now && now - peer->last_rx_ns > timeout_ns)
-		return TEREDO_R_TX_STALE_PEER;
-	return TEREDO_R_ENCAPSULATED;
-}
-
 /*
  * The tun has no MAC header: skb->data is the IPv6 header (cfg->l2_len == 0). A
  * SCHED_CLS test run always builds an Ethernet frame, so tests set l2_len to 14.

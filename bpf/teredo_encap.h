@@ -67,4 +67,23 @@ static __always_inline void encap4_build(struct teredo_outer4 *o, __be32 saddr, 
 	o->ip.check = csum_fold32(sum < 0 ? 0 : (__u64)sum);
 }
 
+/*
+ * RFC 4380 §5.2.4 (client) and §5.4.1 (relay): send directly only to a trusted peer
+ * heard from recently; anything else goes to the control plane, which queues and
+ * bubbles. A pure decision on an already looked-up entry (NULL: none).
+ */
+static __always_inline int tx_peer_verdict(const struct teredo_peer *peer, __u64 now,
+					   __u64 timeout_ns)
+{
+	if (!peer)
+		return TEREDO_R_TX_NO_PEER;
+	if (!(peer->flags & TEREDO_PEER_TRUSTED))
+		return TEREDO_R_TX_UNTRUSTED_PEER;
+	/* A timeout of 0 means "never stale" (static peers). A last_rx_ns ahead of
+	 * our clock was written by the control plane just now: fresh. */
+	if (timeout_ns && peer->last_rx_ns < now && now - peer->last_rx_ns > timeout_ns)
+		return TEREDO_R_TX_STALE_PEER;
+	return TEREDO_R_ENCAPSULATED;
+}
+
 #endif /* TEREDO_ENCAP_H */

@@ -112,18 +112,27 @@ enum teredo_reason {
 	TEREDO_R_TX_UNTRUSTED_PEER = 22,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
 	TEREDO_R_TX_STALE_PEER = 23,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
 	TEREDO_R_TX_ENCAP_UNSUPPORTED = 24,      /* pass: bpf_skb_adjust_room refused: untouched */
-	TEREDO_R_RX_IPV4_CHECKSUM = 25,          /* drop: bad outer IPv4 header checksum */
-	TEREDO_R_RX_IPV4_LENGTH = 26,            /* drop: IPv4 total length shorter than its headers or the frame */
-	TEREDO_R_RX_UDP_LENGTH = 27,             /* drop: UDP length != IPv4 payload length */
-	TEREDO_R_RX_NOT_IPV6 = 28,               /* drop: UDP payload is neither IPv6 nor an indicator header */
-	TEREDO_R_RX_IPV6_TRUNCATED = 29,         /* drop: UDP payload shorter than an IPv6 header */
-	TEREDO_R_RX_IPV6_LENGTH = 30,            /* drop: 40 + IPv6 payload length != UDP payload length */
-	TEREDO_R_RX_NO_TUN = 31,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
-	TEREDO_R_TX_ENCAP_ERROR = 32,            /* drop: writing the outer headers failed half-way */
-	TEREDO_R_TX_REDIRECT_FAILED = 33,        /* drop: bpf_redirect_neigh refused */
-	TEREDO_R_MAX = 34,
+	TEREDO_R_RELAY_NO_NEIGH = 25,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
+	TEREDO_R_RELAY_NO_ROUTE = 26,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
+	TEREDO_R_RELAY_FRAG_NEEDED = 27,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
+	TEREDO_R_RELAY_HOP_LIMIT = 28,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
+	TEREDO_R_RELAY_TEREDO_DESTINATION = 29,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
+	TEREDO_R_RELAY_EGRESS_NOT_XDP = 30,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
+	TEREDO_R_RELAY_OFFLOAD_PENDING = 31,     /* pass: relay tc: a local sender left a checksum or segmentation (GSO) to offload: the stack completes it */
+	TEREDO_R_RX_IPV4_CHECKSUM = 32,          /* drop: bad outer IPv4 header checksum */
+	TEREDO_R_RX_IPV4_LENGTH = 33,            /* drop: IPv4 total length shorter than its headers or the frame */
+	TEREDO_R_RX_UDP_LENGTH = 34,             /* drop: UDP length != IPv4 payload length */
+	TEREDO_R_RX_NOT_IPV6 = 35,               /* drop: UDP payload is neither IPv6 nor an indicator header */
+	TEREDO_R_RX_IPV6_TRUNCATED = 36,         /* drop: UDP payload shorter than an IPv6 header */
+	TEREDO_R_RX_IPV6_LENGTH = 37,            /* drop: 40 + IPv6 payload length != UDP payload length */
+	TEREDO_R_RX_NO_TUN = 38,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
+	TEREDO_R_TX_ENCAP_ERROR = 39,            /* drop: writing the outer headers failed half-way */
+	TEREDO_R_TX_REDIRECT_FAILED = 40,        /* drop: bpf_redirect_neigh refused */
+	TEREDO_R_RELAY_SOURCE_MISMATCH = 41,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
+	TEREDO_R_RELAY_REDIRECT_FAILED = 42,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
+	TEREDO_R_MAX = 43,
 };
 #define TEREDO_R_FIRST_PASS 3
-#define TEREDO_R_FIRST_DROP 25
+#define TEREDO_R_FIRST_DROP 32
 
 #endif /* TEREDO_SHARED_H */

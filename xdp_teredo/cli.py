@@ -326,6 +326,62 @@ def detach(interface, tunnel) -> None:
         click.echo("nothing to remove")
 
 
+# --- relay (RFC 4380 §5.4): self-contained; the heavy imports happen when it runs.
+
+@cli.command()
+@click.option("--ipv4-iface", metavar="IF4",
+              help="The device on the IPv4 internet, where Teredo clients reach the relay.")
+@click.option("--ipv6-iface", metavar="IF6",
+              help="The device on the native IPv6 network the relay serves 2001::/32 to "
+                   "(may be IF4).")
+@click.option("--bind", metavar="ADDR",
+              help="The relay's public IPv4 address.  [default: IF4's first global one]")
+@click.option("--port", type=click.IntRange(1, 65535), default=3544, show_default=True,
+              help="The relay's UDP port.")
+@click.option("--path", "path", type=click.Choice(["auto", "xdp", "tc"]), default="auto",
+              show_default=True,
+              help="Fast path hook: auto picks XDP per device only where the other side "
+                   "takes XDP-redirected frames, tc elsewhere (docs/relay.md).")
+@click.option("--tunnel", default="teredo", show_default=True, metavar="NAME",
+              help="The tun device that 2001::/32 is routed into (the slow path).")
+@click.option("--max-peers", type=click.IntRange(min=16), default=65536, show_default=True,
+              help="Capacity of the BPF peer table (136 bytes of kernel memory each).")
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="Take clients whose IPv6 source embeds their UDP source (§5.4.2) as "
+                   "trusted on their first packet, in the fast path.")
+@click.option("--pin-root", envvar="XDP_TEREDO_PIN_ROOT", metavar="DIR", default=None,
+              help="Where the maps are pinned for `xdp-teredo stats` [env XDP_TEREDO_PIN_ROOT; "
+                   "default /sys/fs/bpf/xdp-teredo].")
+@click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
+              help="Log the counters every SECONDS (0: never).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Print the JSON status of the relay running in this network namespace.")
+@handles_errors
+def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
+          stats_interval, show_status) -> None:
+    """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
+    import ipaddress
+
+    from . import relay as teredo_relay
+    from .errors import UsageError
+
+    if show_status:
+        _emit_json(teredo_relay.query("status", tunnel))
+        return
+    if not ipv4_iface or not ipv6_iface:
+        raise UsageError("--ipv4-iface IF4 and --ipv6-iface IF6 are required")
+    try:
+        address = ipaddress.IPv4Address(bind.strip()) if bind else None
+    except ValueError:
+        raise UsageError(f"--bind {bind!r}: not an IPv4 address") from None
+    if stats_interval < 0:
+        raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
+    sys.exit(teredo_relay.run(teredo_relay.RelayConfig(
+        ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
+        path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
+        stats_interval=stats_interval)))
+
+
 def main() -> None:
     cli(prog_name="xdp-teredo")
 

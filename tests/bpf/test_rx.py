@@ -228,7 +228,9 @@ def test_every_reason_has_a_receive_or_transmit_fixture():
 
     covered = {c.reason for c in CASES} | {c.reason for c in TX_CASES}
     untestable = set(NOT_IN_TEST_RUN) | set(TX_NOT_IN_TEST_RUN)
-    assert covered | untestable == set(Reason), set(Reason) - covered - untestable
+    # The relay's own reasons are the relay's fixtures' (test_relay.py checks them).
+    relay = {r for r in Reason if r.name.startswith("RELAY_")}
+    assert covered | untestable | relay == set(Reason), set(Reason) - covered - untestable - relay
     assert not covered & untestable
 
 

@@ -121,6 +121,9 @@ class Kind(str, enum.Enum):
 
 
 class Reason(enum.IntEnum):
+    # The relay's reasons (RELAY_*) sit at the end of their kind's block: numbers are
+    # array indexes, not a wire format, so inserting keeps the ok < pass < drop order
+    # that the BPF code relies on.
     # -- ok
     DECAPSULATED = 0            # XDP or tc: outer IPv4/UDP stripped, IPv6 to the tun
     ENCAPSULATED = 1            # tc egress: IPv6 wrapped in IPv4/UDP, out of the NIC
@@ -149,16 +152,28 @@ class Reason(enum.IntEnum):
     TX_UNTRUSTED_PEER = 22      # RFC 4380 §5.2.4: queue and bubble, in the control plane
     TX_STALE_PEER = 23          # RFC 4380 §5.2.4: trusted but no recent receive
     TX_ENCAP_UNSUPPORTED = 24   # bpf_skb_adjust_room refused: untouched
+    # -- pass: the relay (bpf/teredo_relay.c, RFC 4380 §5.4), XDP_PASS / TC_ACT_OK,
+    # packet unchanged: the stack forwards it (into the tun, or natively) and answers
+    # for it as a router would (Packet Too Big, Time Exceeded, Unreachable).
+    RELAY_NO_NEIGH = 25         # relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it
+    RELAY_NO_ROUTE = 26         # relay: fib lookup found no usable route (or forwarding is off): the stack decides
+    RELAY_FRAG_NEEDED = 27      # relay: above the egress MTU: the stack sends Packet Too Big or fragments
+    RELAY_HOP_LIMIT = 28        # relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3)
+    RELAY_TEREDO_DESTINATION = 29  # relay: Teredo client to Teredo address: hairpin through the tun, slow path
+    RELAY_EGRESS_NOT_XDP = 30   # relay XDP: the egress device takes no XDP-redirected frames (not in the devmap)
+    RELAY_OFFLOAD_PENDING = 31  # relay tc: a local sender left a checksum or segmentation (GSO) to offload: the stack completes it
     # -- drop
-    RX_IPV4_CHECKSUM = 25       # bad outer IPv4 header checksum
-    RX_IPV4_LENGTH = 26         # IPv4 total length shorter than its headers or the frame
-    RX_UDP_LENGTH = 27          # UDP length != IPv4 payload length
-    RX_NOT_IPV6 = 28            # UDP payload is neither IPv6 nor an indicator header
-    RX_IPV6_TRUNCATED = 29      # UDP payload shorter than an IPv6 header
-    RX_IPV6_LENGTH = 30         # 40 + IPv6 payload length != UDP payload length
-    RX_NO_TUN = 31              # tc ingress: a decapsulated frame, but no tun configured any more
-    TX_ENCAP_ERROR = 32         # writing the outer headers failed half-way
-    TX_REDIRECT_FAILED = 33     # bpf_redirect_neigh refused
+    RX_IPV4_CHECKSUM = 32       # bad outer IPv4 header checksum
+    RX_IPV4_LENGTH = 33         # IPv4 total length shorter than its headers or the frame
+    RX_UDP_LENGTH = 34          # UDP length != IPv4 payload length
+    RX_NOT_IPV6 = 35            # UDP payload is neither IPv6 nor an indicator header
+    RX_IPV6_TRUNCATED = 36      # UDP payload shorter than an IPv6 header
+    RX_IPV6_LENGTH = 37         # 40 + IPv6 payload length != UDP payload length
+    RX_NO_TUN = 38              # tc ingress: a decapsulated frame, but no tun configured any more
+    TX_ENCAP_ERROR = 39         # writing the outer headers failed half-way
+    TX_REDIRECT_FAILED = 40     # bpf_redirect_neigh refused
+    RELAY_SOURCE_MISMATCH = 41  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
+    RELAY_REDIRECT_FAILED = 42  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
 
     @property
     def kind(self) -> Kind:

@@ -261,12 +261,18 @@ class PeerList:
         queue_bytes: int = PEER_QUEUE_BYTES,
         echo_timeout: float = ECHO_TIMEOUT,
         echo_tries: int = ECHO_TRIES,
+        accept_unknown: bool = False,
     ):
         if capacity < 1 or expiry <= 0 or echo_tries < 1 or echo_timeout <= 0:
             raise ValueError("capacity >= 1, expiry > 0, echo tries >= 1, echo timeout > 0")
         self._clock = clock
         self._rng = rng
         self.relay = relay
+        # Relay only: also accept data from a Teredo source not listed yet when it
+        # embeds the UDP source (§5.4.2 allows it; Miredo chooses not to). A relay
+        # whose data path learns such clients needs it, or its slow path would drop
+        # what its fast path forwards.
+        self.accept_unknown = accept_unknown
         self.expiry = float(expiry)
         self.capacity = int(capacity)
         self.queue_limit = int(queue_bytes)
@@ -390,7 +396,7 @@ class PeerList:
         if parts is not None:
             if parts[1:] != udp:
                 return actions + self._drop("teredo_source_mismatch")
-            if peer is None and self.relay:
+            if peer is None and self.relay and not self.accept_unknown:
                 # Miredo: relays may drop packets from peers they never sent to;
                 # spoofed sources then cannot fill the list with trusted entries.
                 return actions + self._drop("relay_unknown_peer")

@@ -1,0 +1,578 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * xdp-teredo relay data path (RFC 4380 §5.4): the relay's compilation unit, maps
+ * and entry points. Compiled at run time by bcc (xdp_teredo/datapath/relay.py),
+ * with -I bpf/; it shares the headers of teredo_encap.c (the client's unit).
+ *
+ * Entry points, attached to the ingress of the relay's IPv4 side (IF4) and of its
+ * native IPv6 side (IF6), one per device; each serves both directions, so a relay
+ * with one dual-stack device works too:
+ *   xdp_teredo_relay  XDP: rewrite in place, XDP_REDIRECT through relay_egress.
+ *   tc_teredo_relay   tc ingress (clsact): adjust_room, bpf_redirect_neigh. For
+ *                     devices that cannot take XDP-redirected frames (a veth whose
+ *                     peer has neither an XDP program nor GRO), so nothing is ever
+ *                     redirected into a black hole.
+ *
+ * Directions:
+ *   IPv4/UDP to our address:port, plain Teredo from a client whose IPv6 source
+ *   embeds the UDP source (§5.4.2), to a native destination: strip IPv4/UDP,
+ *   decrement the hop limit, forward to the fib's next hop.
+ *   IPv6 to 2001::/32 whose destination is a trusted, fresh peer (§5.4.1):
+ *   decrement the hop limit, prepend IPv4/UDP from our address:port to the peer's
+ *   mapping, forward to the fib's next hop.
+ * Everything else is left unchanged for the kernel: Teredo traffic reaches the
+ * control plane's UDP socket, native IPv6 to 2001::/32 is routed into the relay's
+ * tun, where the control plane reads it (bubbles, queue, §5.4.1). Every exit is
+ * counted under one reason (layout.py), the same counters as the client's.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/udp.h>
+
+/* bpf_htons() and friends come from bcc's helpers.h, which bcc prepends. */
+#include "teredo_shared.h"
+#include "teredo_parse.h"
+#include "teredo_csum.h"
+#include "teredo_encap.h"
+#include "teredo_decap.h"
+#include "teredo_stats.h"
+#include "teredo_relay.h"
+
+/* Capacity of the peer table; the loader passes it (--max-peers). */
+#ifndef TEREDO_PEER_MAX
+#define TEREDO_PEER_MAX 65536
+#endif
+
+/* Devices that can be XDP redirect targets: IF4 and IF6, with room to spare. */
+#ifndef TEREDO_RELAY_PORTS
+#define TEREDO_RELAY_PORTS 8
+#endif
+
+/* bcc 0.26 declares bpf_redirect_neigh with three parameters; the kernel helper
+ * takes four (kernel-facts.md). */
+static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
+	(void *)BPF_FUNC_redirect_neigh;
+
+/* Not in the 6.1 uapi headers bcc compiles against (Linux 6.3 added it); the
+ * loader probes it before attaching the tc program. */
+#define TEREDO_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+
+#define TEREDO_ENCAP_FLAGS (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | \
+			    BPF_F_ADJ_ROOM_FIXED_GSO)
+
+/* Teredo clients by IPv6 address (§5.4.1's peer list); LRU so learning stays bounded. */
+BPF_TABLE("lru_hash", struct teredo_peer_key, struct teredo_peer, peers, TEREDO_PEER_MAX);
+/* The control plane's configuration: one entry, index 0 (relay: flags RELAY). */
+BPF_ARRAY(config, struct teredo_config, 1);
+/* One counter pair per verdict reason, per CPU. */
+BPF_PERCPU_ARRAY(stats, struct teredo_stat, TEREDO_R_MAX);
+/* ifindex -> slot in relay_egress, for the devices that take XDP-redirected frames
+ * now (the control plane keeps it current from the kernel's xdp-features). */
+BPF_HASH(relay_slots, __u32, __u32, TEREDO_RELAY_PORTS);
+/* XDP redirect targets, by slot. */
+BPF_DEVMAP(relay_egress, TEREDO_RELAY_PORTS);
+
+static __always_inline const struct teredo_config *config_get(void)
+{
+	int zero = 0;
+
+	return config.lookup(&zero);
+}
+
+static __always_inline void count(int reason, __u32 bytes)
+{
+	struct teredo_stat *slot = stats.lookup(&reason);
+
+	if (slot)
+		stat_add(slot, bytes);
+}
+
+/* ------------------------------------------------------------ decapsulation */
+
+/* What both hooks need once a Teredo packet is to be decapsulated. */
+struct relay_rx {
+	struct teredo_peer_key key;
+	struct teredo_peer *peer;
+	struct ipv6hdr *ip6;		/* in the packet, valid until it is changed */
+	int refresh;
+	__be32 saddr;
+	__be16 sport;
+	__u16 cfg_flags;
+	__u32 ip6_len;
+	__u8 hop_limit;
+	__u8 udp_csum_pending;	/* the sender (a local one) left the UDP checksum to offload */
+};
+
+static __always_inline int relay_rx_decide(void *data, void *data_end, __u32 pkt_len,
+					   struct relay_rx *rx)
+{
+	struct cursor c = { .pos = data, .end = data_end };
+	const struct teredo_config *cfg;
+	struct ethhdr *eth;
+	struct rx_view v = {};
+	int reason;
+
+	if (parse_ethhdr(&c, &eth) != ETH_P_IP)
+		return TEREDO_R_RX_NOT_TEREDO;
+	cfg = config_get();
+	if (!cfg)
+		return TEREDO_R_RX_NOT_TEREDO;
+	reason = rx_check_headers(&c, pkt_len - sizeof(*eth), cfg, &v);
+	if (reason != RX_CANDIDATE)
+		return reason;
+
+	__builtin_memcpy(&rx->key, &v.ip6->saddr, sizeof(rx->key));
+	rx->peer = peers.lookup(&rx->key);
+	reason = relay_decap_verdict(&v, rx_source_verdict(rx->peer, &v, cfg->flags, &rx->refresh));
+	if (reason != RELAY_GO)
+		return reason;
+	rx->ip6 = v.ip6;
+	rx->saddr = v.ip->saddr;
+	rx->sport = v.udp->source;
+	rx->cfg_flags = cfg->flags;
+	rx->ip6_len = v.ip6_len;
+	rx->hop_limit = v.ip6->hop_limit;
+	rx->udp_csum_pending = v.udp->check &&
+			       csum_left_to_offload(v.udp->check, ipv4_pseudo_sum(v.ip, v.udp->len));
+	return RELAY_GO;
+}
+
+/* As the client's rx_account: refresh the peer, or learn it (§5.4.2: a source
+ * embedding the UDP source is that client), so that answers take the fast path. */
+static __always_inline void relay_rx_account(const struct relay_rx *rx)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (rx->peer && rx->refresh) {
+		rx->peer->last_rx_ns = now;
+		__sync_fetch_and_add(&rx->peer->rx_packets, 1);
+		__sync_fetch_and_add(&rx->peer->rx_bytes, rx->ip6_len);
+		return;
+	}
+	if (!rx->peer && (rx->cfg_flags & TEREDO_CFG_LEARN_PEERS)) {
+		struct teredo_peer fresh = {
+			.mapped_ipv4 = rx->saddr,
+			.mapped_port = rx->sport,
+			.flags = TEREDO_PEER_TRUSTED | TEREDO_PEER_LEARNED,
+			.last_rx_ns = now,
+			.rx_packets = 1,
+			.rx_bytes = rx->ip6_len,
+		};
+		/* NOEXIST: never overwrite what the control plane wrote meanwhile. */
+		peers.insert((struct teredo_peer_key *)&rx->key, &fresh);
+	}
+}
+
+static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup fib;
+	struct relay_rx rx = {};
+	struct ethhdr *eth;
+	struct ipv6hdr *ip6;
+	__u32 *slot;
+	int extra, reason;
+
+	reason = relay_rx_decide(data, data_end, data_end - data, &rx);
+	if (reason != RELAY_GO)
+		return reason;
+	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, ctx->ingress_ifindex);
+	reason = relay_fib_verdict(bpf_fib_lookup(ctx, &fib, sizeof(fib), 0));
+	if (reason != RELAY_GO)
+		return reason;
+	slot = relay_slots.lookup(&fib.ifindex);
+	if (!slot)
+		return TEREDO_R_RELAY_EGRESS_NOT_XDP;
+
+	/* Bytes after the IPv4 packet (rx_check_headers allows them): not IPv6's. */
+	extra = (int)(data_end - data) - (ETH_HLEN + TEREDO_ENCAP_OVERHEAD + (int)rx.ip6_len);
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return TEREDO_R_RX_DECAP_UNSUPPORTED;
+	if (bpf_xdp_adjust_head(ctx, TEREDO_ENCAP_OVERHEAD))
+		return TEREDO_R_RX_DECAP_UNSUPPORTED; /* refused: the packet is unchanged */
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return TEREDO_R_RELAY_REDIRECT_FAILED; /* cannot happen: the verifier wants it */
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
+	ip6->hop_limit = rx.hop_limit - 1;
+
+	relay_rx_account(&rx);
+	*action = relay_egress.redirect_map(*slot, 0);
+	if (*action != XDP_REDIRECT)
+		return TEREDO_R_RELAY_REDIRECT_FAILED;
+	return TEREDO_R_DECAPSULATED;
+}
+
+static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
+{
+	/* Ethernet + IPv4 + UDP + IPv6: the headers relay_rx_decide reads directly. */
+	const __u32 want = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN;
+	struct bpf_redir_neigh nh = { .nh_family = AF_INET6 };
+	__be16 ipv6_type = bpf_htons(ETH_P_IPV6);
+	struct bpf_fib_lookup fib;
+	struct relay_rx rx = {};
+	void *data, *data_end;
+	__u32 keep;
+	__u8 hop_limit;
+	long rc;
+	int reason;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + want > data_end && skb->len > data_end - data) {
+		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	reason = relay_rx_decide(data, data_end, skb->len, &rx);
+	if (reason != RELAY_GO)
+		return reason;
+	/* Such an skb stays CHECKSUM_PARTIAL, pointing into the headers we would strip:
+	 * an offloading device further on would "complete" a checksum there. The stack
+	 * (the socket) takes it; only a Teredo client on this very host sends these. */
+	if (rx.udp_csum_pending)
+		return TEREDO_R_RELAY_OFFLOAD_PENDING;
+	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, skb->ingress_ifindex);
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	/* bpf_redirect_neigh resolves a missing neighbour itself: not a reason to stop. */
+	if (rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		reason = relay_fib_verdict(rc);
+		if (reason != RELAY_GO)
+			return reason;
+	}
+
+	keep = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + rx.ip6_len;
+	if (skb->len > keep && bpf_skb_change_tail(skb, keep, 0))
+		return TEREDO_R_RX_DECAP_UNSUPPORTED;
+	/* A refusal (a kernel without the DECAP flags) leaves the packet unchanged. */
+	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				TEREDO_ADJ_ROOM_DECAP_L3_IPV6))
+		return TEREDO_R_RX_DECAP_UNSUPPORTED;
+	hop_limit = rx.hop_limit - 1;
+	/* bpf_redirect_neigh writes the MACs; the type is ours to set. */
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ipv6_type, sizeof(ipv6_type), 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, hop_limit), &hop_limit,
+				sizeof(hop_limit), 0))
+		return TEREDO_R_RELAY_REDIRECT_FAILED;
+
+	relay_rx_account(&rx);
+	/* The fib's next hop (the gateway, or the destination on a connected network)
+	 * spares bpf_redirect_neigh a second route lookup. */
+	__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, sizeof(nh.ipv6_nh));
+	*ret = redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	if (*ret != TC_ACT_REDIRECT)
+		return TEREDO_R_RELAY_REDIRECT_FAILED;
+	return TEREDO_R_DECAPSULATED;
+}
+
+/* ------------------------------------------------------------ encapsulation */
+
+/* What xdp_complete_l4_csum sums: 64 bytes per bpf_csum_diff, 24 chunks (1536
+ * bytes, more than a tunnel-MTU packet), then the tail. */
+#define RELAY_CSUM_CHUNK 64
+
+#define RELAY_CSUM_STEP()							\
+	do {									\
+		if (left < RELAY_CSUM_CHUNK)					\
+			goto tail;						\
+		if (p + RELAY_CSUM_CHUNK > data_end)				\
+			return;							\
+		part = bpf_csum_diff(NULL, 0, p, RELAY_CSUM_CHUNK, 0);		\
+		if (part < 0)							\
+			return;							\
+		sum += (__u32)part;						\
+		p += RELAY_CSUM_CHUNK;						\
+		left -= RELAY_CSUM_CHUNK;					\
+	} while (0)
+#define RELAY_CSUM_STEP4() \
+	do { RELAY_CSUM_STEP(); RELAY_CSUM_STEP(); RELAY_CSUM_STEP(); RELAY_CSUM_STEP(); } while (0)
+
+/*
+ * A local sender's TCP/UDP checksum left to offload (a veth passes CHECKSUM_PARTIAL
+ * on as it is) must be completed before the packet is tunnelled: a redirected XDP
+ * frame carries no offload metadata any more, and nobody else would ever compute
+ * it. RFC 8200 §8.1 over the pseudo-header and the transport bytes. Packets whose
+ * checksum is complete are left alone, look-alikes included (verified first).
+ */
+static __always_inline void xdp_complete_l4_csum(struct xdp_md *ctx, struct ipv6hdr *ip6,
+						 __u32 ip6_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l4_len = ip6_len - TEREDO_IPV6_HDR_LEN, left = l4_len;
+	__u8 tail[RELAY_CSUM_CHUNK] = {};
+	void *l4 = ip6 + 1, *p = l4;
+	__u64 pseudo, sum = 0;
+	__u16 *field, value;
+	__s64 part;
+
+	if (ip6->nexthdr == IPPROTO_TCP)
+		field = l4 + offsetof(struct tcphdr, check);
+	else if (ip6->nexthdr == IPPROTO_UDP)
+		field = l4 + offsetof(struct udphdr, check);
+	else
+		return;
+	if ((void *)(field + 1) > data_end)
+		return;
+	pseudo = ipv6_pseudo_sum(ip6, l4_len, ip6->nexthdr);
+	if (!csum_left_to_offload(*field, pseudo))
+		return;
+
+	/* Written out rather than a loop: clang turns a loop into a trip count the
+	 * verifier cannot bound; this way each chunk sits at a constant offset. */
+	RELAY_CSUM_STEP4(); RELAY_CSUM_STEP4(); RELAY_CSUM_STEP4();
+	RELAY_CSUM_STEP4(); RELAY_CSUM_STEP4(); RELAY_CSUM_STEP4();
+tail:
+	if (left >= RELAY_CSUM_CHUNK)
+		return; /* beyond what we sum: left as it is */
+	/* clang knows left < 64 and would drop the mask; the verifier needs it. */
+	asm volatile("" : "+r"(left));
+	left &= RELAY_CSUM_CHUNK - 1;
+	if (left) {
+		/* The tail, zero-padded to a whole chunk (padding adds nothing). */
+		if (bpf_xdp_load_bytes(ctx, (__u32)(p - data), tail, left))
+			return;
+		part = bpf_csum_diff(NULL, 0, (__be32 *)tail, RELAY_CSUM_CHUNK, 0);
+		if (part < 0)
+			return;
+		sum += (__u32)part;
+	}
+	if (csum_fold16(sum + pseudo) == 0xffff)
+		return; /* complete already: a look-alike */
+	/* The field held the pseudo-header sum, so the bytes summed are data + pseudo. */
+	value = csum_fold32(sum);
+	if (!value && ip6->nexthdr == IPPROTO_UDP)
+		value = 0xffff; /* RFC 8200 §8.1: a zero UDP checksum is not allowed over IPv6 */
+	*field = value;
+}
+
+/* The peer's activity and the outer IPv4 ID of this packet (RFC 6864 §4.3: unique
+ * per destination, the peer's packet counter), for one encapsulation. */
+static __always_inline __u16 relay_tx_account(struct teredo_peer *peer, __u32 ip6_len)
+{
+	__u16 ip_id = (__u16)peer->tx_packets;
+
+	peer->last_tx_ns = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&peer->tx_packets, 1);
+	__sync_fetch_and_add(&peer->tx_bytes, ip6_len);
+	return ip_id;
+}
+
+static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	const struct teredo_config *cfg = config_get();
+	struct teredo_outer4 outer;
+	struct teredo_peer_key key;
+	struct teredo_peer *peer;
+	struct bpf_fib_lookup fib;
+	struct ethhdr *eth;
+	struct ipv6hdr *ip6;
+	__u32 *slot, ip6_len;
+	__u16 ip_id;
+	__u8 hop_limit;
+	int extra, reason;
+
+	if (parse_ethhdr(&c, &eth) != ETH_P_IPV6 || parse_ipv6(&c, &ip6) < 0)
+		return TEREDO_R_TX_MALFORMED;
+	if (!cfg)
+		return TEREDO_R_TX_DISABLED;
+	ip6_len = TEREDO_IPV6_HDR_LEN + bpf_ntohs(ip6->payload_len);
+	if ((void *)ip6 + ip6_len > data_end)
+		return TEREDO_R_TX_MALFORMED; /* truncated, or a jumbogram: the stack's */
+	reason = relay_encap_verdict(ip6, ip6_len, cfg);
+	if (reason != RELAY_GO)
+		return reason;
+	/* A frame to a group address was not routed to us. */
+	if (eth->h_dest[0] & 1)
+		return TEREDO_R_RX_NOT_TEREDO;
+
+	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
+	peer = peers.lookup(&key);
+	reason = tx_peer_verdict(peer, bpf_ktime_get_ns(), cfg->peer_timeout_ns);
+	if (reason != TEREDO_R_ENCAPSULATED || !peer)
+		return reason;
+	relay_fib4_params(&fib, cfg, peer, ip6_len);
+	reason = relay_fib_verdict(bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT));
+	if (reason != RELAY_GO)
+		return reason;
+	slot = relay_slots.lookup(&fib.ifindex);
+	if (!slot)
+		return TEREDO_R_RELAY_EGRESS_NOT_XDP;
+	hop_limit = ip6->hop_limit - 1;
+	xdp_complete_l4_csum(ctx, ip6, ip6_len);
+
+	/* Ethernet padding of a tiny packet would end up inside the UDP payload. */
+	extra = (int)(data_end - (void *)ip6) - (int)ip6_len;
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return TEREDO_R_TX_ENCAP_UNSUPPORTED;
+	if (bpf_xdp_adjust_head(ctx, -TEREDO_ENCAP_OVERHEAD))
+		return TEREDO_R_TX_ENCAP_UNSUPPORTED; /* no headroom: the packet is unchanged */
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)eth + ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN > data_end)
+		return TEREDO_R_TX_ENCAP_ERROR; /* cannot happen: the verifier wants it */
+	ip6 = (void *)eth + ETH_HLEN + TEREDO_ENCAP_OVERHEAD;
+	ip_id = relay_tx_account(peer, ip6_len);
+	encap4_build(&outer, cfg->local_ipv4, cfg->local_port, peer->mapped_ipv4,
+		     peer->mapped_port, ip6_len, ip_id);
+	__builtin_memcpy((void *)eth + ETH_HLEN, &outer, sizeof(outer));
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	ip6->hop_limit = hop_limit;
+
+	*action = relay_egress.redirect_map(*slot, 0);
+	if (*action != XDP_REDIRECT)
+		return TEREDO_R_RELAY_REDIRECT_FAILED;
+	return TEREDO_R_ENCAPSULATED;
+}
+
+static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
+{
+	/* Ethernet + IPv6 + a TCP header: what the checksum check reads. */
+	const __u32 want = ETH_HLEN + TEREDO_IPV6_HDR_LEN + sizeof(struct tcphdr);
+	const struct teredo_config *cfg = config_get();
+	__be16 ipv4_type = bpf_htons(ETH_P_IP);
+	struct teredo_outer4 outer;
+	struct teredo_peer_key key;
+	struct teredo_peer *peer;
+	struct ipv6hdr *ip6;
+	struct ethhdr *eth;
+	struct cursor c;
+	void *data, *data_end;
+	__u32 ip6_len;
+	int at;
+	__u16 ip_id;
+	__u8 hop_limit;
+	int reason;
+
+	if (!cfg)
+		return TEREDO_R_TX_DISABLED;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + want > data_end && skb->len > data_end - data) {
+		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	c.pos = data;
+	c.end = data_end;
+	if (parse_ethhdr(&c, &eth) != ETH_P_IPV6 || parse_ipv6(&c, &ip6) < 0)
+		return TEREDO_R_TX_MALFORMED;
+	ip6_len = TEREDO_IPV6_HDR_LEN + bpf_ntohs(ip6->payload_len);
+	if (!skb->gso_size && ip6_len > skb->len - ETH_HLEN)
+		return TEREDO_R_TX_MALFORMED; /* truncated, or a jumbogram: the stack's */
+	reason = relay_encap_verdict(ip6, skb->gso_size ? 0 : ip6_len, cfg);
+	if (reason != RELAY_GO)
+		return reason;
+	/* A frame to a group address was not routed to us. */
+	if (eth->h_dest[0] & 1)
+		return TEREDO_R_RX_NOT_TEREDO;
+
+	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
+	peer = peers.lookup(&key);
+	reason = tx_peer_verdict(peer, bpf_ktime_get_ns(), cfg->peer_timeout_ns);
+	if (reason != TEREDO_R_ENCAPSULATED || !peer)
+		return reason;
+	/*
+	 * What a local sender left to offload (a veth passes it on): a GSO packet's
+	 * segmentation, or a TCP/UDP checksum. The skb keeps CHECKSUM_PARTIAL whatever
+	 * we write, so completing it here would be undone by any offloading device
+	 * further on; and an encapsulated GSO packet that reaches a Teredo client's
+	 * socket on this host unsegmented is one huge datagram. The stack, forwarding
+	 * into the tun (no offloads), segments and completes: slow path, but right.
+	 */
+	if (skb->gso_size)
+		return TEREDO_R_RELAY_OFFLOAD_PENDING;
+	at = relay_l4_csum_offset(ip6->nexthdr);
+	if (at >= 0) {
+		__u16 *field = (void *)(ip6 + 1) + at;
+
+		if ((void *)(field + 1) > data_end)
+			return TEREDO_R_TX_MALFORMED;
+		if (csum_left_to_offload(*field, ipv6_pseudo_sum(ip6, ip6_len - TEREDO_IPV6_HDR_LEN,
+								  ip6->nexthdr)))
+			return TEREDO_R_RELAY_OFFLOAD_PENDING;
+	}
+	hop_limit = ip6->hop_limit - 1;
+
+	if (skb->len > ETH_HLEN + ip6_len && bpf_skb_change_tail(skb, ETH_HLEN + ip6_len, 0))
+		return TEREDO_R_TX_ENCAP_UNSUPPORTED;
+	/* A refusal leaves the packet unchanged: the slow path can still send it. */
+	if (bpf_skb_adjust_room(skb, TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_ENCAP_FLAGS))
+		return TEREDO_R_TX_ENCAP_UNSUPPORTED;
+	ip_id = relay_tx_account(peer, ip6_len);
+	encap4_build(&outer, cfg->local_ipv4, cfg->local_port, peer->mapped_ipv4,
+		     peer->mapped_port, ip6_len, ip_id);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ipv4_type, sizeof(ipv4_type), 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + TEREDO_ENCAP_OVERHEAD + offsetof(struct ipv6hdr, hop_limit),
+				&hop_limit, sizeof(hop_limit), 0))
+		return TEREDO_R_TX_ENCAP_ERROR;
+
+	/* The kernel routes out of the IPv4 side, resolves the next hop, writes the
+	 * MACs. No fib lookup here: it would want IPv4 forwarding on, this does not. */
+	*ret = redirect_neigh(cfg->nic_ifindex, NULL, 0, 0);
+	if (*ret != TC_ACT_REDIRECT)
+		return TEREDO_R_RELAY_REDIRECT_FAILED;
+	return TEREDO_R_ENCAPSULATED;
+}
+
+/* ------------------------------------------------------------ entry points */
+
+int xdp_teredo_relay(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	__u32 bytes = data_end - data;
+	int action = XDP_PASS;
+	struct ethhdr *eth;
+	int proto, reason;
+
+	proto = parse_ethhdr(&c, &eth);
+	if (proto == ETH_P_IP)
+		reason = xdp_relay_decap(ctx, &action);
+	else if (proto == ETH_P_IPV6)
+		reason = xdp_relay_encap(ctx, &action);
+	else
+		reason = TEREDO_R_RX_NOT_TEREDO;
+	count(reason, bytes);
+	if (reason_is_ok(reason))
+		return action;
+	return reason_is_drop(reason) ? XDP_DROP : XDP_PASS;
+}
+
+int tc_teredo_relay(struct __sk_buff *skb)
+{
+	__u32 bytes = skb->len;
+	__u32 ret = TC_ACT_SHOT;
+	int reason;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		reason = tc_relay_decap(skb, &ret);
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		reason = tc_relay_encap(skb, &ret);
+	else
+		reason = TEREDO_R_RX_NOT_TEREDO;
+	count(reason, bytes);
+	return reason_is_ok(reason) ? (int)ret : tc_action_of(reason);
+}
+
+/* License: bcc marks the module GPL (needed for bpf_redirect_neigh and friends). */
