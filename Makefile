@@ -3,13 +3,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench
+.PHONY: demo lab-deps setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench
 
 setup:
 	bash tools/setup.sh
 
+lab-deps: setup
+	bash tools/setup-lab-deps.sh
+
 test-deps: setup
 	bash tools/setup-test-deps.sh
+
+# The README's first command: every Teredo role played by xdp-teredo in a lab of
+# network namespaces, step by step; everything is removed again at the end.
+demo: lab-deps
+	$(PY) tools/demo.py
 
 # The whole suite, every tier: unit (no root), bpf (BPF_PROG_TEST_RUN), e2e (namespaces).
 test: test-deps

@@ -147,9 +147,10 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
                    "network namespace runs several.")
 @click.option("--tunnel", default="teredo", show_default=True, metavar="NAME",
               help="Ask the client of this tunnel first (its control socket).")
+@click.option("--all", "show_all", is_flag=True, help="Also list the reasons still at 0.")
 @json_option
 @handles_errors
-def stats(pin_root: str, instance, tunnel: str, as_json: bool) -> None:
+def stats(pin_root: str, instance, tunnel: str, show_all: bool, as_json: bool) -> None:
     """Packet counters of the data path running in this network namespace.
 
     Fast path (decapsulated, encapsulated, ...), slow path (left to the stack and
@@ -171,7 +172,7 @@ def stats(pin_root: str, instance, tunnel: str, as_json: bool) -> None:
         # client dropped root (it pins nothing then).
         try:
             snapshot = control.query("stats", tunnel)
-            pin_dir = f"client of tunnel {tunnel} (control socket)"
+            pin_dir = f"the daemon of tunnel {tunnel!r} (its control socket)"
         except control.NotRunning:
             snapshot = None
     if snapshot is None:
@@ -196,11 +197,20 @@ def stats(pin_root: str, instance, tunnel: str, as_json: bool) -> None:
               Kind.DROP: "dropped"}
     width = max(len(r.key) for r in Reason)
     click.echo(f"instance {pin_dir}")
+    hidden = 0
     for kind, title in titles.items():
+        rows = [r for r in Reason if r.kind == kind]
+        shown = [r for r in rows if show_all or snapshot[r.key]["packets"]
+                 or r in (Reason.DECAPSULATED, Reason.ENCAPSULATED)]
+        hidden += len(rows) - len(shown)
         click.echo(f"{title}\n  {'reason':<{width}}  {'packets':>12}  {'bytes':>14}")
-        for r in (r for r in Reason if r.kind == kind):
+        for r in shown:
             c = snapshot[r.key]
             click.echo(f"  {r.key:<{width}}  {c['packets']:>12}  {c['bytes']:>14}")
+        if not shown:
+            click.echo("  (none)")
+    if hidden:
+        click.echo(f"({hidden} more reasons at 0: --all lists them)")
 
 
 # -- the client: attach, status, peers, detach (xdp_teredo/client.py) -------------------
@@ -274,18 +284,26 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
 @json_option
 @handles_errors
 def status(tunnel, as_json: bool) -> None:
-    """State of the client of this network namespace. Exit 0 only when qualified
-    (3: running but not qualified; 1: no client)."""
+    """State of the client (or relay) of this network namespace. Exit 0 only when
+    qualified (a relay: relaying); 3: running but not there; 1: nothing runs."""
     from . import client as teredo_client
 
     info = teredo_client.query_status(tunnel or "teredo")
+    is_relay = info.get("role") == "relay"
     if as_json:
         _emit_json(info)
+    elif is_relay:
+        for key in ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tunnel",
+                    "peers", "pending", "pid", "started"):
+            click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
+        for hook in info.get("hooks", []):
+            click.echo(f"{'hook':<10} {hook['interface']}: {hook['hook']} ({hook['why']})")
     else:
         for key in ("state", "address", "server", "mapped", "nat", "since", "tunnel",
                     "interface", "local", "xdp", "peers", "pid", "user"):
             click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
-    sys.exit(0 if info.get("state") == "qualified" else 3)
+    ready = "relaying" if is_relay else "qualified"
+    sys.exit(0 if info.get("state") == ready else 3)
 
 
 @cli.command()
