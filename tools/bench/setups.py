@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 from xdp_teredo.errors import RuntimeFailure
-from xdp_teredo.lab import miredo
+from xdp_teredo.lab import miredo, roles
 
 PATHS = {
     "p2p": ("client2", "public"),
@@ -57,12 +57,26 @@ def _warm(lab, ep: Endpoint, tries: int = 20) -> None:
 
 
 def prepare_lab(lab) -> None:
-    """Bench-only additions: an IPv4 address on v6host routed through the relay."""
+    """Bench-only additions, the same for every implementation:
+    - an IPv4 address on v6host routed through the relay (the plain relay path);
+    - IPv4 forwarding on the relay (the plain path needs it; so does bpf_fib_lookup
+      for our relay's XDP encapsulation);
+    - GRO on the far ends of the relay's veths, so that they take XDP-redirected
+      frames (a real NIC does);
+    - the endpoints finish checksums and segmentation themselves, as traffic from
+      another machine arrives (roles.veth_without_encap_offloads explains why a
+      tunnel between two namespaces needs it). Applied to every implementation,
+      the plain path included.
+    """
     lab.run("relay", "ip", "addr", "add", f"{RELAY_LAN_IPV4}/28", "dev", lab["relay"].lan)
     lab.run("v6host", "ip", "addr", "add", f"{V6HOST_IPV4}/28", "dev", lab["v6host"].uplink)
     lab.run("v6host", "ip", "route", "add", "default", "via", RELAY_LAN_IPV4)
     lab.run("relay", "sysctl", "-qw", "net.ipv4.ip_forward=1")
     lab.run("inet", "ip", "route", "add", "192.0.2.32/28", "via", str(lab["relay"].ipv4[0]))
+    lab.run("inet", "ethtool", "-K", "to-relay", "gro", "on")
+    lab.run("v6host", "ethtool", "-K", lab["v6host"].uplink, "gro", "on")
+    for host in ("client1", "client2", "public", "v6host"):
+        roles.veth_without_encap_offloads(lab, host, lab[host].uplink)
 
 
 def plain(lab, path: str) -> Endpoint:
@@ -95,7 +109,31 @@ def miredo_impl(lab, path: str) -> Endpoint:
     return ep
 
 
+def xdp_teredo_impl(lab, path: str) -> Endpoint:
+    src, dst = PATHS[path]
+    ep = Endpoint(src, dst, "")
+    server = lab["server"].ipv4[0]
+    srv = roles.start_server(lab, "xdp-teredo")
+    ep.stop.append(srv.stop)
+    client = roles.start_client(lab, "xdp-teredo", src, server)
+    ep.stop.append(client.stop)
+    ep.daemons[f"xdp-teredo@{src}"] = [client.process.pid]
+    if path == "p2p":
+        peer = roles.start_client(lab, "xdp-teredo", dst, server)
+        ep.stop.append(peer.stop)
+        ep.daemons[f"xdp-teredo@{dst}"] = [peer.process.pid]
+        ep.address = str(peer.address)
+    else:
+        relay = roles.start_relay(lab, "xdp-teredo")
+        ep.stop.append(relay.stop)
+        ep.daemons["xdp-teredo@relay"] = [relay.process.pid]
+        ep.address = str(lab["v6host"].ipv6[0])
+    _warm(lab, ep)
+    return ep
+
+
 IMPLEMENTATIONS: Dict[str, Callable] = {
     "plain": plain,
     "miredo": miredo_impl,
+    "xdp-teredo": xdp_teredo_impl,
 }
