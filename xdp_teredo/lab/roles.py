@@ -54,7 +54,7 @@ def veth_without_encap_offloads(lab, host: str, nic: str = "eth0") -> None:
     NIC, after the tun's tc program has encapsulated the packet. A real NIC, or a
     veth whose traffic leaves through one, finishes them; between two namespaces
     on one machine a veth hands the unfinished packet over and the far end sees a
-    bad inner checksum (docs/client.md, "Containers on one host").
+    bad inner checksum (docs/client.md, "Limits and caveats").
     """
     lab.run(host, "ethtool", "-K", nic, "tx", "off", "tx-udp_tnl-segmentation", "off",
             "tx-udp_tnl-csum-segmentation", "off")
