@@ -11,6 +11,9 @@
  *                      (bpf_skb_adjust_room decap + redirect), for when XDP is not used.
  *   tc_teredo_tx       tc egress on the tun: encapsulate IPv6 to trusted, fresh
  *                      peers and send it out of the NIC.
+ * The inbound guard (teredo_guard.h) sits in the shared receive decision, so
+ * that XDP drops what nobody asked for before anything else is spent on it, and
+ * in the transmit path, which records the flows the host starts.
  * Whatever the fast path does not take is left unchanged for the kernel: on the
  * NIC it reaches the control plane's UDP socket, on the tun the control plane's
  * reader. Every exit is counted under a reason (teredo_shared.h, layout.py).
@@ -33,6 +36,8 @@
 #include "teredo_encap.h"
 #include "teredo_decap.h"
 #include "teredo_stats.h"
+#include "teredo_guard.h"
+#include "teredo_limit.h"
 
 /* Capacity of the peer table; the loader passes constants.PEER_LIST_MAX. */
 #ifndef TEREDO_PEER_MAX
@@ -72,6 +77,100 @@ static __always_inline void count(int reason, __u32 bytes)
 
 	if (slot)
 		stat_add(slot, bytes);
+}
+
+/* ------------------------------------------------------------ inbound guard */
+
+/* Capacities of the guard's maps; the loader passes constants.GUARD_*_MAX. */
+#ifndef TEREDO_FLOW_MAX
+#define TEREDO_FLOW_MAX 16384
+#endif
+#ifndef TEREDO_FRAGMENT_MAX
+#define TEREDO_FRAGMENT_MAX 1024
+#endif
+#ifndef TEREDO_ALLOW_MAX
+#define TEREDO_ALLOW_MAX 1024
+#endif
+
+/* The guard's policy and flow timeouts: one entry, index 0; all zeros = open. */
+BPF_ARRAY(guard_config, struct teredo_guard_config, 1);
+/* Conversations the host started, written on transmit, read on receive; LRU: when
+ * full, the flow idle longest goes (its replies are unsolicited then). */
+BPF_TABLE("lru_hash", struct teredo_flow_key, struct teredo_flow, guard_flows, TEREDO_FLOW_MAX);
+/* Fragmented packets whose first fragment came in -> when (RFC 8200 §4.5). */
+BPF_TABLE("lru_hash", struct teredo_fragment_key, __u64, guard_fragments, TEREDO_FRAGMENT_MAX);
+/* (protocol, port) -> hits: what --allow opened; written by the control plane. */
+BPF_HASH(guard_allow, struct teredo_allow_key, struct teredo_allow, TEREDO_ALLOW_MAX);
+
+/* The map operations teredo_guard.h's rules use (declared there). */
+static __always_inline const struct teredo_guard_config *guard_config_get(void)
+{
+	int zero = 0;
+
+	return guard_config.lookup(&zero);
+}
+
+static __always_inline struct teredo_flow *guard_flow_lookup(struct teredo_flow_key *key)
+{
+	return guard_flows.lookup(key);
+}
+
+static __always_inline void guard_flow_update(struct teredo_flow_key *key, struct teredo_flow *flow)
+{
+	guard_flows.update(key, flow);
+}
+
+static __always_inline void guard_flow_delete(struct teredo_flow_key *key)
+{
+	guard_flows.delete(key);
+}
+
+static __always_inline __u64 *guard_fragment_lookup(struct teredo_fragment_key *key)
+{
+	return guard_fragments.lookup(key);
+}
+
+static __always_inline void guard_fragment_update(struct teredo_fragment_key *key, __u64 *seen)
+{
+	guard_fragments.update(key, seen);
+}
+
+static __always_inline struct teredo_allow *guard_allow_lookup(struct teredo_allow_key *key)
+{
+	return guard_allow.lookup(key);
+}
+
+/* Senders with a slow-path bucket (teredo_limit.h); LRU, so a spoofer's many
+ * sources push out one another, bounded. */
+#ifndef TEREDO_SLOW_PATH_SOURCES
+#define TEREDO_SLOW_PATH_SOURCES 4096
+#endif
+/* The slow-path rates, written by the control plane (datapath/limits.py). */
+BPF_ARRAY(slow_path_limits, struct teredo_slow_path_limits, 1);
+/* One GCRA bucket per (IPv4 source, kind). */
+BPF_TABLE("lru_hash", struct teredo_slow_path_key, __u64, slow_path_sources, TEREDO_SLOW_PATH_SOURCES);
+/* The one bucket for every sender together. */
+BPF_ARRAY(slow_path_global, __u64, 1);
+
+static __always_inline const struct teredo_slow_path_limits *slow_path_limits_get(void)
+{
+	int zero = 0;
+
+	return slow_path_limits.lookup(&zero);
+}
+
+static __always_inline __u64 *slow_path_source_bucket(struct teredo_slow_path_key *key)
+{
+	__u64 fresh = 0;
+
+	return slow_path_sources.lookup_or_try_init(key, &fresh);
+}
+
+static __always_inline __u64 *slow_path_global_bucket(void)
+{
+	int zero = 0;
+
+	return slow_path_global.lookup(&zero);
 }
 
 /* ---------------------------------------------------------------- receive */
@@ -136,6 +235,14 @@ static __always_inline int rx_decide(void *data, void *data_end, __u32 pkt_len,
 	__builtin_memcpy(&d->key, &v.ip6->saddr, sizeof(d->key));
 	d->peer = peers.lookup(&d->key);
 	reason = rx_source_verdict(d->peer, &v, cfg->flags, &d->refresh);
+	if (reason == TEREDO_R_DECAPSULATED) {
+		/* The guard last: only what the fast path would deliver is its business,
+		 * and a dropped packet teaches the peer table nothing. */
+		int guarded = guard_inbound(&c, v.ip6);
+
+		if (guarded != GUARD_PASS)
+			reason = guarded;
+	}
 	d->saddr = v.ip->saddr;
 	d->sport = v.udp->source;
 	d->cfg_flags = cfg->flags;
@@ -196,6 +303,7 @@ int xdp_teredo_rx(struct xdp_md *ctx)
 	__u32 bytes = ctx->data_end - ctx->data;
 	int reason = xdp_decap(ctx);
 
+	reason = slow_path_admit(reason, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
 	count(reason, bytes);
 	return xdp_action_of(reason);
 }
@@ -225,8 +333,9 @@ int tc_teredo_ingress(struct __sk_buff *skb)
 /* The tc-only receive path: the same decision, bpf_skb_adjust_room to strip. */
 static __always_inline int tc_decap(struct __sk_buff *skb, __u32 *redirect_ret)
 {
-	/* Ethernet + IPv4 + UDP + IPv6: the headers rx_decide reads directly. */
-	const __u32 want = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN;
+	/* Ethernet + IPv4 + UDP + IPv6 and what the guard reads after it: the headers
+	 * rx_decide reads directly. */
+	const __u32 want = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN + GUARD_PEEK;
 	__be16 ipv6_type = bpf_htons(ETH_P_IPV6);
 	struct rx_decision d = {};
 	void *data, *data_end;
@@ -262,6 +371,7 @@ int tc_teredo_rx(struct __sk_buff *skb)
 	__u32 redirect_ret = TC_ACT_SHOT;
 	int reason = tc_decap(skb, &redirect_ret);
 
+	reason = slow_path_admit(reason, (void *)(long)skb->data, (void *)(long)skb->data_end);
 	count(reason, bytes);
 	return reason == TEREDO_R_DECAPSULATED ? (int)redirect_ret : tc_action_of(reason);
 }
@@ -280,7 +390,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	struct teredo_peer *peer;
 	struct ipv6hdr *ip6;
 	struct cursor c;
-	__u32 l2_len, ip6_len;
+	__u32 l2_len, ip6_len, want;
 	__u16 ip_id;
 	__u64 now;
 	int reason;
@@ -294,8 +404,12 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 		return TEREDO_R_TX_MALFORMED;
 	if (skb->len < l2_len + TEREDO_IPV6_HDR_LEN)
 		return TEREDO_R_TX_MALFORMED;
-	if ((long)skb->data + l2_len + TEREDO_IPV6_HDR_LEN > (long)skb->data_end)
-		bpf_skb_pull_data(skb, l2_len + TEREDO_IPV6_HDR_LEN);
+	/* The IPv6 header, and what the guard reads after it, in the linear area. */
+	want = l2_len + TEREDO_IPV6_HDR_LEN + GUARD_PEEK;
+	if (want > skb->len)
+		want = skb->len;
+	if ((long)skb->data + want > (long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
 
 	c.pos = (void *)(long)skb->data + l2_len;
 	c.end = (void *)(long)skb->data_end;
@@ -309,6 +423,9 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	 * size after us (gso_size came from the same MTU). */
 	if (ip6_len > cfg->mtu && !skb->gso_size)
 		return TEREDO_R_TX_TOO_BIG;
+	/* Whichever path sends it (this one or the control plane's), the packet
+	 * leaves: its flow may be answered (teredo_guard.h). */
+	guard_outbound(&c, ip6);
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
 	peer = peers.lookup(&key);

@@ -20,6 +20,10 @@
  *   IPv6 to 2001::/32 whose destination is a trusted, fresh peer (§5.4.1):
  *   decrement the hop limit, prepend IPv4/UDP from our address:port to the peer's
  *   mapping, forward to the fib's next hop.
+ * With `--inbound stateful` the inbound guard (teredo_guard.h, docs/security.md)
+ * protects the clients: what native IPv6 sends them must answer a flow they
+ * started (recorded when their packets were decapsulated here), reach an allowed
+ * port, or be ICMPv6 that IPv6 needs; the rest is dropped before encapsulation.
  * Everything else is left unchanged for the kernel: Teredo traffic reaches the
  * control plane's UDP socket, native IPv6 to 2001::/32 is routed into the relay's
  * tun, where the control plane reads it (bubbles, queue, §5.4.1). Every exit is
@@ -41,6 +45,8 @@
 #include "teredo_decap.h"
 #include "teredo_stats.h"
 #include "teredo_relay.h"
+#include "teredo_guard.h"
+#include "teredo_limit.h"
 
 /* Capacity of the peer table; the loader passes it (--max-peers). */
 #ifndef TEREDO_PEER_MAX
@@ -89,6 +95,98 @@ static __always_inline void count(int reason, __u32 bytes)
 
 	if (slot)
 		stat_add(slot, bytes);
+}
+
+/* ------------------------------------------------------------ inbound guard */
+
+/* Capacities of the guard's maps; the loader passes constants.GUARD_*_MAX. */
+#ifndef TEREDO_FLOW_MAX
+#define TEREDO_FLOW_MAX 16384
+#endif
+#ifndef TEREDO_FRAGMENT_MAX
+#define TEREDO_FRAGMENT_MAX 1024
+#endif
+#ifndef TEREDO_ALLOW_MAX
+#define TEREDO_ALLOW_MAX 1024
+#endif
+
+/* The guard's policy and flow timeouts: one entry, index 0; all zeros = open. */
+BPF_ARRAY(guard_config, struct teredo_guard_config, 1);
+/* Conversations the clients started (key: the client's address is "local"). */
+BPF_TABLE("lru_hash", struct teredo_flow_key, struct teredo_flow, guard_flows, TEREDO_FLOW_MAX);
+/* Fragmented packets whose first fragment went in -> when (RFC 8200 §4.5). */
+BPF_TABLE("lru_hash", struct teredo_fragment_key, __u64, guard_fragments, TEREDO_FRAGMENT_MAX);
+/* (protocol, port) -> hits: what --allow opened on every client. */
+BPF_HASH(guard_allow, struct teredo_allow_key, struct teredo_allow, TEREDO_ALLOW_MAX);
+
+/* The map operations teredo_guard.h's rules use (as in teredo_encap.c). */
+static __always_inline const struct teredo_guard_config *guard_config_get(void)
+{
+	int zero = 0;
+
+	return guard_config.lookup(&zero);
+}
+
+static __always_inline struct teredo_flow *guard_flow_lookup(struct teredo_flow_key *key)
+{
+	return guard_flows.lookup(key);
+}
+
+static __always_inline void guard_flow_update(struct teredo_flow_key *key, struct teredo_flow *flow)
+{
+	guard_flows.update(key, flow);
+}
+
+static __always_inline void guard_flow_delete(struct teredo_flow_key *key)
+{
+	guard_flows.delete(key);
+}
+
+static __always_inline __u64 *guard_fragment_lookup(struct teredo_fragment_key *key)
+{
+	return guard_fragments.lookup(key);
+}
+
+static __always_inline void guard_fragment_update(struct teredo_fragment_key *key, __u64 *seen)
+{
+	guard_fragments.update(key, seen);
+}
+
+static __always_inline struct teredo_allow *guard_allow_lookup(struct teredo_allow_key *key)
+{
+	return guard_allow.lookup(key);
+}
+
+/* Admission to the slow path (teredo_limit.h), as in teredo_encap.c. */
+#ifndef TEREDO_SLOW_PATH_SOURCES
+#define TEREDO_SLOW_PATH_SOURCES 4096
+#endif
+/* The slow-path rates, written by the control plane (datapath/limits.py). */
+BPF_ARRAY(slow_path_limits, struct teredo_slow_path_limits, 1);
+/* One GCRA bucket per (IPv4 source, kind). */
+BPF_TABLE("lru_hash", struct teredo_slow_path_key, __u64, slow_path_sources, TEREDO_SLOW_PATH_SOURCES);
+/* The one bucket for every sender together. */
+BPF_ARRAY(slow_path_global, __u64, 1);
+
+static __always_inline const struct teredo_slow_path_limits *slow_path_limits_get(void)
+{
+	int zero = 0;
+
+	return slow_path_limits.lookup(&zero);
+}
+
+static __always_inline __u64 *slow_path_source_bucket(struct teredo_slow_path_key *key)
+{
+	__u64 fresh = 0;
+
+	return slow_path_sources.lookup_or_try_init(key, &fresh);
+}
+
+static __always_inline __u64 *slow_path_global_bucket(void)
+{
+	int zero = 0;
+
+	return slow_path_global.lookup(&zero);
 }
 
 /* ------------------------------------------------------------ decapsulation */
@@ -167,6 +265,14 @@ static __always_inline void relay_rx_account(const struct relay_rx *rx)
 	}
 }
 
+/* The inbound guard's flow for a packet a client sends to native IPv6 (teredo_guard.h). */
+static __always_inline void guard_record(struct ipv6hdr *ip6, void *end)
+{
+	struct cursor c = { .pos = ip6 + 1, .end = end };
+
+	guard_outbound(&c, ip6);
+}
+
 static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 {
 	void *data = (void *)(long)ctx->data;
@@ -188,6 +294,8 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 	slot = relay_slots.lookup(&fib.ifindex);
 	if (!slot)
 		return TEREDO_R_RELAY_EGRESS_NOT_XDP;
+	/* The client starts (or goes on with) a flow: its answers may come back. */
+	guard_record(rx.ip6, data_end);
 
 	/* Bytes after the IPv4 packet (rx_check_headers allows them): not IPv6's. */
 	extra = (int)(data_end - data) - (ETH_HLEN + TEREDO_ENCAP_OVERHEAD + (int)rx.ip6_len);
@@ -216,8 +324,9 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 
 static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 {
-	/* Ethernet + IPv4 + UDP + IPv6: the headers relay_rx_decide reads directly. */
-	const __u32 want = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN;
+	/* Ethernet + IPv4 + UDP + IPv6: the headers relay_rx_decide reads directly, and
+	 * what the guard reads after them. */
+	const __u32 want = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN + GUARD_PEEK;
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET6 };
 	__be16 ipv6_type = bpf_htons(ETH_P_IPV6);
 	struct bpf_fib_lookup fib;
@@ -251,6 +360,8 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 		if (reason != RELAY_GO)
 			return reason;
 	}
+
+	guard_record(rx.ip6, data_end);
 
 	keep = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + rx.ip6_len;
 	if (skb->len > keep && bpf_skb_change_tail(skb, keep, 0))
@@ -399,6 +510,11 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	/* A frame to a group address was not routed to us. */
 	if (eth->h_dest[0] & 1)
 		return TEREDO_R_RX_NOT_TEREDO;
+	/* For the client, this packet is inbound: the guard decides (c is just past
+	 * the IPv6 header), before the peer lookup, so that neither path takes it. */
+	reason = guard_inbound(&c, ip6);
+	if (reason != GUARD_PASS)
+		return reason;
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
 	peer = peers.lookup(&key);
@@ -445,8 +561,8 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 
 static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 {
-	/* Ethernet + IPv6 + a TCP header: what the checksum check reads. */
-	const __u32 want = ETH_HLEN + TEREDO_IPV6_HDR_LEN + sizeof(struct tcphdr);
+	/* Ethernet + IPv6 + what the guard and the checksum check read after it. */
+	const __u32 want = ETH_HLEN + TEREDO_IPV6_HDR_LEN + GUARD_PEEK;
 	const struct teredo_config *cfg = config_get();
 	__be16 ipv4_type = bpf_htons(ETH_P_IP);
 	struct teredo_outer4 outer;
@@ -484,6 +600,11 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	/* A frame to a group address was not routed to us. */
 	if (eth->h_dest[0] & 1)
 		return TEREDO_R_RX_NOT_TEREDO;
+	/* For the client, this packet is inbound: the guard decides (c is just past
+	 * the IPv6 header), before the peer lookup, so that neither path takes it. */
+	reason = guard_inbound(&c, ip6);
+	if (reason != GUARD_PASS)
+		return reason;
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
 	peer = peers.lookup(&key);
@@ -553,6 +674,7 @@ int xdp_teredo_relay(struct xdp_md *ctx)
 		reason = xdp_relay_encap(ctx, &action);
 	else
 		reason = TEREDO_R_RX_NOT_TEREDO;
+	reason = slow_path_admit(reason, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
 	count(reason, bytes);
 	if (reason_is_ok(reason))
 		return action;
@@ -571,6 +693,7 @@ int tc_teredo_relay(struct __sk_buff *skb)
 		reason = tc_relay_encap(skb, &ret);
 	else
 		reason = TEREDO_R_RX_NOT_TEREDO;
+	reason = slow_path_admit(reason, (void *)(long)skb->data, (void *)(long)skb->data_end);
 	count(reason, bytes);
 	return reason_is_ok(reason) ? (int)ret : tc_action_of(reason);
 }

@@ -34,6 +34,20 @@
 #define TEREDO_PEER_LEARNED 0x2      /* created by the data path (ConfigFlag.LEARN_PEERS), not the control plane */
 #define TEREDO_PEER_RELAY 0x4        /* a native IPv6 host reached through this relay (§5.2.9) */
 
+/* struct teredo_guard_config.policy */
+#define TEREDO_GUARD_OPEN 0x0        /* the guard map never written, or --inbound open: everything passes */
+#define TEREDO_GUARD_STATEFUL 0x1    /* only flows the host started, allowed ports and needed ICMPv6 come in */
+
+/* struct teredo_flow.state (xdp_teredo/teredo/guard.py) */
+#define TEREDO_FLOW_TCP_HANDSHAKE 0x1 /* a SYN or SYN-ACK of ours went out, the handshake is under way */
+#define TEREDO_FLOW_TCP_ESTABLISHED 0x2 /* we sent a segment without SYN/FIN/RST */
+#define TEREDO_FLOW_TCP_CLOSING 0x3  /* a FIN went either way */
+#define TEREDO_FLOW_TCP_CLOSED 0x4   /* an RST went either way */
+#define TEREDO_FLOW_UDP 0x5          /* we sent UDP, nothing came back yet */
+#define TEREDO_FLOW_UDP_REPLIED 0x6  /* the other end answered */
+#define TEREDO_FLOW_ICMP_ECHO 0x7    /* our echo request: errors about it (traceroute) come in */
+#define TEREDO_FLOW_OTHER 0x8        /* any other transport, no ports */
+
 /* struct teredo_xdp_meta.magic of a frame our XDP program decapsulated. */
 #define TEREDO_XDP_META_MAGIC 0x7e3ed0deU
 
@@ -84,6 +98,79 @@ struct teredo_xdp_meta {
 };
 _Static_assert(sizeof(struct teredo_xdp_meta) == 4, "struct teredo_xdp_meta differs from layout.XdpMeta");
 
+/* Key of the guard's flow table: a conversation the host started, as it sees it. */
+struct teredo_flow_key {
+	__u8 local[16];              /* our IPv6 address (a relay: its client's) */
+	__u8 remote[16];             /* the other end's IPv6 address */
+	__be16 local_port;           /* TCP/UDP port on our side; ICMPv6 echo: the identifier */
+	__be16 remote_port;          /* TCP/UDP port on the other side; else 0 */
+	__u8 proto;                  /* transport: IPv6 next header after the extension headers */
+	__u8 pad[3];                 /* zero (hash keys compare every byte) */
+};
+_Static_assert(sizeof(struct teredo_flow_key) == 40, "struct teredo_flow_key differs from layout.FlowKey");
+
+/* Value of the guard's flow table: when the flow last moved, and its state. */
+struct teredo_flow {
+	__u64 seen_ns;               /* last packet of the flow, either way */
+	__u32 state;                 /* FlowState: decides the timeout */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct teredo_flow) == 16, "struct teredo_flow differs from layout.FlowValue");
+
+/* Key of the guard's fragment table: a fragmented packet whose first fragment came in. */
+struct teredo_fragment_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__be32 identification;       /* RFC 8200 §4.5, as on the wire */
+};
+_Static_assert(sizeof(struct teredo_fragment_key) == 36, "struct teredo_fragment_key differs from layout.FragmentKey");
+
+/* Key of the guard's allowed ports (--allow PROTO/PORT). */
+struct teredo_allow_key {
+	__u8 proto;                  /* 6 (TCP) or 17 (UDP) */
+	__u8 pad;
+	__be16 port;                 /* our port */
+};
+_Static_assert(sizeof(struct teredo_allow_key) == 4, "struct teredo_allow_key differs from layout.AllowKey");
+
+/* Value of the guard's allowed ports: how many new conversations it let in. */
+struct teredo_allow {
+	__u64 packets;
+};
+_Static_assert(sizeof(struct teredo_allow) == 8, "struct teredo_allow differs from layout.AllowValue");
+
+/* The one entry of the guard map: the policy and the flow timeouts. */
+struct teredo_guard_config {
+	__u32 policy;                /* GuardPolicy; all zeros (never written): open */
+	__u32 pad;
+	__u64 tcp_handshake_ns;
+	__u64 tcp_established_ns;
+	__u64 tcp_closing_ns;
+	__u64 tcp_closed_ns;
+	__u64 udp_ns;
+	__u64 udp_replied_ns;
+	__u64 icmp_echo_ns;
+	__u64 other_ns;
+	__u64 fragment_ns;           /* a first fragment lets the rest in this long */
+};
+_Static_assert(sizeof(struct teredo_guard_config) == 80, "struct teredo_guard_config differs from layout.GuardConfigValue");
+
+/* Key of the slow-path buckets: who sent it, and what kind of packet. */
+struct teredo_slow_path_key {
+	__be32 saddr;                /* the outer IPv4 source, as on the wire */
+	__u32 kind;                  /* TEREDO_SLOW_PATH_AUTH (a server's RA) or _OTHER */
+};
+_Static_assert(sizeof(struct teredo_slow_path_key) == 8, "struct teredo_slow_path_key differs from layout.SlowPathKey");
+
+/* The one entry of the slow-path limits: GCRA interval and tolerance; 0 = no limit. */
+struct teredo_slow_path_limits {
+	__u64 source_interval_ns;    /* per source and kind: 1 s / rate */
+	__u64 source_tolerance_ns;   /* (burst - 1) * interval */
+	__u64 global_interval_ns;    /* everything together */
+	__u64 global_tolerance_ns;
+};
+_Static_assert(sizeof(struct teredo_slow_path_limits) == 32, "struct teredo_slow_path_limits differs from layout.SlowPathLimits");
+
 /* Verdict reasons: the index of the per-CPU stats array. Ordered by kind: ok,
  * then pass (untouched, to the stack / control plane), then drop. */
 enum teredo_reason {
@@ -130,7 +217,13 @@ enum teredo_reason {
 	TEREDO_R_TX_REDIRECT_FAILED = 40,        /* drop: bpf_redirect_neigh refused */
 	TEREDO_R_RELAY_SOURCE_MISMATCH = 41,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
 	TEREDO_R_RELAY_REDIRECT_FAILED = 42,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
-	TEREDO_R_MAX = 43,
+	TEREDO_R_GUARD_UNSOLICITED = 43,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
+	TEREDO_R_GUARD_ICMPV6 = 44,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
+	TEREDO_R_GUARD_FRAGMENT = 45,            /* drop: guard: a later fragment whose first fragment was not let in */
+	TEREDO_R_GUARD_UNPARSED = 46,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
+	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 47, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
+	TEREDO_R_RX_SLOW_PATH_LIMIT = 48,        /* drop: for the control plane, but the slow path as a whole is over its rate */
+	TEREDO_R_MAX = 49,
 };
 #define TEREDO_R_FIRST_PASS 3
 #define TEREDO_R_FIRST_DROP 32

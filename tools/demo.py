@@ -106,7 +106,10 @@ def run(args) -> int:
         _ping(demo, lab, CLIENT, lab[NATIVE].ipv6[0], "native IPv6, via the relay")
 
         demo.step(f"'{OTHER}' attaches too; client2 pings it directly, NAT to NAT")
-        other = roles.start_client(lab, "xdp-teredo", OTHER, server)
+        # It is about to receive iperf3's connection: its inbound guard (stateful by
+        # default, docs/security.md) lets only --allow'ed ports take new connections.
+        demo.say(f"$ xdp-teredo attach eth0 --server {server} {' '.join(traffic.ALLOW_IPERF)}")
+        other = roles.start_client(lab, "xdp-teredo", OTHER, server, *traffic.ALLOW_IPERF)
         demo.say(f"{OTHER}: {other.address}")
         _ping(demo, lab, CLIENT, other.address, "Teredo to Teredo, after bubbles")
 

@@ -233,6 +233,31 @@ def _tunnel_option(fn):
                         help="The client's tunnel device.  [default: teredo]")(fn)
 
 
+def _inbound_options(default: str, who: str):
+    """--inbound and --allow, shared by attach and relay (docs/security.md)."""
+
+    def decorate(fn):
+        fn = click.option(
+            "--allow", "allow", multiple=True, metavar="PROTO/PORT",
+            help=f"With --inbound stateful, also let new connections to this port of {who} "
+                 "in: tcp/22, udp/53, tcp/8000-8080. Repeatable.")(fn)
+        return click.option(
+            "--inbound", type=click.Choice(["stateful", "open"]), default=default,
+            show_default=True,
+            help=f"IPv6 arriving over Teredo for {who}: stateful lets in only replies to "
+                 "conversations started here, --allow'ed ports and the ICMPv6 IPv6 needs; "
+                 "open lets everything in.")(fn)
+
+    return decorate
+
+
+def _inbound_settings(inbound: str, allow, default: str):
+    """The checked guard settings (UsageError, exit 2, on a bad --allow)."""
+    from .teredo import guard
+
+    return guard.Settings.from_options(inbound, allow, default=guard.Policy(default))
+
+
 def _hidden_seconds(name: str, help_text: str):
     # Testing knobs: the protocol's timers, shortened so that tests wait seconds
     # rather than the RFC's 30 s / 100 s. Hidden from --help.
@@ -255,6 +280,13 @@ def _hidden_seconds(name: str, help_text: str):
               help="XDP attach mode on IFACE.  [default: auto]")
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
+@click.option("--restart-safe", is_flag=True, default=False,
+              help="On SIGHUP (or a crash) leave the fast path running, and adopt a "
+                   "running one at start: restarts and upgrades lose no packet "
+                   "(docs/reliability.md). SIGTERM still removes everything.")
+@click.option("--peer-max", type=int, default=None, hidden=True,
+              help="Capacity of the BPF peer table (tests fill a tiny one).")
+@_inbound_options("stateful", "this host")
 @_hidden_seconds("--refresh-interval", "Seconds between maintenance RSs (RFC: 30).")
 @_hidden_seconds("--qualification-timeout", "Seconds to wait for an RA (RFC: 4).")
 @_hidden_seconds("--restart-delay", "Seconds offline before trying again (Miredo: 100).")
@@ -262,11 +294,13 @@ def _hidden_seconds(name: str, help_text: str):
 @_hidden_seconds("--sync-interval", "Seconds between reads of the BPF peer table (5).")
 @handles_errors
 def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_path,
-           refresh_interval, qualification_timeout, restart_delay, peer_expiry,
-           sync_interval) -> None:
+           restart_safe, peer_max, refresh_interval, qualification_timeout, restart_delay,
+           peer_expiry, sync_interval, inbound, allow) -> None:
     """Give this host IPv6 over Teredo through IFACE (until SIGINT/SIGTERM)."""
     from . import client as teredo_client
     from . import config as client_config
+
+    inbound_settings = _inbound_settings(inbound, allow, "stateful")
 
     settings = client_config.command_line(
         servers=servers, tunnel=tunnel, bind_port=bind_port, interface=interface,
@@ -276,7 +310,10 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
              "restart_delay": restart_delay, "peer_expiry": peer_expiry,
              "sync_interval": sync_interval}
     timers = teredo_client.Timers(**{k: v for k, v in given.items() if v is not None})
-    sys.exit(teredo_client.attach(settings, config_path, timers))
+    extra = {"peer_max": peer_max} if peer_max is not None else {}
+    extra["inbound"] = inbound_settings
+    sys.exit(teredo_client.attach(settings, config_path, timers, restart_safe=restart_safe,
+                                  **extra))
 
 
 @cli.command()
@@ -298,12 +335,25 @@ def status(tunnel, as_json: bool) -> None:
             click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
         for hook in info.get("hooks", []):
             click.echo(f"{'hook':<10} {hook['interface']}: {hook['hook']} ({hook['why']})")
+        _echo_inbound(info.get("inbound"))
     else:
         for key in ("state", "address", "server", "mapped", "nat", "since", "tunnel",
                     "interface", "local", "xdp", "peers", "pid", "user"):
             click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
+        _echo_inbound(info.get("inbound"))
     ready = "relaying" if is_relay else "qualified"
     sys.exit(0 if info.get("state") == ready else 3)
+
+
+def _echo_inbound(inbound) -> None:
+    """`status`'s guard lines: the policy, what is allowed, how many flows are open."""
+    if not inbound:
+        return
+    allowed = ", ".join(inbound.get("allowed") or []) or "nothing"
+    line = inbound.get("policy", "-")
+    if line == "stateful":
+        line += f" (allowed: {allowed}; {inbound.get('flows', 0)} flows open)"
+    click.echo(f"{'inbound':<10} {line}")
 
 
 @cli.command()
@@ -374,9 +424,10 @@ def detach(interface, tunnel) -> None:
               help="Log the counters every SECONDS (0: never).")
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
+@_inbound_options("open", "the Teredo clients it serves")
 @handles_errors
 def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
-          stats_interval, show_status) -> None:
+          stats_interval, show_status, inbound, allow) -> None:
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
@@ -394,10 +445,11 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
         raise UsageError(f"--bind {bind!r}: not an IPv4 address") from None
     if stats_interval < 0:
         raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
+    inbound_settings = _inbound_settings(inbound, allow, "open")
     sys.exit(teredo_relay.run(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
-        stats_interval=stats_interval)))
+        stats_interval=stats_interval, inbound=inbound_settings)))
 
 
 def main() -> None:

@@ -33,8 +33,15 @@ Events and what they become:
   expiry), and a periodic read of the BPF peer table whose last_rx/last_tx
   (written by the data path, CLOCK_MONOTONIC like time.monotonic) are merged into
   the PeerList (`observe`) so that peers busy on the fast path do not expire.
+- Netlink (net/watch.py): the NIC went down or up, or its IPv4 address changed: an
+  RS at once, on a new socket if the address changed (docs/reliability.md).
 - SIGINT/SIGTERM: stop, then remove everything: the data path, the address, the
   hook's down/destroy, the tunnel.
+- Restart-safe mode (`--restart-safe`, docs/reliability.md): the tun is persistent;
+  SIGHUP, or a crash, stops the process and leaves the fast path running (programs,
+  maps, tunnel, address, routes); the next `attach --restart-safe` on the same
+  interface and tunnel adopts all of it (datapath/adopt.py) and resumes the
+  qualification with the same address, so established traffic never stops.
 
 Logs: one event per state change, never per packet: client_started, qualified,
 address_changed / state_changed / no_reply_from_server / lost_connectivity /
@@ -62,7 +69,7 @@ from xdp_teredo import control, log
 from xdp_teredo.errors import MalformedPacket, RuntimeFailure, UsageError
 from xdp_teredo.servers import TeredoServer, servers_for
 from xdp_teredo.teredo import constants as C
-from xdp_teredo.teredo import encap, icmpv6
+from xdp_teredo.teredo import encap, guard, icmpv6
 from xdp_teredo.teredo import packet as P
 from xdp_teredo.teredo import peers as peerlist
 from xdp_teredo.teredo import qualification as Q
@@ -81,6 +88,9 @@ _BATCH = 64
 _ECHO_IDENTIFIER = 0x7E3E
 # ICMPv6 errors we send into the tunnel: at most one per 100 ms (Miredo's rate).
 _UNREACHABLE_INTERVAL = 0.1
+# linux/if.h: administratively up, and running (carrier).
+_IFF_UP = 0x1
+_IFF_RUNNING = 0x40
 _HINT = ("no Teredo server answered: most public Teredo servers are gone; run "
          "`xdp-teredo server --bind ADDR` on any host with two consecutive public IPv4 "
          "addresses and use --server ADDR")
@@ -127,6 +137,12 @@ class Plan:
     nic: Nic
     servers: Tuple[TeredoServer, ...]
     timers: Timers = Timers()
+    # Leave the fast path running on SIGHUP or a crash, adopt a running one at start.
+    restart_safe: bool = False
+    # Capacity of the BPF peer table (the hidden --peer-max: tests fill it).
+    peer_max: int = C.PEER_LIST_MAX
+    # The inbound guard (--inbound, --allow; docs/security.md): stateful by default.
+    inbound: guard.Settings = guard.Settings()
 
 
 # -- before anything is touched ----------------------------------------------------------
@@ -268,51 +284,146 @@ class Client:
         self._echo_sequence = 0
         self._last_unreachable = float("-inf")
         self._closed = False
+        # The inbound guard's policy over the data path's maps, for what the slow
+        # path delivers (set up with the data path).
+        self.guard: Optional[guard.Guard] = None
+        # Restart safety: the mapping a previous instance left installed (resumed
+        # when serving starts), and whether this stop leaves the fast path running.
+        self._resume: Optional[Q.Mapping] = None
+        self.adopted = False
+        self.serving = False
+        self.keep_datapath = False
+        # The NIC as last seen (net/watch.py tells when to look again).
+        self.watch = None
+        self.interface_up = True
+        self._address_lost = False
 
     # -- set-up, as root ---------------------------------------------------------------
 
     def setup(self) -> "Client":
         """Everything that needs root; on failure, undo it all and raise."""
-        from xdp_teredo.datapath import Config, Datapath
+        from xdp_teredo.datapath import Config, Datapath, adopt
+        from xdp_teredo.datapath.limits import SlowPathLimits
         from xdp_teredo.hook import Hook
         from xdp_teredo.net.tunnel import Tunnel
         from xdp_teredo.net.udp import TeredoSocket
+        from xdp_teredo.net.watch import InterfaceWatch
 
         config, nic = self.config, self.plan.nic
         try:
             self.control = control.ControlServer(config.tunnel, {
                 "status": self.status, "peers": self.peer_table,
                 "stats": self.stats, "counters": self.counter_table}).open()
-            self.prog = Datapath.compile()
-            self.tunnel = Tunnel.create(config.tunnel, mtu=config.mtu)
+            # Only a restart-safe client adopts: a plain one refuses what a previous
+            # instance left, before it touches anything (`detach` removes it).
+            running = self._running_datapath()
+            if running is not None and not self.plan.restart_safe:
+                raise RuntimeFailure(
+                    f"a data path left running by a restart-safe client is attached to "
+                    f"{nic.name} and {config.tunnel}: adopt it with `xdp-teredo attach "
+                    f"{nic.name} --restart-safe`, or remove it with `xdp-teredo detach "
+                    f"{nic.name}`")
+            maps = adopt.open_maps(running) if running is not None else {}
+            try:
+                self.prog = Datapath.compile(peer_max=self.plan.peer_max, maps=maps)
+            finally:
+                for m in maps.values():
+                    m.close()
+            if running is not None:
+                self.tunnel = Tunnel.adopt(config.tunnel)
+            else:
+                self.tunnel = Tunnel.create(config.tunnel, mtu=config.mtu,
+                                            persistent=self.plan.restart_safe)
+            previous = self.prog.config.read() if running is not None else None
             # Bound to the NIC's address (not 0.0.0.0) and device: the XDP program
             # recognises our traffic by exactly this address and port, and the NAT
-            # must see one source for the socket and the tc program alike.
-            self.sock = TeredoSocket(nic.ipv4, config.bind_port, device=nic.name)
+            # must see one source for the socket and the tc program alike. After a
+            # restart, the same port: the NAT mapping, and so the address, stay.
+            port = config.bind_port
+            if previous is not None and previous.local_ipv4 == nic.ipv4 \
+                    and port in (0, previous.local_port):
+                port = previous.local_port
+            self.sock = TeredoSocket(nic.ipv4, port, device=nic.name)
             self.local = self.sock.local_address
-            try:
-                self.att = self.prog.attach(
-                    nic.ifindex, self.tunnel.ifindex, xdp_mode=config.xdp_mode,
-                    # Pins under /sys/fs/bpf could not be removed once we are not root;
-                    # the control socket serves the statistics either way.
-                    pin="auto" if self._stays_root() else False, pin_root=pin_root())
-            except RuntimeFailure as err:
-                if "another XDP program" not in str(err) and "already" not in str(err):
-                    raise
-                raise RuntimeFailure(f"{err} (if a killed client left it: "
-                                     f"`xdp-teredo detach {nic.name}`)") from err
-            self.att.configure(Config(local_ipv4=self.local[0], local_port=self.local[1],
-                                      enabled=False, mtu=self.tunnel.mtu))
+            # Pins under /sys/fs/bpf could not be removed once we are not root; the
+            # control socket serves the statistics either way.
+            pin = "auto" if self._stays_root() else False
+            if running is not None:
+                self.att = self.prog.adopt(running, pin=pin, pin_root=pin_root())
+                self.adopted = True
+                self._resume = self._resumable(previous)
+            else:
+                try:
+                    self.att = self.prog.attach(
+                        nic.ifindex, self.tunnel.ifindex, xdp_mode=config.xdp_mode,
+                        pin=pin, pin_root=pin_root())
+                except RuntimeFailure as err:
+                    if "another XDP program" not in str(err) and "already" not in str(err):
+                        raise
+                    raise RuntimeFailure(f"{err} (if a killed client left it: "
+                                         f"`xdp-teredo detach {nic.name}`)") from err
+            if self._resume is None:
+                if self.adopted:
+                    # Nothing to carry on with (another address or port now, or it
+                    # was not qualified): the same devices, a clean slate.
+                    self.tunnel.clear_address()
+                    self.att.peers.clear()
+                self.att.configure(Config(local_ipv4=self.local[0], local_port=self.local[1],
+                                          enabled=False, mtu=self.tunnel.mtu))
+            # The guard's policy is in place before the data path is enabled, and
+            # the slow path decides with the same policy over the same maps.
+            self.att.guard.configure(self.plan.inbound)
+            self.guard = guard.Guard(self.plan.inbound, self.att.guard.flows,
+                                     self.att.guard.fragments, self.att.guard.allowed,
+                                     now_ns=time.monotonic_ns)
+            _log.info("inbound_guard", **self.plan.inbound.describe())
+            # What may reach this process from the NIC, in XDP (docs/reliability.md).
+            self.prog.slow_path.write(SlowPathLimits())
             self.hook = Hook(config.hook, iface=self.tunnel.name, ifindex=self.tunnel.ifindex)
+            if self._resume is not None:
+                self.hook.resume(self._resume.address, self.tunnel.link_local,
+                                 self._resume.mtu)
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             self._selector.register(self.tunnel, selectors.EVENT_READ, "tun")
             self._selector.register(self.sock, selectors.EVENT_READ, "udp")
+            self.watch = InterfaceWatch(nic.ifindex)
+            self._selector.register(self.watch, selectors.EVENT_READ, "nic")
             self.control.register(self._selector)
         except BaseException:
             self.shutdown()
             raise
         return self
+
+    def _running_datapath(self):
+        """The data path a previous restart-safe instance left on our NIC and tunnel
+        (adopt.Running), or None: no tunnel, or nothing of ours attached."""
+        from pyroute2 import IPRoute
+
+        from xdp_teredo.datapath import adopt
+
+        with IPRoute() as ipr:
+            tun = ipr.link_lookup(ifname=self.config.tunnel)
+        if not tun:
+            return None
+        return adopt.find(self.plan.nic.ifindex, tun[0])
+
+    def _resumable(self, previous) -> Optional[Q.Mapping]:
+        """The mapping the previous instance was qualified with, if we can carry on
+        with it: it was enabled, with the same local address and port as ours now,
+        and its address is still on the tunnel."""
+        if previous is None or not previous.enabled:
+            return None
+        if (previous.local_ipv4, previous.local_port) != tuple(self.local):
+            return None
+        if self.tunnel.address is None or self.tunnel.address != previous.teredo_address:
+            return None
+        parts = peerlist.teredo_parts(previous.teredo_address)
+        if parts is None:
+            return None
+        server, mapped_ip, mapped_port = parts
+        return Q.Mapping(server, mapped_ip, mapped_port, previous.teredo_address,
+                         self.tunnel.mtu)
 
     def _stays_root(self) -> bool:
         return self.config.user == "root" or os.geteuid() != 0
@@ -338,7 +449,10 @@ class Client:
         _log.info("client_started", interface=nic.name, tunnel=self.tunnel.name,
                   local=f"{self.local[0]}:{self.local[1]}", xdp=self.att.xdp_attached,
                   servers=[str(s) for s in self.servers], user=self.user,
-                  control_socket=control.display_name(self.control.name))
+                  control_socket=control.display_name(self.control.name),
+                  restart_safe=self.plan.restart_safe, adopted=self.adopted,
+                  replaced=self.att.replaced or None)
+        self.serving = True
         self._start_qualification()
         while not self._stopping:
             for key, _ in self._selector.select(self._timeout()):
@@ -348,6 +462,8 @@ class Client:
                     self._read_tun()
                 elif key.data == "udp":
                     self._read_udp()
+                elif key.data == "nic":
+                    self._interface_changed()
                 elif self.control.owns(key):
                     self.control.handle(key)
                 if self._stopping:
@@ -410,7 +526,10 @@ class Client:
 
     def _start_qualification(self) -> None:
         now = self.clock.monotonic()
+        resume, self._resume = self._resume, None
         if not self.servers:
+            if resume is not None:
+                self._address_changed(resume, None)  # nobody to confirm it with
             # The built-in list did not resolve at all (no DNS yet?): stay offline
             # and try the names again later.
             self._resolve_at = now + max(self.timers.restart_delay, 1.0)
@@ -424,7 +543,10 @@ class Client:
             refresh_interval=self.timers.refresh_interval,
             restart_delay=self.timers.restart_delay,
             restart_delay_max=self.timers.restart_delay_max)
-        self._qualification(self.qual.start(now))
+        if resume is not None:
+            self._qualification(self.qual.resume(now, resume))
+        else:
+            self._qualification(self.qual.start(now))
 
     def _resolve_again(self, now: float) -> None:
         """Look the names up again, in a thread: with DNS down each lookup waits for
@@ -456,6 +578,13 @@ class Client:
 
     def _qualification(self, actions: list) -> None:
         """Carry out what the Qualification asked, in order."""
+        if any(isinstance(a, Q.StateChanged) and a.new is Q.State.QUALIFIED for a in actions) \
+                and not any(isinstance(a, Q.AddressChanged) for a in actions):
+            # Qualified with the mapping we resumed (a restart): the address stayed.
+            mapping = self.qual.mapping
+            _log.info("qualified", address=str(mapping.address), server=str(mapping.server),
+                      mapped=f"{mapping.mapped_ip}:{mapping.mapped_port}", nat=self._nat(mapping),
+                      mtu=mapping.mtu, tunnel=self.tunnel.name, resumed=True)
         for action in actions:
             if isinstance(action, Q.SendRouterSolicitation):
                 # §5.2.1: from the restricted link-local to all-routers, with an
@@ -538,6 +667,93 @@ class Client:
         mapping = self.qual.mapping if self.qual is not None else None
         return mapping.address if mapping else None
 
+    # -- the interface (net/watch.py) --------------------------------------------------------
+
+    def _interface_changed(self) -> None:
+        """Something happened to the NIC: look at it again and follow (docs/reliability.md).
+
+        Down: said, nothing else (the next RS failing decides, as for any lost
+        server). Up again, or its address back: a refresh at once, not at the next
+        interval. Another IPv4 address: a new socket on it (same port if free), the
+        data path told (XDP knows our traffic by it), and a refresh at once, whose
+        RA brings the new mapping and so the new Teredo address (§5.2.7). No IPv4
+        address at all: said; the refreshes then fail and the client goes offline.
+        """
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        if not self.watch.changed():
+            return
+        nic = self.plan.nic
+        try:
+            up, ipv4 = self._look_at_interface()
+        except (NetlinkError, OSError, IndexError) as err:
+            _log.warning("interface_unreadable", interface=nic.name, error=str(err))
+            return
+        refresh = False
+        if up != self.interface_up:
+            self.interface_up = up
+            _log.info("interface_up" if up else "interface_down", interface=nic.name)
+            refresh = up
+        if ipv4 is None:
+            if not self._address_lost:
+                self._address_lost = True
+                _log.warning("interface_address_lost", interface=nic.name,
+                             address=str(self.local[0]))
+        elif ipv4 != self.local[0]:
+            refresh = self._rebind(ipv4) or refresh
+        elif self._address_lost:
+            self._address_lost = False
+            _log.info("interface_address_back", interface=nic.name, address=str(ipv4))
+            refresh = True
+        if refresh and up and self.qual is not None:
+            self.counters["interface_refresh"] += 1
+            self._qualification(self.qual.refresh_now(self.clock.monotonic()))
+
+    def _look_at_interface(self) -> Tuple[bool, Optional[IPv4Address]]:
+        """(link up with carrier, the IPv4 address to use or None), as prepare picks
+        it: the configured BindAddress, else ours while the NIC keeps it, else its
+        first one."""
+        from pyroute2 import IPRoute
+
+        nic = self.plan.nic
+        with IPRoute() as ipr:
+            flags = ipr.get_links(nic.ifindex)[0]["flags"]
+            addresses = [IPv4Address(a.get_attr("IFA_ADDRESS"))
+                         for a in ipr.get_addr(family=socket.AF_INET, index=nic.ifindex)]
+        up = bool(flags & _IFF_UP) and bool(flags & _IFF_RUNNING)
+        if self.config.bind_address != cfg.DEFAULT_BIND_ADDRESS:
+            return up, self.config.bind_address if self.config.bind_address in addresses else None
+        if self.local[0] in addresses:
+            return up, self.local[0]
+        return up, addresses[0] if addresses else None
+
+    def _rebind(self, ipv4: IPv4Address) -> bool:
+        """Move the Teredo socket to `ipv4`, keeping the port when it is free there."""
+        from xdp_teredo.net.udp import TeredoSocket
+
+        nic, old = self.plan.nic, self.sock
+        try:
+            try:
+                new = TeredoSocket(ipv4, self.local[1], device=nic.name)
+            except RuntimeFailure:
+                new = TeredoSocket(ipv4, 0, device=nic.name)
+        except RuntimeFailure as err:
+            self.counters["rebind_failed"] += 1
+            _log.error("interface_rebind_failed", interface=nic.name, address=str(ipv4),
+                       error=str(err))
+            return False
+        new.refusals.update(old.refusals)
+        self._selector.unregister(old)
+        old.close()
+        self._selector.register(new, selectors.EVENT_READ, "udp")
+        self.sock, previous = new, self.local
+        self.local = new.local_address
+        self._address_lost = False
+        self._configure_datapath()
+        _log.info("interface_address_changed", interface=nic.name,
+                  old=f"{previous[0]}:{previous[1]}", new=f"{self.local[0]}:{self.local[1]}")
+        return True
+
     # -- the UDP socket (what the XDP program left to the slow path) -----------------------
 
     def _read_udp(self) -> None:
@@ -582,6 +798,17 @@ class Client:
             source=ipv6.src, destination=ipv6.dst, udp_ip=ip, udp_port=port,
             packet=ipv6.to_bytes(), bubble=P.is_bubble(ipv6), echo_nonce=echo_nonce,
             from_server=from_server, origin=origin)
+        if self.guard is not None and not incoming.bubble and echo_nonce is None \
+                and not from_server:
+            # Decided before the peer list sees it, as XDP decides before learning:
+            # a packet nobody asked for neither makes its sender a trusted peer nor
+            # starts a connectivity test through our server on its behalf (the
+            # "ping test" abuse, CVE-2006-6266). Bubbles and echo replies (maybe
+            # our test's answer) go on; what the peer list delivers is checked again.
+            refused = self.guard.inbound(incoming.packet)
+            if refused:
+                self._drop(refused)
+                return
         self._peer_actions(self.peers.on_incoming(incoming))
         self._refresh_peer_entry(ipv6.src)
 
@@ -611,15 +838,33 @@ class Client:
             try:
                 packet = self.tunnel.read()
             except RuntimeFailure as err:
-                # The device is gone (deleted under us): nothing works any more.
-                self.failed = str(err)
-                _log.error("tunnel_failed", error=str(err))
+                # The device is gone (deleted under us): nothing works any more. We do
+                # not make another: whoever deleted it wanted Teredo off; we stop and
+                # remove the rest (XDP and tc on the NIC, the hook's down/destroy), and
+                # exit 1, which a service manager may restart (docs/reliability.md).
+                if self._tunnel_gone():
+                    self.failed = (f"tunnel {self.tunnel.name} was deleted while the client ran; "
+                                   "stopped and removed the rest")
+                    _log.error("tunnel_deleted", tunnel=self.tunnel.name, error=str(err))
+                else:
+                    self.failed = str(err)
+                    _log.error("tunnel_failed", error=str(err))
                 self.stop("tunnel_failed")
                 return
             if packet is None:
                 return
             self.counters["tun_read"] += 1
             self._outgoing(packet)
+
+    def _tunnel_gone(self) -> bool:
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                return not any(link["index"] == self.tunnel.ifindex
+                               for link in ipr.get_links())
+        except OSError:
+            return False
 
     def _outgoing(self, packet: bytes) -> None:
         try:
@@ -658,6 +903,12 @@ class Client:
             elif isinstance(action, peerlist.SendEcho):
                 self._send_echo(action.peer, action.nonce)
             elif isinstance(action, peerlist.Deliver):
+                # What the peer list delivers arrived over Teredo: the inbound guard
+                # decides here what XDP decides on the fast path (docs/security.md).
+                refused = self.guard.inbound(action.packet) if self.guard is not None else None
+                if refused:
+                    self._drop(refused)
+                    continue
                 self._deliver(action.packet)
             elif isinstance(action, peerlist.Unreachable):
                 self._unreachable(action.packet)
@@ -816,7 +1067,25 @@ class Client:
             "user": self.user,
             "started": _iso(self.started_wall),
             "peers": len(self.peers),
+            "restart_safe": self.plan.restart_safe,
+            "inbound": self._inbound_status(),
+            "adopted": self.adopted,
+            "interface_up": self.interface_up,
         }
+
+    def _inbound_status(self) -> dict:
+        """The guard: policy, allowed ports, live flows, and what the slow path refused
+        (the fast path's refusals are `stats`' guard_* reasons)."""
+        info = (self.guard.settings if self.guard is not None else self.plan.inbound).describe()
+        maps = getattr(self.att, "guard", None)
+        if maps is not None:
+            try:
+                info.update(maps.summary())
+            except (RuntimeFailure, OSError) as err:
+                info["error"] = str(err)
+        info["slow_path_dropped"] = {v: self.counters[f"drop_{v}"] for v in guard.VERDICTS
+                                     if self.counters[f"drop_{v}"]}
+        return info
 
     def peer_table(self) -> list:
         """`xdp-teredo peers --json`: the BPF peer table, plus the peers the control
@@ -873,9 +1142,13 @@ class Client:
 
     # -- shutting down ------------------------------------------------------------------------
 
-    def shutdown(self) -> List[str]:
+    def shutdown(self, *, keep_datapath: bool = False) -> List[str]:
         """Remove everything set-up added, in reverse; every step is tried. Returns
-        the failures (each also logged). Idempotent."""
+        the failures (each also logged). Idempotent.
+
+        keep_datapath (restart-safe stop): leave the programs, maps, tunnel, address
+        and routes as they are for the next instance; only our fds close.
+        """
         if self._closed:
             return []
         self._closed = True
@@ -890,6 +1163,18 @@ class Client:
 
         if self.control is not None:
             step("control socket", self.control.close)
+        if keep_datapath:
+            for what, obj, release in (("data path", self.att, "release"),
+                                       ("tunnel", self.tunnel, "release"),
+                                       ("socket", self.sock, "close"),
+                                       ("interface watch", self.watch, "close"),
+                                       ("BPF programs", self.prog, "close"),
+                                       ("selector", self._selector, "close")):
+                if obj is not None:
+                    step(what, getattr(obj, release))
+            for end in (self._wake_r, self._wake_w):
+                end.close()
+            return failures
         if self.att is not None:
             # First, so that no packet takes the fast path with an address that is
             # about to go away.
@@ -903,6 +1188,8 @@ class Client:
             step("tunnel", self.tunnel.close)
         if self.sock is not None:
             step("socket", self.sock.close)
+        if self.watch is not None:
+            step("interface watch", self.watch.close)
         if self.prog is not None:
             step("BPF programs", self.prog.close)
         if self._selector is not None:
@@ -943,6 +1230,8 @@ def run(plan: Plan) -> int:
 
     def on_signal(signum, _frame):
         # No logging here: the handler may interrupt a log call in progress.
+        if signum == signal.SIGHUP and plan.restart_safe:
+            client.keep_datapath = True   # the restart: leave the fast path running
         client.stop(signal.Signals(signum).name)
 
     # Installed before the (long) set-up so that a SIGTERM during it still ends in
@@ -956,12 +1245,19 @@ def run(plan: Plan) -> int:
         client.drop_privileges()
         if not client._stopping:
             client.serve()
+    except Exception:
+        if plan.restart_safe and client.serving:
+            # A crash of the control plane must not take established traffic with
+            # it: the next instance adopts the fast path.
+            client.keep_datapath = True
+        raise
     finally:
         signal.set_wakeup_fd(old_wakeup)
-        failures = client.shutdown()
+        failures = client.shutdown(keep_datapath=client.keep_datapath)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _log.info("client_stopped", signal=client._stopped_by, failures=failures or None,
+              kept_datapath=client.keep_datapath or None,
               **{k: v for k, v in client.counters.items() if not k.startswith("drop_")})
     if client.failed:
         raise RuntimeFailure(client.failed)
@@ -971,9 +1267,15 @@ def run(plan: Plan) -> int:
 
 
 def attach(settings: cfg.Settings, config_path: Optional[str] = None,
-           timers: Timers = Timers()) -> int:
+           timers: Timers = Timers(), *, restart_safe: bool = False,
+           peer_max: int = C.PEER_LIST_MAX, inbound: Optional[guard.Settings] = None) -> int:
     """`xdp-teredo attach`: prepare (nothing touched on a bad input), then run."""
-    return run(prepare(settings, config_path, timers))
+    if peer_max < 1:
+        raise UsageError(f"--peer-max {peer_max}: must be at least 1")
+    plan = prepare(settings, config_path, timers)
+    if inbound is not None:
+        plan = dataclasses.replace(plan, inbound=inbound)
+    return run(dataclasses.replace(plan, restart_safe=restart_safe, peer_max=peer_max))
 
 
 def detach(interface: str, tunnel: str = cfg.DEFAULT_TUNNEL) -> List[str]:

@@ -112,6 +112,13 @@ class Hook:
         return self._change(TunnelSettings(STATE_UP, ipaddress.IPv6Address(address),
                                       ipaddress.IPv6Address(link_local), int(mtu)))
 
+    def resume(self, address: IPv6Like, link_local: IPv6Like, mtu: int) -> None:
+        """A previous instance ran `up` with these values and left them installed
+        (a restart that kept the tunnel): the next run's OLD_* are these. Nothing
+        runs now: for the script, nothing changed."""
+        self._previous = TunnelSettings(STATE_UP, ipaddress.IPv6Address(address),
+                                        ipaddress.IPv6Address(link_local), int(mtu))
+
     def down(self) -> Optional[HookResult]:
         """Offline: no address."""
         return self._change(TunnelSettings(STATE_DOWN))

@@ -47,7 +47,7 @@ from typing import List, Optional
 from xdp_teredo import log
 from xdp_teredo.errors import MalformedPacket, RuntimeFailure, UsageError
 from xdp_teredo.teredo import constants as C
-from xdp_teredo.teredo import encap, icmpv6
+from xdp_teredo.teredo import encap, guard, icmpv6
 from xdp_teredo.teredo import packet as P
 from xdp_teredo.teredo import peers as peerlist
 from xdp_teredo.teredo.clock import Clock, SystemClock
@@ -85,6 +85,9 @@ class RelayConfig:
     learn: bool = True                     # the data path learns §5.4.2 clients itself
     pin_root: Optional[str] = None         # default: datapath.stats.DEFAULT_PIN_ROOT
     stats_interval: float = 0.0
+    # The inbound guard for the clients it serves (docs/security.md): open by
+    # default, a relay carries whatever its clients asked for and more.
+    inbound: guard.Settings = guard.Settings(policy=guard.Policy.OPEN)
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class Relay:
         self.hooks: list = []              # redirect.HookChoice
         self.egress: list = []             # redirect.EgressCheck
         self.tunnel = self.sock = self.prog = self.att = self.control = None
+        # The guard's policy over the data path's maps, for the slow path.
+        self.guard: Optional[guard.Guard] = None
         self._route = False
         self._icmp_bucket = TokenBucket(Limits(C.RELAY_ICMPV6_ERRORS_PER_S, 2_000_000.0),
                                         self.clock.monotonic())
@@ -308,6 +313,15 @@ class Relay:
             tun_ifindex=self.tunnel.ifindex, enabled=True, learn_peers=cfg.learn, relay=True,
             peer_timeout=C.PEER_RECENT, mtu=C.TEREDO_MTU, l2_len=14))
         self.prog.egress.set(redirect.xdp_targets(self.egress, cfg.path))
+        # The guard too; the slow path decides with the same policy and maps.
+        self.prog.guard.configure(cfg.inbound)
+        self.guard = guard.Guard(cfg.inbound, self.prog.guard.flows, self.prog.guard.fragments,
+                                 self.prog.guard.allowed, now_ns=time.monotonic_ns)
+        _log.info("inbound_guard", **cfg.inbound.describe())
+        # What may reach this process from the IPv4 side, in XDP (docs/reliability.md).
+        from xdp_teredo.datapath.limits import RELAY_LIMITS
+
+        self.prog.slow_path.write(RELAY_LIMITS)
         try:
             self.att = self.prog.attach({h.ifindex: h.hook for h in self.hooks},
                                         pin_root=pin_root, pin_ifindex=self.ipv4.ifindex)
@@ -435,6 +449,11 @@ class Relay:
             self._drop(f"tun_{err.reason}")
             return
         self.counters["tun_received"] += 1
+        # Native IPv6 to a client: inbound for that client, as in BPF (teredo_guard.h).
+        refused = self.guard.inbound(packet) if self.guard is not None else None
+        if refused:
+            self._drop(refused)
+            return
         self._peer_actions(self._observe(ipv6.dst) + self.peers.on_outgoing(ipv6.dst, packet))
 
     # -- carrying out the policy's actions ----------------------------------------------
@@ -532,6 +551,8 @@ class Relay:
 
     def _deliver(self, packet: bytes) -> None:
         """Into the tun: the kernel forwards it natively like any routed packet."""
+        if self.guard is not None:
+            self.guard.outbound(packet)  # a client's flow: its answers may come back
         try:
             self.tunnel.write(packet)
             self.counters["delivered"] += 1
@@ -604,7 +625,19 @@ class Relay:
             "pid": os.getpid(),
             "started": _iso(self.started_wall),
             "uptime_s": round(self.clock.monotonic() - self.started, 3),
+            "inbound": self._inbound_status(),
         }
+
+    def _inbound_status(self) -> dict:
+        info = (self.guard.settings if self.guard is not None else self.config.inbound).describe()
+        if self.prog is not None:
+            try:
+                info.update(self.prog.guard.summary())
+            except (RuntimeFailure, OSError) as err:
+                info["error"] = str(err)
+        info["slow_path_dropped"] = {v: self.counters[f"drop_{v}"] for v in guard.VERDICTS
+                                     if self.counters[f"drop_{v}"]}
+        return info
 
     def peer_table(self) -> list:
         """`xdp-teredo peers --json`: the BPF peer table, then the clients the slow

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from xdp_teredo.datapath import Config, PeerEntry, stats
+from xdp_teredo.datapath import Config, PeerEntry, loader, stats
 from xdp_teredo.errors import RuntimeFailure
 
 from . import packets as P
@@ -141,7 +141,7 @@ def test_attach_then_detach_leaves_nothing(lab, pin_root, ingress, mode, expect)
         assert att.xdp_attached == {"xdp": "native", "xdpgeneric": "generic", None: None}[expect]
         rx = "tc_teredo_ingress" if ingress == "xdp" else "tc_teredo_rx"
         assert state["filters"] == {"nic ingress": [rx], "tun egress": ["tc_teredo_tx"]}
-        assert sorted(os.listdir(att.pin_dir)) == ["config", "peers", "stats"]
+        assert sorted(os.listdir(att.pin_dir)) == sorted(loader.MAPS)  # the guard's maps too
         assert os.path.basename(att.pin_dir) == stats.instance_name(lab["nic"], lab["a"])
         with pytest.raises(RuntimeFailure, match="attached already"):
             prog.attach(lab["nic"], lab["tun"], netns=lab["a"], pin=False)
@@ -207,7 +207,7 @@ def test_detach_stale_removes_what_a_dead_instance_left(lab, pin_root):
     prog.attachment = None
     assert ours_attached(lab)["xdp"] == "xdpgeneric"
     removed = detach_stale(lab["nic"], lab["tun"], netns=lab["a"], pin_root=pin_root)
-    assert len(removed) == 2 + 1 + 3, removed  # two filters, XDP, three pins
+    assert len(removed) == 2 + 1 + len(loader.MAPS), removed  # two filters, XDP, every pin
     assert ours_attached(lab) == dict(NOTHING, clsact=True), "clsact itself is harmless and stays"
     assert not os.path.exists(pin_dir)
     assert detach_stale(lab["nic"], lab["tun"], netns=lab["a"], pin_root=pin_root) == []

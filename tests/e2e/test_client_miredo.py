@@ -30,7 +30,9 @@ def teredo(make_module_lab):
         require_tool(tool)
     lab = make_module_lab("server", "client1", "client2", "v6host")
     server = miredo.start_server(lab)
-    ours = cs.start_client(lab, "client1", wait=False)
+    # The inbound guard is stateful by default: open the port Miredo's side
+    # connects to in test_a_tcp_transfer_both_ways_takes_the_fast_path.
+    ours = cs.start_client(lab, "client1", "--allow", "tcp/5202", wait=False)
     theirs = miredo.start_client(lab, "client2", server.primary)
     ours.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
     _, info = cs.status(lab, "client1")

@@ -32,7 +32,11 @@ def teredo(make_module_lab):
     server = lab.spawn("server", *cs.CLI, "--log-format", "json", "server", "--bind", cs.SERVER,
                        log="xdp-teredo-server.log")
     server.wait_for_output(r'"event": "server_started"', timeout=10)
-    procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY), wait=False)
+    # The inbound guard is stateful by default: each opens the port its TCP sink
+    # listens on in test_tcp_both_ways_never_touches_python (tcp_transfer).
+    allow = {"client1": "tcp/5202", "client2": "tcp/5201"}
+    procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY), "--allow", allow[role],
+                                   wait=False)
              for role in CLIENTS}
     for proc in procs.values():
         proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)

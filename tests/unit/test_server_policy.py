@@ -358,6 +358,19 @@ def test_forwarding_is_charged_to_the_receiver_too():
     assert forwarded == 5
 
 
+def test_bubbles_aimed_at_a_client_leave_its_router_advertisements_alone():
+    # A flood of spoofed bubbles towards CLIENT2 empties its bucket; its own RS
+    # still gets its RA (a bucket apart), so its qualification survives (§5.2.7).
+    policy = _policy(pps=5)
+    for i in range(40):
+        sender_ip = IP(f"203.0.113.{i + 1}")
+        policy.handle(_rx(packet.build_bubble(_teredo(sender_ip, 5000), CLIENT2),
+                          src=sender_ip, port=5000))
+    client2 = TeredoAddress.from_ipv6(CLIENT2)
+    [ra] = policy.handle(_rx(_rs(), src=client2.client, port=client2.port))
+    assert ra.dst_ip == client2.client
+
+
 def test_rate_limited_datagrams_are_not_drops():
     policy = _policy(pps=1)
     policy.handle(_rx(_rs()))

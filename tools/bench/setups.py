@@ -15,12 +15,11 @@ address routed through the relay, the same hops the tunnel takes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 from xdp_teredo.errors import RuntimeFailure
-from xdp_teredo.lab import miredo, roles
+from xdp_teredo.lab import miredo, roles, traffic
 
 PATHS = {
     "p2p": ("client2", "public"),
@@ -109,7 +108,9 @@ def miredo_impl(lab, path: str) -> Endpoint:
     return ep
 
 
-def xdp_teredo_impl(lab, path: str) -> Endpoint:
+def xdp_teredo_impl(lab, path: str, relay_args=()) -> Endpoint:
+    """relay_args: extra options of `xdp-teredo relay` (the table-size run's
+    --max-peers)."""
     src, dst = PATHS[path]
     ep = Endpoint(src, dst, "")
     server = lab["server"].ipv4[0]
@@ -119,12 +120,13 @@ def xdp_teredo_impl(lab, path: str) -> Endpoint:
     ep.stop.append(client.stop)
     ep.daemons[f"xdp-teredo@{src}"] = [client.process.pid]
     if path == "p2p":
-        peer = roles.start_client(lab, "xdp-teredo", dst, server)
+        # It runs the iperf3 servers: their ports open in its inbound guard.
+        peer = roles.start_client(lab, "xdp-teredo", dst, server, *traffic.ALLOW_IPERF)
         ep.stop.append(peer.stop)
         ep.daemons[f"xdp-teredo@{dst}"] = [peer.process.pid]
         ep.address = str(peer.address)
     else:
-        relay = roles.start_relay(lab, "xdp-teredo")
+        relay = roles.start_relay(lab, "xdp-teredo", "relay", *relay_args)
         ep.stop.append(relay.stop)
         ep.daemons["xdp-teredo@relay"] = [relay.process.pid]
         ep.address = str(lab["v6host"].ipv6[0])

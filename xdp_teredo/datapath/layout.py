@@ -21,6 +21,8 @@ import ctypes
 import enum
 from typing import Dict, List, Tuple
 
+from xdp_teredo.teredo import guard as _guard
+
 # ---------------------------------------------------------------------------
 # Structs. `_c_name_` is the C struct name, `_c_types_` overrides the C type of a
 # field (byte order), `_c_doc_` gives the one-line comment the header carries.
@@ -84,7 +86,110 @@ class XdpMeta(ctypes.Structure):
     _c_types_: Dict[str, str] = {}
 
 
-STRUCTS: Tuple[type, ...] = (PeerKey, PeerValue, ConfigValue, StatValue, XdpMeta)
+# The inbound guard (bpf/teredo_guard.h, xdp_teredo/teredo/guard.py, docs/security.md).
+
+
+class FlowKey(ctypes.Structure):
+    _c_name_ = "teredo_flow_key"
+    _c_doc_ = "Key of the guard's flow table: a conversation the host started, as it sees it."
+    _fields_ = [
+        ("local", ctypes.c_uint8 * 16),     # our IPv6 address (a relay: its client's)
+        ("remote", ctypes.c_uint8 * 16),    # the other end's IPv6 address
+        ("local_port", ctypes.c_uint16),    # TCP/UDP port on our side; ICMPv6 echo: the identifier
+        ("remote_port", ctypes.c_uint16),   # TCP/UDP port on the other side; else 0
+        ("proto", ctypes.c_uint8),          # transport: IPv6 next header after the extension headers
+        ("pad", ctypes.c_uint8 * 3),        # zero (hash keys compare every byte)
+    ]
+    _c_types_ = {"local_port": "__be16", "remote_port": "__be16"}
+
+
+class FlowValue(ctypes.Structure):
+    _c_name_ = "teredo_flow"
+    _c_doc_ = "Value of the guard's flow table: when the flow last moved, and its state."
+    _fields_ = [
+        ("seen_ns", ctypes.c_uint64),       # last packet of the flow, either way
+        ("state", ctypes.c_uint32),         # FlowState: decides the timeout
+        ("pad", ctypes.c_uint32),
+    ]
+    _c_types_: Dict[str, str] = {}
+
+
+class FragmentKey(ctypes.Structure):
+    _c_name_ = "teredo_fragment_key"
+    _c_doc_ = "Key of the guard's fragment table: a fragmented packet whose first fragment came in."
+    _fields_ = [
+        ("local", ctypes.c_uint8 * 16),
+        ("remote", ctypes.c_uint8 * 16),
+        ("identification", ctypes.c_uint32),  # RFC 8200 §4.5, as on the wire
+    ]
+    _c_types_ = {"identification": "__be32"}
+
+
+class AllowKey(ctypes.Structure):
+    _c_name_ = "teredo_allow_key"
+    _c_doc_ = "Key of the guard's allowed ports (--allow PROTO/PORT)."
+    _fields_ = [
+        ("proto", ctypes.c_uint8),          # 6 (TCP) or 17 (UDP)
+        ("pad", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),          # our port
+    ]
+    _c_types_ = {"port": "__be16"}
+
+
+class AllowValue(ctypes.Structure):
+    _c_name_ = "teredo_allow"
+    _c_doc_ = "Value of the guard's allowed ports: how many new conversations it let in."
+    _fields_ = [("packets", ctypes.c_uint64)]
+    _c_types_: Dict[str, str] = {}
+
+
+class GuardConfigValue(ctypes.Structure):
+    _c_name_ = "teredo_guard_config"
+    _c_doc_ = "The one entry of the guard map: the policy and the flow timeouts."
+    _fields_ = [
+        ("policy", ctypes.c_uint32),        # GuardPolicy; all zeros (never written): open
+        ("pad", ctypes.c_uint32),
+        ("tcp_handshake_ns", ctypes.c_uint64),
+        ("tcp_established_ns", ctypes.c_uint64),
+        ("tcp_closing_ns", ctypes.c_uint64),
+        ("tcp_closed_ns", ctypes.c_uint64),
+        ("udp_ns", ctypes.c_uint64),
+        ("udp_replied_ns", ctypes.c_uint64),
+        ("icmp_echo_ns", ctypes.c_uint64),
+        ("other_ns", ctypes.c_uint64),
+        ("fragment_ns", ctypes.c_uint64),   # a first fragment lets the rest in this long
+    ]
+    _c_types_: Dict[str, str] = {}
+
+
+# Admission to the slow path (bpf/teredo_limit.h, datapath/limits.py, docs/reliability.md).
+
+
+class SlowPathKey(ctypes.Structure):
+    _c_name_ = "teredo_slow_path_key"
+    _c_doc_ = "Key of the slow-path buckets: who sent it, and what kind of packet."
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),         # the outer IPv4 source, as on the wire
+        ("kind", ctypes.c_uint32),          # TEREDO_SLOW_PATH_AUTH (a server's RA) or _OTHER
+    ]
+    _c_types_ = {"saddr": "__be32"}
+
+
+class SlowPathLimits(ctypes.Structure):
+    _c_name_ = "teredo_slow_path_limits"
+    _c_doc_ = "The one entry of the slow-path limits: GCRA interval and tolerance; 0 = no limit."
+    _fields_ = [
+        ("source_interval_ns", ctypes.c_uint64),   # per source and kind: 1 s / rate
+        ("source_tolerance_ns", ctypes.c_uint64),  # (burst - 1) * interval
+        ("global_interval_ns", ctypes.c_uint64),   # everything together
+        ("global_tolerance_ns", ctypes.c_uint64),
+    ]
+    _c_types_: Dict[str, str] = {}
+
+
+STRUCTS: Tuple[type, ...] = (PeerKey, PeerValue, ConfigValue, StatValue, XdpMeta, FlowKey, FlowValue,
+                             FragmentKey, AllowKey, AllowValue, GuardConfigValue,
+                             SlowPathKey, SlowPathLimits)
 
 # Marks a frame that our XDP program decapsulated (an arbitrary constant). Any other
 # value, or no metadata at all, means the tc ingress program leaves the skb alone.
@@ -100,6 +205,15 @@ class ConfigFlag(enum.IntFlag):
     ENABLED = 0x1      # off: every Teredo packet goes to the slow path (not qualified yet)
     LEARN_PEERS = 0x2  # RFC 4380 §5.2.3: a source embedding its UDP source becomes a trusted peer
     RELAY = 0x4        # RFC 4380 §5.4.2: relay rules instead of client rules
+
+
+class GuardPolicy(enum.IntEnum):
+    OPEN = 0      # the guard map never written, or --inbound open: everything passes
+    STATEFUL = 1  # only flows the host started, allowed ports and needed ICMPv6 come in
+
+
+# The flow states of the guard, defined with the policy (teredo/guard.py).
+FlowState = _guard.FlowState
 
 
 class PeerFlag(enum.IntFlag):
@@ -174,6 +288,15 @@ class Reason(enum.IntEnum):
     TX_REDIRECT_FAILED = 40     # bpf_redirect_neigh refused
     RELAY_SOURCE_MISMATCH = 41  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
     RELAY_REDIRECT_FAILED = 42  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
+    # -- drop: the inbound guard (bpf/teredo_guard.h; --inbound stateful), IPv6 that
+    # arrived over Teredo and that nobody here asked for (docs/security.md)
+    GUARD_UNSOLICITED = 43      # guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe)
+    GUARD_ICMPV6 = 44           # guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND)
+    GUARD_FRAGMENT = 45         # guard: a later fragment whose first fragment was not let in
+    GUARD_UNPARSED = 46         # guard: extension headers or transport header beyond what it reads: not checkable, so not taken
+    # -- drop: admission to the slow path (bpf/teredo_limit.h; docs/reliability.md)
+    RX_SLOW_PATH_SOURCE_LIMIT = 47  # for the control plane, but its sender (IPv4 source and kind) is over its rate
+    RX_SLOW_PATH_LIMIT = 48     # for the control plane, but the slow path as a whole is over its rate
 
     @property
     def kind(self) -> Kind:

@@ -12,9 +12,10 @@ becomes a BpfError: an OSError (errno) that is also the project's RuntimeFailure
 
 import ctypes
 import ctypes.util
+import dataclasses
 import errno as errno_mod
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 from ..errors import RuntimeFailure
 
@@ -49,6 +50,7 @@ def lib() -> ctypes.CDLL:
         handle.libbpf_num_possible_cpus.argtypes = []
         handle.bpf_prog_get_fd_by_id.argtypes = [c_uint32]
         handle.bpf_prog_test_run_opts.argtypes = [c_int, c_void_p]
+        handle.bpf_map_get_fd_by_id.argtypes = [c_uint32]
         _LIB = handle
     return _LIB
 
@@ -104,6 +106,55 @@ def prog_name(prog_id: int) -> str:
         os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgInfo:
+    """What the kernel says about a loaded program (adopt.py finds ours with it).
+
+    tag: the kernel's hash of the instructions with map references zeroed, so two
+    loads of the same code have the same tag whatever maps they use.
+    """
+
+    id: int
+    name: str
+    tag: str
+    map_ids: Tuple[int, ...]
+
+
+def prog_info(prog_id: int) -> ProgInfo:
+    """Name, tag and map ids of a loaded program, by id (needs CAP_SYS_ADMIN)."""
+    fd = _check(lib().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id {prog_id}")
+    try:
+        return prog_info_by_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def prog_info_by_fd(fd: int) -> ProgInfo:
+    # Twice: first to learn how many maps, then with room for their ids.
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "bpf_obj_get_info_by_fd")
+    count = info.nr_map_ids
+    ids = (ctypes.c_uint32 * max(count, 1))()
+    info = _ProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "bpf_obj_get_info_by_fd")
+    return ProgInfo(id=info.id, name=info.name.decode(errors="replace"),
+                    tag=bytes(info.tag).hex(), map_ids=tuple(ids[:min(count, info.nr_map_ids)]))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd on the program with this id (needs CAP_SYS_ADMIN); the caller closes it."""
+    return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id {prog_id}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """A new fd on the map with this id (needs CAP_SYS_ADMIN); the caller closes it."""
+    return _check(lib().bpf_map_get_fd_by_id(map_id), f"bpf_map_get_fd_by_id {map_id}")
+
+
 class _MapInfo(ctypes.Structure):
     # The head of struct bpf_map_info (uapi/linux/bpf.h); the kernel fills as much
     # as we give it room for.
@@ -143,6 +194,7 @@ class MapFd:
         _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
                "bpf_obj_get_info_by_fd")
         self.map_type = info.type
+        self.id = info.id
         self.name = info.name.decode(errors="replace")
         self.key_size = info.key_size
         self.value_size = info.value_size

@@ -31,6 +31,10 @@ from ..errors import RuntimeFailure
 from ..teredo import constants
 from . import kheaders, libbpf, probe
 from . import stats as _stats
+from .guard import MAPS as GUARD_MAPS
+from .guard import GuardMaps
+from .limits import MAPS as SLOW_PATH_MAPS
+from .limits import SlowPathMaps
 from .maps import Config, ConfigMap, PeerTable, Snapshot, StatsTable
 from .libbpf import MapFd
 
@@ -41,7 +45,8 @@ PROGRAMS = {
     "tc_rx": ("tc_teredo_rx", "SCHED_CLS"),
     "tc_tx": ("tc_teredo_tx", "SCHED_CLS"),
 }
-MAPS = ("peers", "config", "stats")
+# The guard's maps (datapath/guard.py) are pinned and adopted like the others.
+MAPS = ("peers", "config", "stats", *GUARD_MAPS, *SLOW_PATH_MAPS)
 
 # Our tc filters are found again by this priority and handle ("prio 3544", the
 # Teredo port, is easy to spot in `tc filter show`).
@@ -54,6 +59,7 @@ TC_EGRESS = "ffff:fff3"
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
 _XDP_MODE_FLAGS = {"auto": 0, "native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 # IFLA_XDP_ATTACHED as pyroute2 names it -> our mode name.
 _XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
@@ -72,24 +78,33 @@ def bpf_dir() -> str:
 class Datapath:
     """The compiled and loaded (not attached) programs and their maps."""
 
-    def __init__(self, bpf, functions: Dict[str, object], cflags: List[str]):
+    def __init__(self, bpf, functions: Dict[str, object], cflags: List[str],
+                 reused: Tuple[str, ...] = ()):
         self.bpf = bpf
         self.functions = functions
         self.cflags = cflags
+        # Maps that are a running data path's, not fresh ones (compile(maps=...)).
+        self.reused = reused
         self._maps = {name: MapFd(bpf[name.encode()].map_fd) for name in MAPS}
         self.peers = PeerTable(self._maps["peers"])
         self.config = ConfigMap(self._maps["config"])
         self.statistics = StatsTable(self._maps["stats"])
+        self.guard = GuardMaps.of(self._maps)
+        # Admission to the slow path (limits.py); no limit until written.
+        self.slow_path = SlowPathMaps.of(self._maps)
         self.attachment: Optional["Attachment"] = None
 
     @classmethod
     def compile(cls, *, peer_max: int = constants.PEER_LIST_MAX, ttl: int = 64,
                 cflags: Tuple[str, ...] = (), source_dir: Optional[str] = None,
-                debug: int = 0) -> "Datapath":
+                debug: int = 0, maps: Optional[Dict[str, MapFd]] = None) -> "Datapath":
         """Compile bpf/teredo_encap.c with bcc and load every program (verifier).
 
         Compile-time options become -D flags: peer_max (peer table capacity) and
-        ttl (outer IPv4 TTL); cflags are passed as they are.
+        ttl (outer IPv4 TTL); cflags are passed as they are. maps: a running data
+        path's maps by name (adopt.open_maps): the programs use those instead of
+        fresh ones wherever the layout is the same (`_reuse_maps`); the caller
+        still closes what it passed.
         """
         try:
             from bcc import BPF
@@ -102,7 +117,10 @@ class Datapath:
                                  "(tools/kernel-headers.sh)")
         source_dir = source_dir or bpf_dir()
         flags = [f"-I{source_dir}", f"-DTEREDO_PEER_MAX={int(peer_max)}",
-                 f"-DTEREDO_TTL={int(ttl)}", *cflags]
+                 f"-DTEREDO_TTL={int(ttl)}",
+                 f"-DTEREDO_FLOW_MAX={constants.GUARD_FLOW_MAX}",
+                 f"-DTEREDO_FRAGMENT_MAX={constants.GUARD_FRAGMENT_MAX}",
+                 f"-DTEREDO_ALLOW_MAX={constants.GUARD_ALLOW_MAX}", *cflags]
         src = os.path.join(source_dir, "teredo_encap.c")
         try:
             bpf = BPF(src_file=src.encode(), cflags=flags, debug=debug)
@@ -110,6 +128,7 @@ class Datapath:
             raise RuntimeFailure(f"cannot compile {src}: {err}") from err
         functions = {}
         try:
+            reused = _reuse_maps(bpf, maps or {})
             for name, (func, kind) in PROGRAMS.items():
                 try:
                     functions[name] = bpf.load_func(func.encode(), getattr(BPF, kind))
@@ -119,8 +138,8 @@ class Datapath:
             bpf.cleanup()
             raise
         _log.info("datapath_compiled", source=src, cflags=flags,
-                  kernel_headers=headers.path if headers else None)
-        return cls(bpf, functions, flags)
+                  kernel_headers=headers.path if headers else None, reused_maps=reused or None)
+        return cls(bpf, functions, flags, tuple(reused))
 
     def fd(self, program: str) -> int:
         """File descriptor of a program by our name (PROGRAMS), for test runs."""
@@ -134,6 +153,8 @@ class Datapath:
         self.peers.clear()
         self.statistics.clear()
         self.config.clear()
+        self.guard.clear()
+        self.slow_path.clear()
 
     def attach(self, nic_ifindex: int, tun_ifindex: int, *, ingress: str = "xdp",
                xdp_mode: str = "auto", netns: Optional[str] = None, pin="auto",
@@ -153,6 +174,32 @@ class Datapath:
             raise ValueError(f"xdp_mode must be one of {sorted(_XDP_MODE_FLAGS)}")
         att = Attachment(self, nic_ifindex, tun_ifindex, ingress, xdp_mode, netns)
         att._attach(pin, pin_root, instance)
+        self.attachment = att
+        return att
+
+    def adopt(self, running, *, pin="auto", pin_root: str = _stats.DEFAULT_PIN_ROOT,
+              instance: Optional[str] = None, netns: Optional[str] = None) -> "Attachment":
+        """Take over the data path a previous instance left attached (adopt.find),
+        compiled with its maps (compile(maps=adopt.open_maps(running))).
+
+        A hook whose program is ours already (same code: same kernel tag) is left
+        alone; one whose program differs (an upgrade) gets ours in its place,
+        atomically (tc filter replace, XDP replace with the expected program), so no
+        packet ever meets an empty hook. Detaching later removes everything, as
+        after attach.
+        """
+        if self.attachment is not None:
+            raise RuntimeFailure("this data path is attached already; detach it first")
+        missing = sorted({n[:_NAME_LEN] for n in running.map_ids}
+                         - {n[:_NAME_LEN] for n in self.reused})
+        if missing:
+            # A replaced program would then use a fresh, empty map: peers and config gone.
+            raise RuntimeFailure(f"cannot adopt the running data path: its maps {missing} "
+                                 "differ from this build's (layout changed); stop it with "
+                                 "SIGTERM or `xdp-teredo detach IFACE` first")
+        att = Attachment(self, running.nic_ifindex, running.tun_ifindex, running.ingress,
+                         running.xdp_mode or "auto", netns)
+        att._adopt(running, pin, pin_root, instance)
         self.attachment = att
         return att
 
@@ -187,6 +234,8 @@ class Attachment:
         self.netns = netns
         self.xdp_attached: Optional[str] = None  # "native" / "generic" once attached
         self.pin_dir: Optional[str] = None
+        self.adopted = False                     # taken over from a previous instance
+        self.replaced: List[str] = []            # adopted hooks that got our programs
         self._undo: List[Tuple[str, Callable[[], None]]] = []
         self._ipr = None
 
@@ -194,6 +243,10 @@ class Attachment:
     @property
     def peers(self) -> PeerTable:
         return self.prog.peers
+
+    @property
+    def guard(self) -> GuardMaps:
+        return self.prog.guard
 
     def configure(self, config: Config) -> Config:
         """Write the config; zero ifindexes are filled in from this attachment."""
@@ -243,6 +296,74 @@ class Attachment:
             raise RuntimeFailure(f"attaching the data path failed: {err}") from err
         _log.info("datapath_attached", nic_ifindex=self.nic_ifindex, tun_ifindex=self.tun_ifindex,
                   ingress=self.ingress, xdp=self.xdp_attached, pin_dir=self.pin_dir, netns=self.netns)
+
+    def _adopt(self, running, pin, pin_root: str, instance: Optional[str]) -> None:
+        """Own the hooks of `running` (see Datapath.adopt): replace what differs, then
+        register the same undo steps attach would have."""
+        from pyroute2 import NetlinkError
+
+        try:
+            for key, hooked in running.programs.items():
+                fn = self.prog.functions[key]
+                if libbpf.prog_info_by_fd(fn.fd).tag == hooked.info.tag:
+                    continue
+                if key == "xdp_rx":
+                    self._replace_xdp(fn, hooked.info.id, running.xdp_mode)
+                else:
+                    parent = TC_EGRESS if key == "tc_tx" else TC_INGRESS
+                    self._iproute().tc("replace-filter", "bpf", hooked.ifindex, TC_HANDLE,
+                                       fd=fn.fd, name=fn.name, parent=parent, classid=1,
+                                       direct_action=True, prio=TC_PRIO)
+                self.replaced.append(key)
+            for ifindex, parent, where in ((self.nic_ifindex, TC_INGRESS, "NIC ingress"),
+                                           (self.tun_ifindex, TC_EGRESS, "tun egress")):
+                self._undo.append((f"clsact on {ifindex}",
+                                   lambda i=ifindex: self._del_clsact(i)))
+                self._undo.append((f"tc filter {where}",
+                                   lambda i=ifindex, p=parent: self._del_filter(i, p)))
+            if running.ingress == "xdp":
+                self.xdp_attached = running.xdp_mode
+                mode_flag = XDP_FLAGS_SKB_MODE if running.xdp_mode == "generic" else XDP_FLAGS_DRV_MODE
+                self._undo.append(("XDP", lambda: self._del_xdp(mode_flag)))
+            self._pin(pin, pin_root, instance)
+        except (NetlinkError, OSError) as err:
+            # Nothing of the running data path is removed: it still works as it did,
+            # and the next attempt (or `detach`) finds it again.
+            self._undo.clear()
+            raise RuntimeFailure(f"adopting the running data path failed: {err}") from err
+        except RuntimeFailure:
+            self._undo.clear()
+            raise
+        self.adopted = True
+        _log.info("datapath_adopted", nic_ifindex=self.nic_ifindex, tun_ifindex=self.tun_ifindex,
+                  ingress=self.ingress, xdp=self.xdp_attached, replaced=self.replaced or None,
+                  maps=running.map_ids, pin_dir=self.pin_dir, netns=self.netns)
+
+    def _replace_xdp(self, fn, old_id: int, mode: str) -> None:
+        """Our XDP program in place of the running one, in one netlink request: the
+        kernel swaps them only if `old_id` is still the one attached (XDP_FLAGS_REPLACE)."""
+        mode_flag = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
+        old_fd = libbpf.prog_fd_by_id(old_id)
+        try:
+            self._iproute().link("set", index=self.nic_ifindex, xdp={"attrs": [
+                ("IFLA_XDP_FD", fn.fd), ("IFLA_XDP_FLAGS", XDP_FLAGS_REPLACE | mode_flag),
+                ("IFLA_XDP_EXPECTED_FD", old_fd)]})
+        finally:
+            os.close(old_fd)
+
+    def release(self) -> None:
+        """Leave everything attached and pinned, and forget it: the restart-safe stop
+        (docs/reliability.md). The kernel keeps running the programs with their maps;
+        the next instance adopts them (adopt.find, Datapath.adopt) or `detach` removes
+        them."""
+        self._undo.clear()
+        if self.prog.attachment is self:
+            self.prog.attachment = None
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        _log.info("datapath_released", nic_ifindex=self.nic_ifindex,
+                  tun_ifindex=self.tun_ifindex, pin_dir=self.pin_dir)
 
     def _link_exists(self, ifindex: int) -> bool:
         from pyroute2 import NetlinkError
@@ -367,6 +488,42 @@ class Attachment:
 
     def __exit__(self, *exc) -> None:
         self.detach()
+
+
+# The kernel keeps 15 characters of a map's or program's name (BPF_OBJ_NAME_LEN).
+_NAME_LEN = 15
+
+
+def _reuse_maps(bpf, maps: Dict[str, MapFd]) -> List[str]:
+    """Make the programs about to be loaded use `maps` instead of bcc's fresh ones.
+
+    bcc creates every map while it compiles and writes the map's fd *number* into
+    the instructions; the kernel turns that number into a map when the program is
+    loaded (load_func). Putting another map on the same number in between (dup2)
+    makes the programs, and bcc's table objects, use it. Only a map with the same
+    type, key and value size is taken (its capacity may differ: a running table
+    keeps its own); the others stay fresh, and are logged.
+    """
+    reused = []
+    # By our names; the running maps may be named as the kernel keeps them.
+    given = {name[:_NAME_LEN]: old for name, old in maps.items()}
+    for name in MAPS:
+        old = given.pop(name[:_NAME_LEN], None)
+        if old is None:
+            continue
+        fd = bpf[name.encode()].map_fd
+        fresh = MapFd(fd)
+        if (fresh.map_type, fresh.key_size, fresh.value_size) != \
+                (old.map_type, old.key_size, old.value_size):
+            _log.warning("map_not_reused", map=name, reason="layout changed",
+                         running=[old.map_type, old.key_size, old.value_size],
+                         ours=[fresh.map_type, fresh.key_size, fresh.value_size])
+            continue
+        os.dup2(old.fd, fd, inheritable=False)
+        reused.append(name)
+    for name in sorted(given):
+        _log.warning("map_not_reused", map=name, reason="this build has no such map")
+    return reused
 
 
 def _rmdir_quiet(path: str) -> None:

@@ -32,6 +32,10 @@ from ..teredo import constants
 from . import kheaders, libbpf, loader, probe
 from . import stats as _stats
 from .libbpf import MapFd
+from .guard import MAPS as GUARD_MAPS
+from .guard import GuardMaps
+from .limits import MAPS as SLOW_PATH_MAPS
+from .limits import SlowPathMaps
 from .maps import Config, ConfigMap, PeerTable, Snapshot, StatsTable
 from .redirect import HOOK_TC, HOOK_XDP
 
@@ -110,11 +114,16 @@ class RelayDatapath:
         self.functions = functions
         self.cflags = cflags
         self._maps = {name: MapFd(bpf[name.encode()].map_fd)
-                      for name in PINNED_MAPS + ("relay_slots", "relay_egress")}
+                      for name in PINNED_MAPS + ("relay_slots", "relay_egress") + GUARD_MAPS
+                      + SLOW_PATH_MAPS}
         self.peers = PeerTable(self._maps["peers"])
         self.config = ConfigMap(self._maps["config"])
         self.statistics = StatsTable(self._maps["stats"])
         self.egress = EgressMap(self._maps["relay_slots"], self._maps["relay_egress"])
+        # The inbound guard, for the clients the relay serves (--inbound, --allow).
+        self.guard = GuardMaps.of(self._maps)
+        # Admission to the slow path (limits.py); no limit until written.
+        self.slow_path = SlowPathMaps.of(self._maps)
         self.attachment: Optional["RelayAttachment"] = None
 
     @classmethod
@@ -132,7 +141,10 @@ class RelayDatapath:
                                  "(tools/kernel-headers.sh)")
         source_dir = source_dir or loader.bpf_dir()
         flags = [f"-I{source_dir}", f"-DTEREDO_PEER_MAX={int(peer_max)}",
-                 f"-DTEREDO_TTL={int(ttl)}", f"-DTEREDO_RELAY_PORTS={PORTS}", *cflags]
+                 f"-DTEREDO_TTL={int(ttl)}", f"-DTEREDO_RELAY_PORTS={PORTS}",
+                 f"-DTEREDO_FLOW_MAX={constants.GUARD_FLOW_MAX}",
+                 f"-DTEREDO_FRAGMENT_MAX={constants.GUARD_FRAGMENT_MAX}",
+                 f"-DTEREDO_ALLOW_MAX={constants.GUARD_ALLOW_MAX}", *cflags]
         src = os.path.join(source_dir, SOURCE)
         try:
             bpf = BPF(src_file=src.encode(), cflags=flags)
@@ -164,6 +176,8 @@ class RelayDatapath:
         self.statistics.clear()
         self.config.clear()
         self.egress.clear()
+        self.guard.clear()
+        self.slow_path.clear()
 
     def attach(self, hooks: Dict[int, str], *, pin="auto",
                pin_root: str = _stats.DEFAULT_PIN_ROOT, instance: Optional[str] = None,

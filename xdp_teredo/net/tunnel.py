@@ -20,9 +20,12 @@ Choices made deliberately:
   on the device; Miredo's hook flushes it, we never let it appear.
 - No DAD (IFA_F_NODAD): the tun is NOARP, the kernel skips DAD there anyway; saying
   so keeps the address usable at once if the device type ever changes.
-- The device is not persistent: the kernel deletes it, with its addresses and
-  routes, when the last fd closes, so even SIGKILL leaves no tunnel behind unless
-  another process holds the fd (the fd is O_CLOEXEC so that hooks do not).
+- The device is not persistent by default: the kernel deletes it, with its
+  addresses and routes, when the last fd closes, so even SIGKILL leaves no tunnel
+  behind unless another process holds the fd (the fd is O_CLOEXEC so that hooks do
+  not). A restart-safe client (docs/reliability.md) makes it persistent
+  (TUNSETPERSIST) so that it outlives the process, and the next instance takes it
+  over with `Tunnel.adopt`; close() deletes it explicitly either way.
 
 The fd stays the control plane's: the tc program leaves slow-path packets in the
 tunnel, which read() returns, and write() injects IPv6 packets as if they arrived
@@ -52,6 +55,7 @@ IPv6Like = Union[ipaddress.IPv6Address, str]
 TUN_DEVICE = "/dev/net/tun"
 # linux/if_tun.h
 _TUNSETIFF = 0x400454CA
+_TUNSETPERSIST = 0x400454CB
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000      # no 4-byte packet information header: reads are bare IPv6
 _IFREQ = struct.Struct("16sH22x")
@@ -90,6 +94,7 @@ class Tunnel:
         self.mtu = mtu
         self.address: Optional[ipaddress.IPv6Address] = None
         self.link_local: Optional[ipaddress.IPv6Address] = None
+        self.persistent = False
         self._fd = fd
         self._ipr = ipr
         self._routes = []   # (network, metric) that we added
@@ -97,24 +102,17 @@ class Tunnel:
     # -- creation ------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str = DEFAULT_TUNNEL, *, mtu: int = C.TEREDO_MTU) -> "Tunnel":
+    def create(cls, name: str = DEFAULT_TUNNEL, *, mtu: int = C.TEREDO_MTU,
+               persistent: bool = False) -> "Tunnel":
         """Create the tun device `name`, set its MTU and bring it up (no address yet).
 
+        persistent: the device outlives our fd (a restart-safe client; see adopt).
         RuntimeFailure (cause chained) if the device cannot be made: no /dev/net/tun,
         no CAP_NET_ADMIN, or `name` taken (by a running client: see find_tun_holders;
         by something that is not a tun).
         """
         check_interface_name(name, "tunnel name")
-        try:
-            fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as err:
-            hint = " (load the tun module: modprobe tun)" if err.errno == errno.ENOENT else ""
-            raise RuntimeFailure(f"cannot open {TUN_DEVICE}: {err.strerror}{hint}") from err
-        try:
-            fcntl.ioctl(fd, _TUNSETIFF, _IFREQ.pack(name.encode(), _IFF_TUN | _IFF_NO_PI))
-        except OSError as err:
-            os.close(fd)
-            raise RuntimeFailure(_tunsetiff_error(name, err)) from err
+        fd = _open_tun(name)
         ipr = None
         try:
             ipr = IPRoute()
@@ -131,10 +129,64 @@ class Tunnel:
                                 ("IFLA_INET6_ADDR_GEN_MODE", _ADDR_GEN_MODE_NONE)]})]})
             tunnel._netlink(f"set MTU {mtu} on", ipr.link, "set", index=ifindex, mtu=mtu)
             tunnel._netlink("bring up", ipr.link, "set", index=ifindex, state="up")
+            if persistent:
+                tunnel.set_persistent(True)
         except RuntimeFailure:
             tunnel.close()
             raise
         return tunnel
+
+    @classmethod
+    def adopt(cls, name: str = DEFAULT_TUNNEL) -> "Tunnel":
+        """Take over the persistent tun `name` that a previous instance left, as it
+        is: its MTU, its Teredo address and link-local, and the routes we add
+        (2001::/32 and ::/0, metric ROUTE_METRIC), which close() will then remove.
+
+        RuntimeFailure if there is no such tun, or a live process holds it.
+        """
+        check_interface_name(name, "tunnel name")
+        ipr = IPRoute()
+        try:
+            ifindex = ipr.link_lookup(ifname=name)
+            link = _tun_link(ipr, name, ifindex[0]) if ifindex else None
+            if link is None:
+                raise RuntimeFailure(f"no tun device {name} to take over")
+            ifindex = ifindex[0]
+            holders = find_tun_holders(name)
+            if holders:
+                raise RuntimeFailure(f"tunnel {name} is in use by pid "
+                                     f"{', '.join(map(str, holders))}: nothing to take over")
+            fd = _open_tun(name)
+        except BaseException:
+            ipr.close()
+            raise
+        tunnel = cls(name, fd, ifindex, ipr, link.get("IFLA_MTU"))
+        tunnel.persistent = True  # it outlived the last fd: it is
+        try:
+            for msg in ipr.get_addr(family=socket.AF_INET6, index=ifindex):
+                address = ipaddress.IPv6Address(msg.get_attr("IFA_ADDRESS"))
+                if address.is_link_local and msg["prefixlen"] == LINK_LOCAL_PREFIXLEN:
+                    tunnel.link_local = address
+                elif address in C.TEREDO_PREFIX and msg["prefixlen"] == TEREDO_PREFIXLEN:
+                    tunnel.address = address
+            for network in (C.TEREDO_PREFIX, DEFAULT_ROUTE):
+                if _has_route(ipr, ifindex, network, ROUTE_METRIC):
+                    tunnel._routes.append((network, ROUTE_METRIC))
+        except (NetlinkError, OSError) as err:
+            tunnel.release()
+            raise RuntimeFailure(f"tunnel {name}: cannot read its addresses and routes: "
+                                 f"{err}") from err
+        return tunnel
+
+    def set_persistent(self, persistent: bool) -> None:
+        """Whether the device outlives our fd (TUNSETPERSIST)."""
+        try:
+            fcntl.ioctl(self.fileno(), _TUNSETPERSIST, int(persistent))
+        except OSError as err:
+            raise RuntimeFailure(f"tunnel {self.name}: cannot make it "
+                                 f"{'' if persistent else 'non-'}persistent: "
+                                 f"{err.strerror}") from err
+        self.persistent = persistent
 
     # -- the fd ----------------------------------------------------------------------
 
@@ -250,6 +302,15 @@ class Tunnel:
         self._ipr.close()
         if errors:
             raise errors[0]
+
+    def release(self) -> None:
+        """Close our fd and leave the device as it is, addresses and routes included
+        (the restart-safe stop: a persistent tun stays for the next instance)."""
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        self._ipr.close()
 
     @property
     def closed(self) -> bool:
@@ -396,6 +457,30 @@ def _tun_link(ipr: IPRoute, name: str, ifindex: int):
     if link.get("IFLA_IFNAME") != name or kind != "tun":
         return None
     return link
+
+
+def _open_tun(name: str) -> int:
+    """An fd attached to the tun `name`, made if it does not exist (TUNSETIFF)."""
+    try:
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        hint = " (load the tun module: modprobe tun)" if err.errno == errno.ENOENT else ""
+        raise RuntimeFailure(f"cannot open {TUN_DEVICE}: {err.strerror}{hint}") from err
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, _IFREQ.pack(name.encode(), _IFF_TUN | _IFF_NO_PI))
+    except OSError as err:
+        os.close(fd)
+        raise RuntimeFailure(_tunsetiff_error(name, err)) from err
+    return fd
+
+
+def _has_route(ipr: IPRoute, ifindex: int, network: ipaddress.IPv6Network, metric: int) -> bool:
+    for route in ipr.get_routes(family=socket.AF_INET6, oif=ifindex):
+        dst = route.get_attr("RTA_DST") or "::"
+        if (ipaddress.IPv6Network(f"{dst}/{route['dst_len']}") == network
+                and route.get_attr("RTA_PRIORITY") == metric):
+            return True
+    return False
 
 
 def _netns_inode(pid: str) -> Optional[int]:

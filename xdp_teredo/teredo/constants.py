@@ -114,3 +114,46 @@ SERVER_FORWARD_MAX_PAYLOAD = 88
 RELAY_PEER_MAX = 65536
 # ICMPv6 errors the relay's control plane sends per second (Miredo: one per 100 ms).
 RELAY_ICMPV6_ERRORS_PER_S = 10.0
+
+# Inbound guard (docs/security.md): how long a conversation the host started stays
+# open to the other end's packets, by state, in seconds. Each is Linux conntrack's
+# default where it has one, unless an RFC asks for more.
+GUARD_TCP_HANDSHAKE = 60.0       # our SYN or SYN-ACK sent (conntrack: SYN_RECV 60 s); every retransmission restarts it
+GUARD_TCP_ESTABLISHED = 7440.0   # RFC 5382 REQ-5: an established TCP idle timeout of at least 2 h 4 min
+GUARD_TCP_CLOSING = 120.0        # a FIN seen either way (conntrack: FIN_WAIT / TIME_WAIT 120 s)
+GUARD_TCP_CLOSED = 10.0          # an RST seen either way (conntrack: CLOSE 10 s)
+GUARD_UDP = 30.0                 # UDP sent, nothing back yet (conntrack: udp_timeout 30 s)
+GUARD_UDP_REPLIED = 180.0        # UDP answered (conntrack: 120 s stream; RFC 4787 REQ-5: at least 2 min)
+GUARD_ICMP_ECHO = 30.0           # our echo request waits for its reply (conntrack: icmpv6_timeout 30 s)
+GUARD_OTHER = 600.0              # any other transport (conntrack: generic_timeout 600 s)
+GUARD_FRAGMENT = 60.0            # RFC 8200 §4.5: reassembly gives up 60 s after the first fragment
+# Capacities of the guard's maps (LRU: the oldest conversation goes first).
+GUARD_FLOW_MAX = 16384           # about 100 bytes of kernel memory each
+GUARD_FRAGMENT_MAX = 1024        # fragmented packets in flight
+GUARD_ALLOW_MAX = 1024           # (protocol, port) pairs --allow may open (a range counts each port)
+# IPv6 next-header values the guard looks at or through (IANA "Assigned Internet
+# Protocol Numbers"; RFC 8200 §4 for the extension headers).
+IPPROTO_TCP = 6
+IPPROTO_HOPOPTS = 0
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_AH = 51
+IPPROTO_DSTOPTS = 60
+# RFC 4443 §2.1: the ICMPv6 errors RFC 4890 §4.3.1 says must not be dropped.
+ICMPV6_PACKET_TOO_BIG = 2
+ICMPV6_TIME_EXCEEDED = 3
+ICMPV6_PARAMETER_PROBLEM = 4
+
+# Admission to the slow path, in XDP (bpf/teredo_limit.h, datapath/limits.py,
+# docs/reliability.md): what one IPv4 source (per kind: a server's RAs apart), and
+# all senders together, may make the control plane read from its socket. A client's
+# legitimate slow path is a few packets per second (RAs every 30 s, bubbles at most
+# every 2 s per peer, §5.2.6); Python handles tens of thousands per second, so the
+# global rate keeps it at a few per cent of a core whatever arrives.
+SLOW_PATH_SOURCE_PPS = 100
+SLOW_PATH_SOURCE_BURST = 100
+SLOW_PATH_GLOBAL_PPS = 2000
+SLOW_PATH_GLOBAL_BURST = 2000
+# A relay's slow path serves every client's bubbles (§5.4.1): ten times more.
+RELAY_SLOW_PATH_GLOBAL_PPS = 20000
+RELAY_SLOW_PATH_GLOBAL_BURST = 20000

@@ -247,6 +247,40 @@ class Qualification:
         actions = self._transition(State.QUALIFYING, now)
         return actions + self._solicit(now, first=True)
 
+    def resume(self, now: float, mapping: Mapping) -> list:
+        """Start from the mapping a previous instance had, whose address is still
+        installed (a restart that kept the data path, docs/reliability.md).
+
+        QUALIFYING at once with `mapping` in place, and an RS to its server: an RA
+        with the same binding keeps the address (no AddressChanged, no FlushPeers:
+        the peers still trust it), another binding replaces it (§5.2.7, as a
+        refresh would), and no answer withdraws it as for a lost server. A server
+        no longer in our list is tried last: the RA of another server is another
+        binding. No-op unless OFFLINE.
+        """
+        if self.state is not State.OFFLINE:
+            return []
+        if mapping.server in self.servers:
+            self._index = self.servers.index(mapping.server)
+        self.mapping = mapping
+        self._failed_in_row = 0
+        _log.info("qualification_resumed", address=str(mapping.address),
+                  mapped=f"{mapping.mapped_ip}:{mapping.mapped_port}", server=str(mapping.server))
+        actions = self._transition(State.QUALIFYING, now)
+        return actions + self._solicit(now, first=True)
+
+    def refresh_now(self, now: float) -> list:
+        """Something changed under us (the interface came back up, its address
+        changed): ask the server now rather than at the next refresh (§5.2.7) or
+        after the restart delay. A new mapping then shows as it would at a refresh.
+        """
+        if self.state is State.OFFLINE:
+            if self.timer_at is None:
+                return []   # not started, or stopped: nothing to hurry
+            self.timer_at = now
+            return self.on_timer(now)
+        return self._solicit(now, first=True)
+
     def stop(self, now: float) -> list:
         """Withdraw the address, disarm the timer, go OFFLINE and stay there."""
         actions = []

@@ -121,6 +121,8 @@ Send = Union[SendUdp, SendIpv6]
 _Decision = Tuple[str, Optional[Send]]
 
 _ALL_ROUTERS = ipaddress.IPv6Address(C.ALL_ROUTERS)
+# The rate limiter key prefix of the RAs an address is sent (see _solicitation).
+_RA_BUCKET = "ra"
 _PORT_OBFUSCATED = C.TEREDO_PORT ^ 0xFFFF
 
 
@@ -249,8 +251,11 @@ class ServerPolicy:
             auth=AuthHeader(nonce=auth.nonce) if auth is not None else None,
             origin=OriginIndication(port=d.src_port, address=d.src_ip),
         )
-        # An RA is ~2x an RS: charged to the address it goes to (the RS's source).
-        if not self.limiter.allow((d.src_ip,), len(payload)):
+        # An RA is ~2x an RS: charged to the address it goes to (the RS's source), in
+        # a bucket of its own: forwarded bubbles aimed at a client (charged to its
+        # address, below) must not use up what its refreshes need (§5.2.7); else a
+        # flood of spoofed bubbles towards it would cost it its qualification.
+        if not self.limiter.allow(((_RA_BUCKET, d.src_ip),), len(payload)):
             return RATE_LIMITED, None
         return RS_ANSWERED, SendUdp(via=via, dst_ip=d.src_ip, dst_port=d.src_port,
                                     payload=payload)
