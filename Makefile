@@ -32,10 +32,12 @@ test-bpf: test-deps
 test-e2e: test-deps
 	$(PYTEST) tests/e2e
 
-# Not a test: xdp-teredo, Miredo and the plain path side by side, in the lab;
+# Not a test: xdp-teredo, Miredo and the plain path side by side, in the lab, plus
+# BPF ns/packet, the relay at 100,000 peers, peer admission rate and memory;
 # rewrites the generated part of docs/benchmarks.md and its plots (docs/img/).
 bench: test-deps
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	bash tools/bench/setup-deps.sh $(PY)
 	$(PY) -m tools.bench.run $(BENCH_ARGS)
 
 # Not a test: ns per packet of the BPF programs (BPF_PROG_TEST_RUN); docs/benchmarks.md.

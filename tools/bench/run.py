@@ -1,24 +1,34 @@
-"""Run the comparison: every implementation on every path, interleaved.
+"""`make bench`: everything issue 6 measures, in one run, into docs/benchmarks.md.
 
-Round r runs the implementations in a rotated order, so that the machine's drift
-(thermal, other load) hits all of them alike; each round stands an
-implementation up, measures everything on it, and tears it down.
+Parts, in this order (each can be left out with --skip, or run alone with --only):
+  datapath     ns per packet of every BPF program (BPF_PROG_TEST_RUN): the client's
+               (tools/bench_datapath.py) and the relay's, with 10 and 100,000 peers
+               (datapath.py). No lab: runs first, on a machine at rest.
+  compare      every implementation on every path, interleaved: round r runs the
+               implementations in a rotated order, so that the machine's drift
+               (thermal, other load) hits all of them alike; each round stands an
+               implementation up, measures everything on it, and tears it down.
+  profile      perf and the BPF run-time statistics on the p2p path (profile.py).
+  relay-table  the relay with 100,000 peers versus 10 (relay_scale.py).
+  admission    new peers per second before the control plane lags (admission.py).
+Memory (resident set of every daemon, kernel memory of its BPF maps) is taken
+along the way: after each comparison round, and idle/full in the last two parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 from xdp_teredo.lab import Lab, traffic
 
-from . import report, setups
+from . import admission, datapath, memory, profile, relay_scale, report, setups
 
 UDP_SIZES = (64, 512, 1200)
+PARTS = ("datapath", "compare", "profile", "relay-table", "admission")
 
 
 def measure(lab, ep: setups.Endpoint, seconds: float, streams: int) -> dict:
@@ -37,40 +47,87 @@ def measure(lab, ep: setups.Endpoint, seconds: float, streams: int) -> dict:
     lat = traffic.ping_under_load(lab, ep.src, ep.dst, ep.address, load_seconds=seconds + 1)
     out["latency"] = {"p50_ms": lat.percentile(50), "p99_ms": lat.percentile(99),
                       "sent": lat.sent, "received": lat.received}
+    # After the traffic: what each daemon holds once it has carried it.
+    out["memory"] = {label: memory.snapshot(pids) for label, pids in ep.daemons.items()}
     return out
 
 
+def compare(lab, args, impls, paths) -> list:
+    runs = []
+    for rnd in range(args.repeats):
+        order = impls[rnd % len(impls):] + impls[:rnd % len(impls)]
+        for impl in order:
+            for path in paths:
+                print(f"round {rnd + 1}/{args.repeats}: {impl} {path}", file=sys.stderr, flush=True)
+                ep = setups.IMPLEMENTATIONS[impl](lab, path)
+                try:
+                    m = measure(lab, ep, args.seconds, args.streams)
+                finally:
+                    ep.teardown()
+                runs.append({"round": rnd, "impl": impl, "path": path, **m})
+    return runs
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="make bench")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the comparison")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each flow")
     ap.add_argument("--streams", type=int, default=2,
                     help="parallel UDP streams, so that one generator is not the limit")
     ap.add_argument("--impl", action="append", choices=sorted(setups.IMPLEMENTATIONS))
     ap.add_argument("--path", action="append", choices=sorted(setups.PATHS))
+    ap.add_argument("--skip", action="append", choices=PARTS, default=[], help="leave a part out")
+    ap.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
+    ap.add_argument("--dp-rounds", type=int, default=5, help="rounds of the BPF micro-benchmarks")
+    ap.add_argument("--dp-runs", type=int, default=2000, help="single runs per round")
+    ap.add_argument("--dp-repeat", type=int, default=100000, help="kernel loop length per round")
+    ap.add_argument("--table-repeats", type=int, default=6,
+                    help="rounds of the relay table part (even: each size goes first as often)")
+    ap.add_argument("--admission-seconds", type=float, default=2.0, help="length of each rate step")
     ap.add_argument("--out", default="bench-results")
     args = ap.parse_args(argv)
     impls = args.impl or list(setups.IMPLEMENTATIONS)
     paths = args.path or list(setups.PATHS)
+    parts = [p for p in PARTS if p in (args.only or PARTS) and p not in args.skip]
 
-    results = {"machine": report.machine(), "config": vars(args), "runs": []}
-    with Lab(setups.HOSTS) as lab:
-        setups.prepare_lab(lab)
-        for rnd in range(args.repeats):
-            order = impls[rnd % len(impls):] + impls[:rnd % len(impls)]
-            for impl in order:
-                for path in paths:
-                    print(f"round {rnd + 1}/{args.repeats}: {impl} {path}", file=sys.stderr, flush=True)
-                    ep = setups.IMPLEMENTATIONS[impl](lab, path)
-                    try:
-                        m = measure(lab, ep, args.seconds, args.streams)
-                    finally:
-                        ep.teardown()
-                    results["runs"].append({"round": rnd, "impl": impl, "path": path, **m})
+    started = time.monotonic()
+    given = sys.argv[1:] if argv is None else list(argv)
+    results = {"machine": report.machine(), "config": vars(args), "parts": parts,
+               "command": "make bench" + (f" BENCH_ARGS='{' '.join(given)}'" if given else ""),
+               "runs": [], "durations": {}}
+
+    def timed(part, fn):
+        t0 = time.monotonic()
+        print(f"== {part}", file=sys.stderr, flush=True)
+        value = fn()
+        results["durations"][part] = time.monotonic() - t0
+        return value
+
+    if "datapath" in parts:
+        results["datapath"] = timed("datapath", lambda: datapath.measure(
+            args.dp_rounds, args.dp_runs, args.dp_repeat))
+    lab_parts = [p for p in parts if p != "datapath"]
+    if lab_parts:
+        with Lab(setups.HOSTS) as lab:
+            setups.prepare_lab(lab)
+            if "compare" in parts:
+                results["runs"] = timed("compare", lambda: compare(lab, args, impls, paths))
+            if "profile" in parts:
+                results["profile"] = timed("profile", lambda: profile.measure(
+                    lab, seconds=args.seconds, streams=args.streams))
+            if "relay-table" in parts:
+                results["relay_table"] = timed("relay-table", lambda: relay_scale.measure(
+                    lab, repeats=args.table_repeats, seconds=args.seconds,
+                    streams=args.streams))
+            if "admission" in parts:
+                results["admission"] = timed("admission", lambda: admission.measure(
+                    lab, seconds=args.admission_seconds))
+    results["durations"]["total"] = time.monotonic() - started
     out = Path(args.out)
     out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     report.write(results, out)
+    print(f"make bench: {results['durations']['total']:.0f} s; results in {out}/", file=sys.stderr)
     return 0
 
 

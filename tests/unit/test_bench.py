@@ -1,0 +1,170 @@
+"""The benchmark's pure pieces (tools/bench): what they compute from what they read.
+
+Nothing here measures: the synthetic peers' addresses, the bubbles the admission
+generator sends, the parsing of the client's log and of py-spy's output, and the
+report's verdicts from a results document.
+"""
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.bench import admission, report, synthetic
+from xdp_teredo.lab import traffic
+from xdp_teredo.teredo import encap
+from xdp_teredo.teredo import packet as P
+from xdp_teredo.teredo.address import TeredoAddress
+
+
+@pytest.mark.parametrize("index", [0, 1, 59_999, 60_000, 99_999, 15_359_999])
+def test_synthetic_peer_embeds_its_mapping(index):
+    key, ip, port = synthetic.address(index)
+    decoded = TeredoAddress.from_ipv6(ipaddress.IPv6Address(key))
+    assert decoded.server == synthetic.SERVER
+    assert decoded.embeds(ipaddress.IPv4Address(ip), port)
+    assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network("203.0.113.0/24")
+
+
+def test_synthetic_peers_are_distinct():
+    keys = {synthetic.address(i)[0] for i in range(200_000)}
+    assert len(keys) == 200_000
+
+
+class _FakeMap:
+    """A MapFd stand-in: keys and values in a dict."""
+
+    def __init__(self, real=()):
+        self.data = {k: b"" for k in real}
+
+    def update(self, key, value, flags=0):
+        assert len(key) == 16
+        self.data[key] = value
+
+    def delete(self, key):
+        return self.data.pop(key, None) is not None
+
+    def keys(self):
+        return iter(list(self.data))
+
+
+def test_synthetic_resize_counts_the_real_entries_and_keeps_them():
+    real = [ipaddress.IPv6Address("2001:0:c000:201::1").packed]
+    fake = _FakeMap(real)
+    table = synthetic.SyntheticPeers(fake)
+    assert table.resize(100) == 100
+    assert table.resize(10) == 10
+    assert real[0] in fake.data
+    table.clear()
+    assert list(fake.data) == real
+
+
+def test_peer_bubble_is_a_direct_bubble_from_an_embedding_source():
+    gen = traffic.PeerBubbles.__new__(traffic.PeerBubbles)  # no socket: only the packets
+    gen.sources = [ipaddress.IPv4Address("192.0.2.21"), ipaddress.IPv4Address("192.0.2.22")]
+    gen.server = ipaddress.IPv4Address("192.0.2.1")
+    gen.target_ip = ipaddress.IPv4Address("203.0.113.10")
+    gen.target_port = 40001
+    gen.target_address = ipaddress.IPv6Address("2001:0:c000:201:8000:63bf:3cff:fdf5")
+    gen._first_port, gen._ports, gen._next = 1024, 65536 - 1024, 0
+    for index in (0, 1, 2, 129023):
+        peer, raw = gen._packet(index)
+        assert raw[0] == 0x45 and raw[9] == 17                  # IPv4, UDP
+        src = ipaddress.IPv4Address(raw[12:16])
+        sport = int.from_bytes(raw[20:22], "big")
+        assert int.from_bytes(raw[22:24], "big") == 40001
+        assert int.from_bytes(raw[24:26], "big") == len(raw) - 20  # UDP length
+        teredo = encap.parse_udp_payload(raw[28:])
+        assert P.is_bubble(teredo.ipv6)
+        assert teredo.ipv6.src == peer and teredo.ipv6.dst == gen.target_address
+        assert TeredoAddress.from_ipv6(peer).embeds(src, sport)
+    # Consecutive peers take the sources in turn; the ports follow.
+    assert [ipaddress.IPv4Address(gen._packet(i)[1][12:16]) for i in range(3)] == \
+        [gen.sources[0], gen.sources[1], gen.sources[0]]
+    assert int.from_bytes(gen._packet(2)[1][20:22], "big") == 1025
+
+
+def test_admission_log_reads_whole_lines_only(tmp_path: Path):
+    log = tmp_path / "client.log"
+    a, b = "2001:0:c000:201::1", "2001:0:c000:201::2"
+    log.write_text(json.dumps({"event": "client_started"}) + "\n"
+                   + json.dumps({"peer": a, "event": "peer_trusted",
+                                 "timestamp": "2026-01-01T00:00:01.250000Z"}) + "\n"
+                   + '{"peer": "' + b + '", "event": "peer_tru')
+    reader = admission.AdmissionLog(log)
+    assert reader.poll() == 1
+    assert reader.admitted[ipaddress.IPv6Address(a)] == pytest.approx(1767225601.25)
+    with open(log, "a") as f:
+        f.write('sted", "timestamp": "2026-01-01T00:00:02Z"}\n')
+    assert reader.poll() == 1
+    assert ipaddress.IPv6Address(b) in reader.admitted
+
+
+def test_profile_summary_leaves_out_what_is_above_the_event_loop():
+    raw = "\n".join([
+        "main (cli.py:1);Client.serve (client.py:10);Client._read_udp (client.py:20);"
+        "Peer.last_activity (peers.py:30) 6",
+        "main (cli.py:1);Client.serve (client.py:10);PeerList.next_deadline (peers.py:40) 4",
+    ])
+    out = admission.profile_summary(raw)
+    assert out["samples"] == 10
+    assert out["self"][0] == {"function": "Peer.last_activity (peers.py)", "share": 0.6}
+    names = {row["function"] for row in out["inclusive"]}
+    assert "Client._read_udp (client.py)" in names
+    assert not names & {"main (cli.py)", "Client.serve (client.py)"}
+
+
+def _run(impl, path, rnd, udp1200, tcp):
+    udp = {str(s): {"delivered_pps": udp1200 * (2 if s == 64 else 1), "offered_pps": udp1200 * 2,
+                    "loss": 0.5, "cpu_ns_per_pkt": 1000.0, "daemon_cpu_ns_per_pkt": {}}
+           for s in (64, 512, 1200)}
+    return {"round": rnd, "impl": impl, "path": path, "udp": udp, "tcp": {"bps": tcp},
+            "latency": {"p50_ms": 0.2, "p99_ms": 1.0}}
+
+
+def _results():
+    runs = []
+    for rnd in range(3):
+        runs += [_run("plain", "p2p", rnd, 100_000, 2e9), _run("miredo", "p2p", rnd, 20_000, 4e8),
+                 _run("xdp-teredo", "p2p", rnd, 70_000 + rnd, 1.6e9)]
+    table_runs = [{"round": r, "size": size, "entries": size, "udp_pps": pps, "udp_loss": 0.01,
+                   "tcp_bps": 1e9, "cpu_ns_per_pkt": 1.0, "relay_cpu_ns_per_pkt": 0.0,
+                   "relay_programs": {"xdp_teredo_rela": {"runs": 10, "ns_per_run": 800.0}}}
+                  for r in range(2) for size, pps in ((10, 50_000), (100_000, 40_000))]
+    return {"machine": {"cpu": "test", "cores": 2, "kernel": "6.18", "iperf3": "iperf 3",
+                        "miredo": "Miredo"},
+            "config": {"repeats": 3, "seconds": 3.0, "streams": 2}, "runs": runs,
+            "relay_table": {"max_peers": 131072, "payload": 1200, "runs": table_runs}}
+
+
+def test_report_verdicts():
+    results = _results()
+    table = report.collate(results)
+    lines = report.targets(results, table)
+    text = "\n".join(lines)
+    # 70,001 / 20,000 = 3.50 >= 3: met; 70,001 / 100,000 = 0.70 < 0.8: missed by 12%.
+    assert "xdp-teredo / miredo >= 3.0: 3.50, **met**" in text
+    assert "xdp-teredo / plain >= 0.8: 0.70, **missed** by 12%" in text
+    assert "one TCP stream, xdp-teredo / miredo >= 3.0: 4.00, **met**" in text
+    # The relay lost 20% of its UDP rate at 100,000 peers: beyond the 5% tolerance.
+    assert "UDP 1200 B 0.800, **missed**, 15.0% below the bar" in text
+    assert "TCP 1.000, **met**" in text
+
+
+def test_report_ratio_rows_and_ceiling():
+    results = _results()
+    md = report.markdown(results, report.collate(results), [])
+    assert md.startswith(report.BEGIN) and md.endswith(report.END)
+    assert "| xdp-teredo / miredo | 3.50x | 3.50x | 3.50x | 4.00x |" in md
+    assert "| plain / miredo (the ceiling of any tunnel's ratio) | 5.00x | 5.00x | 5.00x | 5.00x |" in md
+
+
+def test_iperf_ports_stay_where_the_guard_lets_them_in():
+    allowed = {traffic.ALLOW_IPERF[i + 1] for i in range(0, len(traffic.ALLOW_IPERF), 2)}
+    ranges = {tuple(int(p) for p in a.split("/")[1].split("-")) for a in allowed}
+    assert len(ranges) == 1
+    first, last = ranges.pop()
+    ports = [traffic._next_port() for _ in range(3 * (last - first + 1))]
+    assert min(ports) == first and max(ports) == last
+    assert len(set(ports[: last - first + 1])) == last - first + 1   # each once per lap
