@@ -128,18 +128,24 @@ def run(args) -> int:
 
         demo.step("Tear down")
     except (TeredoError, OSError) as err:
-        print(f"\nFAILED at step {demo.n}: {err}", file=sys.stderr)
-        if args.verbose:
-            traceback.print_exc()
-        for proc in getattr(lab, "_procs", []):
-            tail = "\n".join(proc.output().splitlines()[-8:])
-            if tail:
-                print(f"--- {proc!r}\n{tail}", file=sys.stderr)
-        lab.close()
+        # Whatever happens while reporting (a closed stdout, say), the lab goes.
+        try:
+            print(f"\nFAILED at step {demo.n}: {err}", file=sys.stderr)
+            if args.verbose:
+                traceback.print_exc()
+            for proc in getattr(lab, "_procs", []):
+                tail = "\n".join(proc.output().splitlines()[-8:])
+                if tail:
+                    print(f"--- {proc!r}\n{tail}", file=sys.stderr)
+        finally:
+            lab.close()
         return 1
     except KeyboardInterrupt:
         lab.close()
         return 130
+    except BaseException:
+        lab.close()
+        raise
     lab.close()
     demo.say(f"namespaces, processes, programs removed; the machine is as it was. ({time.monotonic() - t0:.0f} s)")
     return 0
