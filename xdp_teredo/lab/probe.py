@@ -28,10 +28,11 @@ import struct
 import sys
 import time
 
+from xdp_teredo.teredo.constants import ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST
+from xdp_teredo.teredo.packet import internet_checksum
+
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
-ICMPV6_ECHO_REQUEST = 128
-ICMPV6_ECHO_REPLY = 129
 
 
 def argv(*args) -> list:
@@ -46,21 +47,12 @@ def _emit(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def _inet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _echo_request(v6: bool, ident: int, seq: int, payload: bytes) -> bytes:
     kind = ICMPV6_ECHO_REQUEST if v6 else ICMP_ECHO_REQUEST
     hdr = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
     if v6:
         return hdr + payload  # the kernel fills in the ICMPv6 checksum on raw sockets
-    csum = _inet_checksum(hdr + payload)
+    csum = internet_checksum(hdr + payload)
     return struct.pack("!BBHHH", kind, 0, csum, ident, seq) + payload
 
 
