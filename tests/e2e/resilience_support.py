@@ -59,12 +59,13 @@ def start_client(lab, role: str, *args: str, log: str, env: dict = None, server:
 
 # An echo every INTERVAL for SECONDS to DST; one JSON line at the start and one at the
 # end: how many were sent and answered, when (seconds after the start) each lost one
-# was sent, and the largest round trip.
+# was sent, and the largest round trip. An echo the kernel refused to send (no route:
+# the sender went offline) counts as lost, and the errors are told by name and time.
 PINGER = r"""
 import json, os, select, socket, struct, sys, time
 dst, interval, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-ident, sent_at, rtts = os.getpid() & 0xFFFF, {}, []
+ident, sent_at, rtts, errors = os.getpid() & 0xFFFF, {}, [], {}
 start = time.monotonic()
 next_send, seq = start, 0
 stop_sending = start + seconds
@@ -72,8 +73,12 @@ print(json.dumps({"event": "started"}), flush=True)
 while True:
     now = time.monotonic()
     if now >= next_send and now < stop_sending:
-        s.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, seq & 0xFFFF) + b"pinger.." * 8, (dst, 0))
         sent_at[seq & 0xFFFF] = now
+        try:
+            s.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, seq & 0xFFFF) + b"pinger.." * 8,
+                     (dst, 0))
+        except OSError as err:
+            errors.setdefault(os.strerror(err.errno or 0), []).append(round(now - start, 3))
         seq += 1
         next_send += interval
     if now >= stop_sending + 2.0:
@@ -86,7 +91,9 @@ while True:
             rtts.append(time.monotonic() - sent_at.pop(rseq))
 lost = sorted(round(t - start, 3) for t in sent_at.values())
 print(json.dumps({"sent": seq, "received": len(rtts), "lost_at_s": lost,
-                  "max_rtt_ms": round(max(rtts) * 1000, 2) if rtts else None}), flush=True)
+                  "max_rtt_ms": round(max(rtts) * 1000, 2) if rtts else None,
+                  "send_errors": {e: [t[0], t[-1], len(t)] for e, t in errors.items()}}),
+      flush=True)
 """
 
 
@@ -104,7 +111,11 @@ def pinger_result(proc, timeout: float) -> dict:
     import json
 
     proc.wait(timeout=timeout)
-    return json.loads(proc.output().strip().splitlines()[-1])
+    lines = proc.output().strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise AssertionError(f"the pinger ended without its summary: {lines[-5:]}") from None
 
 
 class Usage:

@@ -42,6 +42,14 @@ FLOOD_SECONDS = 4.0
 FLOOD_COUNT = 200_000
 PING_INTERVAL = 0.01
 SERVER_FLOOD_PPS = 10_000
+# The lab's short timers (client_support.FAST) but RFC 4380's RS timeout (§5.2.1: 4 s,
+# 3 tries): the floods share the lab's two CPUs and its router with the clients'
+# refreshes, and a client that loses three RSs in 1-s windows goes offline, as it
+# should; what is measured here is the data path's protection, not that.
+CLIENT_ARGS = ("--qualification-timeout", "4")
+# What a client logs when its qualification state moves: said when a ping fails.
+STATE_EVENTS = {"qualified", "no_reply_from_server", "lost_connectivity", "offline",
+                "address_changed", "state_changed", "no_server_answered", "interface_down"}
 # Spoofed sources for the server: a /28 of the documentation range that no lab link
 # uses (inet owns an address in every /28 it serves and drops packets "from" it);
 # inet has no route back there, so the server's answers hit nobody.
@@ -56,12 +64,24 @@ def teredo(make_module_lab):
     server = lab.spawn("server", *cs.CLI, "--log-format", "json", "server", "--bind", cs.SERVER,
                        log="xdp-teredo-server.log")
     server.wait_for_output(r'"event": "server_started"', timeout=10)
-    procs = {role: cs.start_client(lab, role, wait=False) for role in ("client1", "client2")}
+    procs = {role: cs.start_client(lab, role, *CLIENT_ARGS, wait=False)
+             for role in ("client1", "client2")}
     for proc in procs.values():
         proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
     status = {role: cs.status(lab, role)[1] for role in procs}
     assert lab.ping("client2", status["client1"]["address"], count=3, deadline=10).ok
     return SimpleNamespace(lab=lab, server=server, procs=procs, status=status)
+
+
+def _ping_ok(teredo, ping) -> None:
+    """Every echo of the pinger (client2 -> client1) came back, or say what the
+    clients went through meanwhile."""
+    if ping["received"] >= 0.99 * ping["sent"]:
+        return
+    states = {role: [(e["timestamp"], e["event"]) for e in cs.events(proc)
+                     if e.get("event") in STATE_EVENTS]
+              for role, proc in teredo.procs.items()}
+    raise AssertionError(f"pings lost: {ping}; client state changes: {states}")
 
 
 def _flood(lab, kind, *args):
@@ -108,7 +128,7 @@ def test_a_flooded_client_stays_bounded_and_its_peers_keep_working(teredo):
     assert usage["cpu_share"] < 0.5, usage
     assert usage["rss_kb_growth"] < 8 * 1024, usage
     # The peer never noticed: every echo through the fast path came back.
-    assert ping["received"] >= 0.99 * ping["sent"], ping
+    _ping_ok(teredo, ping)
     assert cs.status(lab, "client1")[0] == 0
 
 
@@ -179,7 +199,7 @@ def test_a_flooded_server_amplifies_nothing_and_stays_bounded(teredo):
     assert usage["cpu_share"] < 1.0, usage
     # Both clients kept their qualification through the flood (their RAs have a
     # bucket of their own at the server) and reached each other all along.
+    _ping_ok(teredo, ping)
     for role, proc in teredo.procs.items():
         assert not cs.events(proc, "lost_connectivity"), role
         assert cs.status(lab, role)[1]["address"] == status[role]["address"]
-    assert ping["received"] >= 0.99 * ping["sent"], ping
