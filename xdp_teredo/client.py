@@ -1308,5 +1308,10 @@ def query_status(tunnel: str = cfg.DEFAULT_TUNNEL) -> dict:
     return control.query("status", tunnel)
 
 
+# A relay's table holds up to 131,072 peers: building and sending that many rows
+# takes the daemon about a second, longer on a busy machine.
+PEERS_TIMEOUT = 30.0
+
+
 def query_peers(tunnel: str = cfg.DEFAULT_TUNNEL) -> list:
-    return control.query("peers", tunnel)
+    return control.query("peers", tunnel, timeout=PEERS_TIMEOUT)

@@ -88,6 +88,41 @@ def test_peer_table_operations(dp):
 
 @pytest.mark.root
 @pytest.mark.bpf
+def test_reading_a_big_table_in_batches_gives_every_entry_once(dp):
+    """PeerTable iterates with BPF_MAP_LOOKUP_BATCH: across several batches, the
+    same entries as one lookup per key, each once, values included."""
+    table, raw = dp.prog.peers, dp.prog.peers.map
+    # Half the table's capacity: an LRU map may evict before it is quite full.
+    count = raw.max_entries // 2
+    written = {}
+    for i in range(count):
+        entry = PeerEntry(address=f"2001:db8:0:1::{i + 1:x}", mapped_ipv4="198.51.100.9",
+                          mapped_port=1024 + i, last_rx_ns=i, rx_packets=2 * i)
+        table.put(entry)
+        written[entry.address] = entry
+    batched = list(raw.items(batch=64))
+    assert len(batched) == len({key for key, _ in batched}) == count
+    assert dict(batched) == dict(raw._items_one_by_one())
+    assert {e.address: e for e in table} == written
+    # A batch bigger than the table, and an empty table.
+    assert len(list(raw.items(batch=8192))) == count
+    table.clear()
+    assert list(raw.items()) == [] and list(table) == []
+
+
+@pytest.mark.root
+@pytest.mark.bpf
+def test_per_cpu_maps_read_in_batches_give_every_cpu_its_value(dp):
+    """The statistics array is per CPU: a batch carries each CPU's slot."""
+    stats_map = dp.prog.statistics.map
+    batched = dict(stats_map.items(batch=7))
+    assert len(batched) == stats_map.max_entries
+    assert batched == dict(stats_map._items_one_by_one())
+    assert all(len(v) == stats_map.slot_size * stats_map.ncpus for v in batched.values())
+
+
+@pytest.mark.root
+@pytest.mark.bpf
 def test_config_map(dp):
     assert dp.prog.config.read() is None
     written = dp.configure(relay=True)

@@ -51,6 +51,8 @@ def lib() -> ctypes.CDLL:
         handle.bpf_prog_get_fd_by_id.argtypes = [c_uint32]
         handle.bpf_prog_test_run_opts.argtypes = [c_int, c_void_p]
         handle.bpf_map_get_fd_by_id.argtypes = [c_uint32]
+        handle.bpf_map_lookup_batch.argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+                                                ctypes.POINTER(c_uint32), c_void_p]
         _LIB = handle
     return _LIB
 
@@ -244,6 +246,43 @@ class MapFd:
                 return False
             _check(ret, f"delete in map {self.name}")
         return True
+
+    def items(self, batch: int = 4096) -> Iterator[Tuple[bytes, bytes]]:
+        """Every (key, raw value), `batch` entries per bpf() call
+        (BPF_MAP_LOOKUP_BATCH, Linux 5.6): a table of 100,000 peers in tens of
+        milliseconds, where a lookup per key takes seconds. A map or kernel
+        without batch lookups falls back to keys() and lookup()."""
+        slot = self.slot_size * self.ncpus
+        keys = ctypes.create_string_buffer(self.key_size * batch)
+        values = ctypes.create_string_buffer(slot * batch)
+        # The position between calls is opaque to us (a hash bucket for hash maps);
+        # the kernel wants room for at least a key.
+        token_size = max(self.key_size, 8)
+        in_token, out_token = None, ctypes.create_string_buffer(token_size)
+        while True:
+            count = ctypes.c_uint32(batch)
+            ret = lib().bpf_map_lookup_batch(self.fd, in_token, out_token, keys, values,
+                                             ctypes.byref(count), None)
+            err = 0 if ret >= 0 else (-ret if ret != -1 else ctypes.get_errno())
+            if err in (errno_mod.EINVAL, errno_mod.ENOTSUP, errno_mod.EOPNOTSUPP) \
+                    and in_token is None:
+                yield from self._items_one_by_one()
+                return
+            if err and err != errno_mod.ENOENT:
+                _check(ret, f"read map {self.name}")
+            raw_keys, raw_values = keys.raw, values.raw
+            for i in range(count.value):
+                yield (raw_keys[i * self.key_size:(i + 1) * self.key_size],
+                       raw_values[i * slot:(i + 1) * slot])
+            if err == errno_mod.ENOENT:  # that was the last of them
+                return
+            in_token = ctypes.create_string_buffer(out_token.raw, token_size)
+
+    def _items_one_by_one(self) -> Iterator[Tuple[bytes, bytes]]:
+        for key in list(self.keys()):
+            value = self.lookup(key)
+            if value is not None:  # deleted or evicted meanwhile
+                yield key, value
 
     def keys(self) -> Iterator[bytes]:
         """Every key; a hash map that changes meanwhile may repeat or skip some."""
