@@ -160,6 +160,22 @@ def test_report_ratio_rows_and_ceiling():
     assert "| plain / miredo (the ceiling of any tunnel's ratio) | 5.00x | 5.00x | 5.00x | 5.00x |" in md
 
 
+def test_a_partial_run_reports_beside_its_results_and_leaves_the_docs_alone(tmp_path, monkeypatch):
+    doc, img = tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img"
+    doc.parent.mkdir()
+    doc.write_text(f"# Benchmarks\n\n{report.BEGIN}\nthe published figures\n{report.END}\n")
+    monkeypatch.setattr(report, "DOC", doc)
+    monkeypatch.setattr(report, "IMG", img)
+    out = tmp_path / "out"
+    out.mkdir()
+    report.write(_results(), out, docs=False)
+    assert "the published figures" in doc.read_text() and not img.exists()
+    assert "xdp-teredo / miredo" in (out / "report.md").read_text()
+    report.write(_results(), out, docs=True)
+    assert "the published figures" not in doc.read_text()
+    assert "xdp-teredo / miredo" in doc.read_text()
+
+
 def test_iperf_ports_stay_where_the_guard_lets_them_in():
     allowed = {traffic.ALLOW_IPERF[i + 1] for i in range(0, len(traffic.ALLOW_IPERF), 2)}
     ranges = {tuple(int(p) for p in a.split("/")[1].split("-")) for a in allowed}

@@ -468,19 +468,19 @@ def memory_section(results: dict, table: dict) -> list:
 
 # ----------------------------------------------------------------- plots
 
-def plot(results: dict, table: dict) -> list:
+def plot(results: dict, table: dict, img_dir: Path = IMG) -> list:
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    IMG.mkdir(parents=True, exist_ok=True)
+    img_dir.mkdir(parents=True, exist_ok=True)
     out = []
 
     def save(fig, name):
         fig.tight_layout()
-        dest = IMG / name
+        dest = img_dir / name
         fig.savefig(dest, dpi=90)
         plt.close(fig)
         out.append(dest)
@@ -582,10 +582,14 @@ def markdown(results: dict, table: dict, plots: list) -> str:
     return "\n".join(lines)
 
 
-def write(results: dict, out_dir: Path) -> None:
+def write(results: dict, out_dir: Path, *, docs: bool = True) -> None:
+    """The report into OUT/report.md, and with `docs` into docs/benchmarks.md and
+    its plots into docs/img/ (else the plots go to OUT/img/)."""
     table = collate(results)
-    md = markdown(results, table, plot(results, table))
+    md = markdown(results, table, plot(results, table, IMG if docs else out_dir / "img"))
     (out_dir / "report.md").write_text(md + "\n")
+    if not docs:
+        return
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     if BEGIN in doc and END in doc:
         head, rest = doc.split(BEGIN, 1)

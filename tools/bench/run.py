@@ -85,10 +85,17 @@ def main(argv=None) -> int:
                     help="rounds of the relay table part (even: each size goes first as often)")
     ap.add_argument("--admission-seconds", type=float, default=2.0, help="length of each rate step")
     ap.add_argument("--out", default="bench-results")
+    ap.add_argument("--no-docs", action="store_true",
+                    help="leave docs/benchmarks.md and docs/img alone (report in OUT only)")
     args = ap.parse_args(argv)
     impls = args.impl or list(setups.IMPLEMENTATIONS)
     paths = args.path or list(setups.PATHS)
     parts = [p for p in PARTS if p in (args.only or PARTS) and p not in args.skip]
+    # Only a run of everything replaces the published figures: a run of one part
+    # would otherwise wipe the others' tables from docs/benchmarks.md.
+    complete = (parts == list(PARTS) and sorted(impls) == sorted(setups.IMPLEMENTATIONS)
+                and sorted(paths) == sorted(setups.PATHS))
+    docs = complete and not args.no_docs
 
     started = time.monotonic()
     given = sys.argv[1:] if argv is None else list(argv)
@@ -126,8 +133,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    report.write(results, out)
-    print(f"make bench: {results['durations']['total']:.0f} s; results in {out}/", file=sys.stderr)
+    report.write(results, out, docs=docs)
+    where = "docs/benchmarks.md and " if docs else ""
+    print(f"make bench: {results['durations']['total']:.0f} s; results in {where}{out}/"
+          + ("" if docs or args.no_docs else " (a partial run: docs/ left as they were)"),
+          file=sys.stderr)
     return 0
 
 
