@@ -325,7 +325,7 @@ class Client:
                     f"{nic.name}`")
             maps = adopt.open_maps(running) if running is not None else {}
             try:
-                self.prog = Datapath.compile(peer_max=self.plan.peer_max, maps=maps)
+                self.prog = Datapath.compile_isolated(peer_max=self.plan.peer_max, maps=maps)
             finally:
                 for m in maps.values():
                     m.close()

@@ -255,7 +255,7 @@ class Relay:
         self.tunnel = Tunnel.create(cfg.tunnel, mtu=C.TEREDO_MTU)
         self._add_route()
         self.sock = TeredoSocket(self.address, cfg.port)
-        self.prog = dp_relay.RelayDatapath.compile(peer_max=cfg.max_peers)
+        self.prog = dp_relay.RelayDatapath.compile_isolated(peer_max=cfg.max_peers)
         self._attach(pin_root)
 
         self._selector = selectors.DefaultSelector()

@@ -460,7 +460,7 @@ def memory_section(results: dict, table: dict) -> list:
         return []
     return (["### Memory", "",
              "Resident set (VmRSS) of each daemon's process tree, split into anonymous memory and mapped "
-             "files (shared libraries: bcc and LLVM for xdp-teredo), and the kernel memory of the BPF "
+             "files (shared libraries), and the kernel memory of the BPF "
              "maps it holds (memlock in the fdinfo of its map descriptors); first comparison round.", ""]
             + _table(["daemon", "state", "RSS, MiB", "anonymous + files, MiB", "BPF maps, MiB",
                       "peer map"], rows, ["---", "---", "---:", "---:", "---:", "---"]))

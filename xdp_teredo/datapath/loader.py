@@ -1,6 +1,7 @@
 """Compile the data path once; attach it to devices; detach everything it attached.
 
     prog = Datapath.compile()                      # bcc compile + verifier, no device
+    prog = Datapath.compile_isolated()             # the same in a child: no bcc here
     with prog.attach(nic_ifindex=2, tun_ifindex=5, xdp_mode="auto") as att:
         att.configure(Config(local_ipv4=..., local_port=..., teredo_address=...))
         att.peers.put(PeerEntry(address=..., mapped_ipv4=..., mapped_port=...))
@@ -29,13 +30,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .. import log
 from ..errors import RuntimeFailure
 from ..teredo import constants
-from . import kheaders, libbpf, probe
+from . import isolated, kheaders, libbpf, probe
 from . import stats as _stats
 from .guard import MAPS as GUARD_MAPS
 from .guard import GuardMaps
 from .limits import MAPS as SLOW_PATH_MAPS
 from .limits import SlowPathMaps
 from .maps import Config, ConfigMap, PeerTable, Snapshot, StatsTable
+from .isolated import ProgramFd
 from .libbpf import MapFd
 
 # Entry points of bpf/teredo_encap.c: our name -> (C function, program type name).
@@ -76,16 +78,27 @@ def bpf_dir() -> str:
 
 
 class Datapath:
-    """The compiled and loaded (not attached) programs and their maps."""
+    """The compiled and loaded (not attached) programs and their maps.
 
-    def __init__(self, bpf, functions: Dict[str, object], cflags: List[str],
-                 reused: Tuple[str, ...] = ()):
+    Built on file descriptors, whoever loaded them: compile() here, with bcc (tests,
+    tools), or compile_isolated() in a child process that hands them over
+    (isolated.py: the daemons, which so never load bcc and LLVM).
+    """
+
+    def __init__(self, functions: Dict[str, ProgramFd], maps: Dict[str, MapFd],
+                 cflags: List[str], reused: Tuple[str, ...] = (), *, bpf=None,
+                 features: Optional[List[probe.Feature]] = None):
+        # bcc's object when compiled here: it owns the descriptors (cleanup()).
+        # Without one, functions and maps own theirs (ProgramFd, MapFd owned=True).
         self.bpf = bpf
         self.functions = functions
         self.cflags = cflags
         # Maps that are a running data path's, not fresh ones (compile(maps=...)).
         self.reused = reused
-        self._maps = {name: MapFd(bpf[name.encode()].map_fd) for name in MAPS}
+        # This kernel's features as the compiling child probed them; None: attach
+        # probes them in this process (probe.run, with bcc).
+        self.features = features
+        self._maps = maps
         self.peers = PeerTable(self._maps["peers"])
         self.config = ConfigMap(self._maps["config"])
         self.statistics = StatsTable(self._maps["stats"])
@@ -98,7 +111,8 @@ class Datapath:
     def compile(cls, *, peer_max: int = constants.PEER_LIST_MAX, ttl: int = 64,
                 cflags: Tuple[str, ...] = (), source_dir: Optional[str] = None,
                 debug: int = 0, maps: Optional[Dict[str, MapFd]] = None) -> "Datapath":
-        """Compile bpf/teredo_encap.c with bcc and load every program (verifier).
+        """Compile bpf/teredo_encap.c with bcc and load every program (verifier),
+        in this process (which keeps bcc and LLVM loaded: see compile_isolated).
 
         Compile-time options become -D flags: peer_max (peer table capacity) and
         ttl (outer IPv4 TTL); cflags are passed as they are. maps: a running data
@@ -131,15 +145,37 @@ class Datapath:
             reused = _reuse_maps(bpf, maps or {})
             for name, (func, kind) in PROGRAMS.items():
                 try:
-                    functions[name] = bpf.load_func(func.encode(), getattr(BPF, kind))
+                    fn = bpf.load_func(func.encode(), getattr(BPF, kind))
                 except Exception as err:
                     raise RuntimeFailure(f"the verifier rejected {func}: {err}") from err
-        except RuntimeFailure:
+                functions[name] = ProgramFd(fn.fd, func, owned=False)
+            prog = cls(functions, {name: MapFd(bpf[name.encode()].map_fd) for name in MAPS},
+                       flags, tuple(reused), bpf=bpf)
+        except BaseException:
             bpf.cleanup()
             raise
         _log.info("datapath_compiled", source=src, cflags=flags,
                   kernel_headers=headers.path if headers else None, reused_maps=reused or None)
-        return cls(bpf, functions, flags, tuple(reused))
+        return prog
+
+    @classmethod
+    def compile_isolated(cls, *, peer_max: int = constants.PEER_LIST_MAX, ttl: int = 64,
+                         cflags: Tuple[str, ...] = (), source_dir: Optional[str] = None,
+                         debug: int = 0, maps: Optional[Dict[str, MapFd]] = None,
+                         timeout: float = isolated.TIMEOUT) -> "Datapath":
+        """compile() in a short-lived child process (isolated.py), which also probes
+        the kernel's features: this process never imports bcc. The same options and
+        the same RuntimeFailure messages; `maps` are passed to the child (the
+        caller still closes its own). What the daemons use."""
+        options = {"peer_max": int(peer_max), "ttl": int(ttl), "cflags": list(cflags),
+                   "source_dir": source_dir, "debug": int(debug)}
+        loaded = isolated.load("client", options, maps=maps, timeout=timeout)
+        try:
+            return cls(loaded.programs, loaded.maps, loaded.cflags, loaded.reused,
+                       features=loaded.features)
+        except BaseException:
+            loaded.close()
+            raise
 
     def fd(self, program: str) -> int:
         """File descriptor of a program by our name (PROGRAMS), for test runs."""
@@ -204,12 +240,17 @@ class Datapath:
         return att
 
     def close(self) -> None:
-        """Detach if attached, then free the programs and maps."""
+        """Detach if attached, then free the programs and maps (each descriptor
+        once: bcc's by bcc, received ones by their owners here)."""
         if self.attachment is not None:
             self.attachment.detach()
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
+        for fn in self.functions.values():
+            fn.close()
+        for m in self._maps.values():
+            m.close()
 
     def __enter__(self) -> "Datapath":
         return self
@@ -276,7 +317,8 @@ class Attachment:
 
     def _attach(self, pin, pin_root: str, instance: Optional[str]) -> None:
         try:
-            probe.require(probe.TX_FEATURES + probe.RX_FEATURES[self.ingress])
+            probe.require(probe.TX_FEATURES + probe.RX_FEATURES[self.ingress],
+                          self.prog.features)
             for ifindex, role in ((self.nic_ifindex, "NIC"), (self.tun_ifindex, "tun")):
                 if not self._link_exists(ifindex):
                     where = f" in netns {self.netns}" if self.netns else ""

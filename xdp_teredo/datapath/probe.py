@@ -9,6 +9,11 @@ Attaching (XDP mode, clsact) is probed by the loader when it attaches.
 
     results = probe.run()                 # every probe, never raises for a missing feature
     probe.require(["redirect_neigh"])     # RuntimeFailure naming what is missing
+    probe.require(names, results)         # the same, on results probed elsewhere
+
+The daemons never run them in their own process (bcc, LLVM): the child that
+compiles their data path runs them and sends the results along (isolated.py,
+Datapath.features).
 """
 
 import os
@@ -121,9 +126,13 @@ def by_name(results: Iterable[Feature]) -> Dict[str, Feature]:
     return {f.name: f for f in results}
 
 
-def require(names: Iterable[str]) -> None:
-    """RuntimeFailure naming every missing feature among `names`."""
-    found = by_name(run())
+def require(names: Iterable[str], results: Optional[Iterable[Feature]] = None) -> None:
+    """RuntimeFailure naming every missing feature among `names`.
+
+    results: what a run() elsewhere found (the child that compiled a daemon's data
+    path, isolated.py); None runs the probes here, which loads bcc.
+    """
+    found = by_name(run() if results is None else results)
     missing = [found[n] for n in names if not found[n].ok]
     if missing:
         raise RuntimeFailure("this kernel lacks what the data path needs: "

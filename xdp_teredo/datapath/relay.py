@@ -1,6 +1,6 @@
 """The relay's data path (bpf/teredo_relay.c): compile once, attach per device.
 
-    prog = RelayDatapath.compile(peer_max=65536)
+    prog = RelayDatapath.compile(peer_max=65536)   # or compile_isolated(): no bcc here
     att = prog.attach({if4: "tc", if6: "xdp"}, pin_root=..., instance=...)
     att.configure(Config(local_ipv4=..., local_port=3544, relay=True, ...))
     att.set_xdp_targets([if4])          # the devices XDP may redirect into, now
@@ -29,8 +29,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from .. import log
 from ..errors import RuntimeFailure
 from ..teredo import constants
-from . import kheaders, libbpf, loader, probe
+from . import isolated, kheaders, libbpf, loader, probe
 from . import stats as _stats
+from .isolated import ProgramFd
 from .libbpf import MapFd
 from .guard import MAPS as GUARD_MAPS
 from .guard import GuardMaps
@@ -44,6 +45,8 @@ SOURCE = "teredo_relay.c"
 PROGRAMS = {HOOK_XDP: ("xdp_teredo_relay", "XDP"), HOOK_TC: ("tc_teredo_relay", "SCHED_CLS")}
 # Pinned like the client's (stats.PinnedMaps opens these three).
 PINNED_MAPS = ("peers", "config", "stats")
+# Every map of the program: the client's, the devmap's two, the guard's, the limits'.
+MAPS = PINNED_MAPS + ("relay_slots", "relay_egress") + GUARD_MAPS + SLOW_PATH_MAPS
 # Default peer table size: 64K entries, 136 bytes each in the kernel (8.5 MiB).
 PEER_MAX = constants.RELAY_PEER_MAX
 # Devmap slots (TEREDO_RELAY_PORTS in the C): IF4 and IF6, with room to spare.
@@ -107,15 +110,21 @@ class EgressMap:
 
 
 class RelayDatapath:
-    """The relay's programs and maps, compiled and loaded, not attached."""
+    """The relay's programs and maps, compiled and loaded, not attached.
 
-    def __init__(self, bpf, functions: Dict[str, object], cflags: List[str]):
+    Built on file descriptors, as loader.Datapath: compile() with bcc here, or
+    compile_isolated() in a child that hands them over (isolated.py).
+    """
+
+    def __init__(self, functions: Dict[str, ProgramFd], maps: Dict[str, MapFd],
+                 cflags: List[str], *, bpf=None, features: Optional[List[probe.Feature]] = None):
+        # bcc's object when compiled here: it owns the descriptors (cleanup()).
         self.bpf = bpf
         self.functions = functions
         self.cflags = cflags
-        self._maps = {name: MapFd(bpf[name.encode()].map_fd)
-                      for name in PINNED_MAPS + ("relay_slots", "relay_egress") + GUARD_MAPS
-                      + SLOW_PATH_MAPS}
+        # The kernel's features as the compiling child probed them (None: probe here).
+        self.features = features
+        self._maps = maps
         self.peers = PeerTable(self._maps["peers"])
         self.config = ConfigMap(self._maps["config"])
         self.statistics = StatsTable(self._maps["stats"])
@@ -129,7 +138,8 @@ class RelayDatapath:
     @classmethod
     def compile(cls, *, peer_max: int = PEER_MAX, ttl: int = 64, cflags: Tuple[str, ...] = (),
                 source_dir: Optional[str] = None) -> "RelayDatapath":
-        """Compile bpf/teredo_relay.c with bcc and load both programs (verifier)."""
+        """Compile bpf/teredo_relay.c with bcc and load both programs (verifier), in
+        this process (which keeps bcc and LLVM loaded: see compile_isolated)."""
         try:
             from bcc import BPF
         except ImportError as err:
@@ -154,14 +164,33 @@ class RelayDatapath:
         try:
             for hook, (func, kind) in PROGRAMS.items():
                 try:
-                    functions[hook] = bpf.load_func(func.encode(), getattr(BPF, kind))
+                    fn = bpf.load_func(func.encode(), getattr(BPF, kind))
                 except Exception as err:
                     raise RuntimeFailure(f"the verifier rejected {func}: {err}") from err
-        except RuntimeFailure:
+                functions[hook] = ProgramFd(fn.fd, func, owned=False)
+            prog = cls(functions, {name: MapFd(bpf[name.encode()].map_fd) for name in MAPS},
+                       flags, bpf=bpf)
+        except BaseException:
             bpf.cleanup()
             raise
         _log.info("relay_datapath_compiled", source=src, cflags=flags)
-        return cls(bpf, functions, flags)
+        return prog
+
+    @classmethod
+    def compile_isolated(cls, *, peer_max: int = PEER_MAX, ttl: int = 64,
+                         cflags: Tuple[str, ...] = (), source_dir: Optional[str] = None,
+                         timeout: float = isolated.TIMEOUT) -> "RelayDatapath":
+        """compile() in a short-lived child process (isolated.py), which also probes
+        the kernel's features: this process never imports bcc. What the relay
+        daemon uses."""
+        options = {"peer_max": int(peer_max), "ttl": int(ttl), "cflags": list(cflags),
+                   "source_dir": source_dir}
+        loaded = isolated.load("relay", options, timeout=timeout)
+        try:
+            return cls(loaded.programs, loaded.maps, loaded.cflags, features=loaded.features)
+        except BaseException:
+            loaded.close()
+            raise
 
     def fd(self, hook: str) -> int:
         """File descriptor of the program for a hook ("xdp", "tc"), for test runs."""
@@ -200,11 +229,16 @@ class RelayDatapath:
         return att
 
     def close(self) -> None:
+        """Detach if attached, then free the programs and maps, each descriptor once."""
         if self.attachment is not None:
             self.attachment.detach()
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
+        for fn in self.functions.values():
+            fn.close()
+        for m in self._maps.values():
+            m.close()
 
     def __enter__(self) -> "RelayDatapath":
         return self
@@ -254,7 +288,7 @@ class RelayAttachment:
     def _attach(self, pin, pin_root: str, instance: Optional[str], pin_ifindex: int) -> None:
         try:
             if HOOK_TC in self.hooks.values():
-                probe.require(TC_FEATURES)
+                probe.require(TC_FEATURES, self.prog.features)
             # tc first, then XDP: a device that falls back to tc never loses packets
             # to a half-configured XDP path.
             for ifindex, hook in sorted(self.hooks.items(), key=lambda kv: kv[1] != HOOK_TC):
