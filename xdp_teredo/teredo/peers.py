@@ -54,18 +54,40 @@ removed; BPF's own last_rx/last_tx come in through `observe`. An entry with a
 bubble sent in the last BUBBLE_WINDOW s, or a connectivity test running, is kept
 so that forgetting it cannot reset the bubble rate limit. Eviction under a flood
 may still forget it: bounded memory comes first.
+
+Data structures: on a busy node the list is full (a flood of new or spoofed peers
+keeps it so), every new peer evicts one, and the daemon asks for the next
+deadline on every turn of its loop; scanning all peers for each of these made
+admitting a peer cost O(capacity). So besides the peers themselves (a dict, in
+creation order) the list keeps three lazy min-heaps: untrusted and trusted peers
+by last activity, ties to the older entry (what `min` over the dict chose), and
+every peer's next deadline (echo retry, else expiry). An entry is never changed
+in place: when a peer's key changes a new entry is pushed and the old one goes
+stale, dropped when it reaches the top or when stale entries outnumber live ones
+(a rebuild: O(n) once per Omega(n) pushes). Last activity can even go back
+(`observe` may report a last_tx later than a `now` that follows), which a heap
+handles and an ordered list touched "at the end" would not. Every public method
+re-files the peer it touched before it returns (`_refile`), so each costs
+O(log n) amortized; Peer objects are therefore changed only through the list.
+`due` and `holding` name the few peers a daemon must `observe` before on_timer
+(those it will act on, those holding packets), so that it need not observe all.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
+import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Deque, Dict, Iterator, List, Optional, Tuple, Union
 
+import structlog
+
 from xdp_teredo import log
 from xdp_teredo.teredo import security
-from xdp_teredo.teredo.address import TeredoAddress, is_teredo
+from xdp_teredo.teredo.address import TeredoAddress
 from xdp_teredo.teredo.clock import Clock
 from xdp_teredo.teredo.constants import (
     BUBBLE_MAX_UNANSWERED,
@@ -78,6 +100,7 @@ from xdp_teredo.teredo.constants import (
     PEER_LIST_MAX,
     PEER_QUEUE_BYTES,
     PEER_RECENT,
+    TEREDO_PREFIX,
 )
 # Miredo's is_ipv4_global_unicast: nothing is ever sent to a mapping outside it.
 from xdp_teredo.teredo.ipv4 import is_global_unicast
@@ -85,12 +108,39 @@ from xdp_teredo.teredo.ipv4 import is_global_unicast
 IPv4Address = ipaddress.IPv4Address
 IPv6Address = ipaddress.IPv6Address
 
-_log = log.get("xdp_teredo.peers")
+_LOGGER_NAME = "xdp_teredo.peers"
+_log = log.get(_LOGGER_NAME)
+_stdlib_log = logging.getLogger(_LOGGER_NAME)
+
+
+def _debug_enabled() -> bool:
+    """Whether this module's per-peer debug events go anywhere.
+
+    Building one (str() of an IPv6 address, then structlog's processors, which
+    run before the standard library looks at the level) costs more than the
+    decision it records: under a flood of new peers, more than the rest of the
+    admission. With the daemon's configuration (log.configure: stdlib loggers)
+    the level decides; any other configuration gets every event, as before.
+    """
+    if _stdlib_log.isEnabledFor(logging.DEBUG):
+        return True
+    return not isinstance(structlog.get_config()["logger_factory"], structlog.stdlib.LoggerFactory)
+
+
+# IPv6Address(an IPv6Address) formats it and parses the text again: per packet,
+# that was a good part of the slow path's time. These skip it when the type is right.
+def _ipv6(address) -> IPv6Address:
+    return address if isinstance(address, IPv6Address) else IPv6Address(address)
+
+
+def _ipv4(address) -> IPv4Address:
+    return address if isinstance(address, IPv4Address) else IPv4Address(address)
+
 
 def teredo_parts(address: IPv6Address) -> Optional[Tuple[IPv4Address, IPv4Address, int]]:
     """(server, mapped IPv4, mapped port) embedded in a Teredo address (§4), else None."""
-    address = IPv6Address(address)
-    if not is_teredo(address):
+    address = _ipv6(address)
+    if address not in TEREDO_PREFIX:  # is_teredo(), without parsing the address again
         return None
     decoded = TeredoAddress.from_ipv6(address)
     return decoded.server, decoded.client, decoded.port
@@ -247,6 +297,63 @@ class Peer:
 # --- the list -------------------------------------------------------------------
 
 
+class _LazyHeap:
+    """A min-heap with at most one live entry per address, found in O(log n).
+
+    Entries are (*key, stamp, address); `_live` maps an address to the key and
+    stamp of its live entry, and any other entry of that address is stale.
+    Stamps are unique, so tuples never compare further than the stamp.
+    """
+
+    # Stale entries tolerated beyond the live ones before a rebuild.
+    _SLACK = 64
+
+    def __init__(self):
+        self._heap: list = []
+        self._live: Dict[IPv6Address, Tuple[tuple, int]] = {}
+        self._stamps = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def key(self, address: IPv6Address) -> Optional[tuple]:
+        live = self._live.get(address)
+        return None if live is None else live[0]
+
+    def put(self, address: IPv6Address, key: tuple) -> None:
+        """File `address` under `key` (a no-op if it already is)."""
+        live = self._live.get(address)
+        if live is not None and live[0] == key:
+            return
+        stamp = next(self._stamps)
+        self._live[address] = (key, stamp)
+        heapq.heappush(self._heap, (*key, stamp, address))
+        if len(self._heap) > 2 * len(self._live) + self._SLACK:
+            self._heap = [e for e in self._heap if self._is_live(e)]
+            heapq.heapify(self._heap)
+
+    def discard(self, address: IPv6Address) -> None:
+        self._live.pop(address, None)
+
+    def peek(self) -> Optional[tuple]:
+        """The live entry with the smallest key (None if empty)."""
+        heap = self._heap
+        while heap and not self._is_live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def pop(self) -> Optional[tuple]:
+        entry = self.peek()
+        if entry is not None:
+            heapq.heappop(self._heap)
+            del self._live[entry[-1]]
+        return entry
+
+    def _is_live(self, entry: tuple) -> bool:
+        live = self._live.get(entry[-1])
+        return live is not None and live[1] == entry[-2]
+
+
 class PeerList:
     """Peers of a Teredo client (or, with relay=True, of a relay)."""
 
@@ -280,25 +387,37 @@ class PeerList:
         self.echo_tries = int(echo_tries)
         self.peers: Dict[IPv6Address, Peer] = {}
         self.drops: Counter = Counter()  # packets not sent nor delivered, by reason
+        # The indexes (module docstring, "Data structures"). Creation order breaks
+        # ties between equally idle peers, as iterating `peers` did.
+        self._order: Dict[IPv6Address, int] = {}
+        self._created = itertools.count()
+        self._by_activity = {False: _LazyHeap(), True: _LazyHeap()}  # by `trusted`
+        self._deadlines = _LazyHeap()
+        self._holding: Dict[IPv6Address, None] = {}  # peers with queued packets
 
     def __len__(self) -> int:
         return len(self.peers)
 
     def __contains__(self, address) -> bool:
-        return IPv6Address(address) in self.peers
+        return _ipv6(address) in self.peers
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(list(self.peers.values()))
 
     def get(self, address) -> Optional[Peer]:
-        return self.peers.get(IPv6Address(address))
+        return self.peers.get(_ipv6(address))
 
     # -- sending --
 
     def on_outgoing(self, destination, packet: bytes) -> list:
         """The kernel sent `packet` to `destination` and the fast path punted it."""
-        now = self._clock.monotonic()
-        dst = IPv6Address(destination)
+        dst = _ipv6(destination)
+        try:
+            return self._outgoing(dst, packet, self._clock.monotonic())
+        finally:
+            self._refile_address(dst)
+
+    def _outgoing(self, dst: IPv6Address, packet: bytes, now: float) -> list:
         if dst.is_multicast:
             return self._drop("multicast_destination")
         parts = teredo_parts(dst)
@@ -349,9 +468,15 @@ class PeerList:
 
     def on_incoming(self, pkt: Incoming) -> list:
         """A packet arrived from the Teredo side and the fast path punted it."""
-        now = self._clock.monotonic()
-        src, dst = IPv6Address(pkt.source), IPv6Address(pkt.destination)
-        udp = (IPv4Address(pkt.udp_ip), int(pkt.udp_port))
+        src = _ipv6(pkt.source)
+        try:
+            return self._incoming(pkt, src, self._clock.monotonic())
+        finally:
+            self._refile_address(src)  # the only peer an incoming packet touches
+
+    def _incoming(self, pkt: Incoming, src: IPv6Address, now: float) -> list:
+        dst = _ipv6(pkt.destination)
+        udp = (_ipv4(pkt.udp_ip), int(pkt.udp_port))
         if dst.is_multicast:
             return self._drop("multicast_destination")
 
@@ -366,7 +491,7 @@ class PeerList:
             if origin is not None:
                 # §5.2.3: an indirect bubble; answer with a direct one to open the
                 # path from the peer through our NAT.
-                ip, port = IPv4Address(origin[0]), int(origin[1])
+                ip, port = _ipv4(origin[0]), int(origin[1])
                 if is_global_unicast(ip) and 0 < port <= 0xFFFF:
                     actions.append(SendDirectBubble(src, ip, port))
                 else:
@@ -425,9 +550,10 @@ class PeerList:
         """Echo-test retries and failures that are due, then expiry."""
         now = self._clock.monotonic()
         actions: list = []
-        for peer in list(self.peers.values()):
+        due = self._take_due(now)
+        for peer in due:
             if peer.echo_deadline is None or now < peer.echo_deadline:
-                continue
+                continue  # its expiry is due: expire() below
             if peer.echo_tries < self.echo_tries:
                 peer.echo_tries += 1
                 peer.echo_deadline = now + self.echo_timeout
@@ -437,25 +563,38 @@ class PeerList:
                 actions.append(SendEcho(peer.address, peer.nonce))
             else:
                 actions += self._echo_failed(peer)
+        for peer in due:
+            self._refile(peer)
         return actions + self.expire()
 
     def next_deadline(self) -> Optional[float]:
         """When on_timer has something to do next (None: nothing scheduled)."""
-        times = []
-        for peer in self.peers.values():
-            if peer.echo_deadline is not None:
-                times.append(peer.echo_deadline)
-            else:
-                times.append(self._expires_at(peer))
-        return min(times, default=None)
+        soonest = self._deadlines.peek()
+        return None if soonest is None else soonest[0]
+
+    def due(self) -> List[Peer]:
+        """The peers on_timer would act on now (echo try due, or expiry), in list
+        order, without acting: so that a caller can merge the data path's activity
+        of just these (`observe`) before on_timer, instead of every peer's."""
+        peers = self._take_due(self._clock.monotonic())
+        for peer in peers:
+            self._refile(peer)
+        return peers
+
+    def holding(self) -> List[Peer]:
+        """The peers with packets in their queue, in list order: those whose answer,
+        if the fast path saw it, `observe` turns into sends and deliveries."""
+        return sorted((self.peers[a] for a in self._holding), key=lambda p: self._order[p.address])
 
     def expire(self) -> list:
         """Remove peers idle for `expiry` seconds or more."""
         now = self._clock.monotonic()
         actions = []
-        for peer in list(self.peers.values()):
+        for peer in self._take_due(now):
             if peer.echo_deadline is None and now >= self._expires_at(peer):
                 actions += self._remove(peer, "expired")
+            else:
+                self._refile(peer)  # an echo retry is due: on_timer's business
         return actions
 
     def observe(self, address, last_rx: Optional[float] = None,
@@ -468,13 +607,16 @@ class PeerList:
         peer = self.get(address)
         if peer is None:
             return []
+        actions = []
         if last_tx is not None and (peer.last_tx is None or last_tx > peer.last_tx):
             peer.last_tx = float(last_tx)
         if last_rx is not None and (peer.last_rx is None or last_rx > peer.last_rx):
             if peer.trusted:
-                return self._received(peer, float(last_rx))
-            peer.last_rx = float(last_rx)
-        return []
+                actions = self._received(peer, float(last_rx))
+            else:
+                peer.last_rx = float(last_rx)
+        self._refile(peer)
+        return actions
 
     def flush(self) -> list:
         """Forget every peer (our address changed: §5.2.7)."""
@@ -495,18 +637,60 @@ class PeerList:
             return peer, []
         actions = []
         if len(self.peers) >= self.capacity:
-            untrusted = [p for p in self.peers.values() if not p.trusted]
-            victim = min(untrusted or self.peers.values(), key=Peer.last_activity)
-            actions = self._remove(victim, "evicted")
+            actions = self._remove(self._least_recently_active(), "evicted")
         peer = Peer(address, created=now)
         self.peers[address] = peer
+        self._order[address] = next(self._created)
+        # Filed by the public method that created it, once its keys are final.
         return peer, actions
+
+    def _least_recently_active(self) -> Peer:
+        """The eviction victim: the least recently active untrusted peer, or if
+        every peer is trusted the least recently active one."""
+        entry = self._by_activity[False].peek() or self._by_activity[True].peek()
+        return self.peers[entry[-1]]
+
+    def _refile_address(self, address: IPv6Address) -> None:
+        peer = self.peers.get(address)
+        if peer is not None:
+            self._refile(peer)
+
+    def _refile(self, peer: Peer) -> None:
+        """Bring the peer's heap entries up to date with its state."""
+        address = peer.address
+        by_activity = self._by_activity[peer.trusted]
+        by_activity.put(address, (peer.last_activity(), self._order[address]))
+        self._by_activity[not peer.trusted].discard(address)
+        deadline = peer.echo_deadline if peer.echo_deadline is not None else self._expires_at(peer)
+        self._deadlines.put(address, (deadline,))
+        if peer.queue:
+            self._holding[address] = None
+        else:
+            self._holding.pop(address, None)
+
+    def _take_due(self, now: float) -> List[Peer]:
+        """Unfile and return the peers whose deadline is `now` or earlier, in the
+        list's order (the order a scan found them in); the caller re-files them."""
+        due = []
+        while True:
+            soonest = self._deadlines.peek()
+            if soonest is None or soonest[0] > now:
+                break
+            self._deadlines.pop()
+            due.append(self.peers[soonest[-1]])
+        due.sort(key=lambda peer: self._order[peer.address])
+        return due
 
     def _remove(self, peer: Peer, reason: str) -> list:
         del self.peers[peer.address]
+        self._order.pop(peer.address, None)
+        for index in (self._by_activity[False], self._by_activity[True], self._deadlines):
+            index.discard(peer.address)
+        self._holding.pop(peer.address, None)
         if peer.queue:
             self.drops[f"queued_{reason}"] += len(peer.queue)
-        _log.debug("peer_removed", peer=str(peer.address), reason=reason)
+        if _debug_enabled():
+            _log.debug("peer_removed", peer=str(peer.address), reason=reason)
         return [PeerRemoved(peer.address, reason)]
 
     def _enqueue(self, peer: Peer, item: QueuedPacket) -> bool:
@@ -544,7 +728,8 @@ class PeerList:
         return [SendEcho(peer.address, peer.nonce)]
 
     def _echo_failed(self, peer: Peer) -> list:
-        _log.debug("connectivity_test_failed", peer=str(peer.address))
+        if _debug_enabled():
+            _log.debug("connectivity_test_failed", peer=str(peer.address))
         peer.nonce, peer.echo_deadline, peer.echo_failed = None, None, True
         actions = []
         for item in peer.queue:
@@ -561,7 +746,8 @@ class PeerList:
         if not peer.trusted or peer.mapping != udp:
             peer.trusted = True
             peer.mapped_ip, peer.mapped_port = udp
-            _log.debug("peer_trusted", peer=str(peer.address), mapped=f"{udp[0]}:{udp[1]}")
+            if _debug_enabled():
+                _log.debug("peer_trusted", peer=str(peer.address), mapped=f"{udp[0]}:{udp[1]}")
             actions.append(PeerTrusted(peer.address, udp[0], udp[1]))
         peer.nonce, peer.echo_tries, peer.echo_deadline = None, 0, None
         return actions + self._received(peer, now)
