@@ -375,12 +375,7 @@ class Relay:
 
     def _tick(self) -> None:
         now = self.clock.monotonic()
-        deadline = self.peers.next_deadline()
-        if deadline is not None and now >= deadline:
-            actions = []
-            for peer in list(self.peers):
-                actions += self._observe(peer.address)  # expiry must see fast-path activity
-            self._peer_actions(actions + self.peers.on_timer())
+        self._peer_timers(now)
         if now >= self._next_egress:
             self._next_egress = now + EGRESS_CHECK_INTERVAL
             self._refresh_egress()
@@ -394,6 +389,21 @@ class Relay:
                       encapsulated=fast["encapsulated"]["packets"], peers=len(self.att.peers),
                       **{k: v for k, v in self.counters.items()})
         self.control.expire()
+
+    def _peer_timers(self, now: float) -> None:
+        deadline = self.peers.next_deadline()
+        if deadline is None or now < deadline:
+            return
+        # Before on_timer acts, the data path's activity of the peers it would act
+        # on (expiry must see fast-path traffic), and of those holding packets (an
+        # answer seen on the fast path releases them): one map lookup each, not one
+        # per peer of a list that holds up to --max-peers. Other peers' activity
+        # could only push their own deadlines later.
+        watched = dict.fromkeys(p.address for p in self.peers.due() + self.peers.holding())
+        actions = []
+        for address in watched:
+            actions += self._observe(address)
+        self._peer_actions(actions + self.peers.on_timer())
 
     def _drain_wake(self) -> None:
         try:

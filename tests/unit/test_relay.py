@@ -286,3 +286,37 @@ def test_peer_table_rows_match_the_client_s(relay):
     for row in rows:
         assert {"address", "mapped", "trusted", "learned", "last_rx_s", "last_tx_s", "rx_packets",
                 "tx_packets"} <= set(row)
+
+
+def test_expiry_reads_the_data_path_only_for_the_peers_it_acts_on(relay):
+    """A peer the fast path keeps busy is not expired; an idle one is; and only the
+    peers whose deadline came are looked up in the BPF table, not every peer."""
+    clients = []
+    for i in range(20):
+        ip, port = IPv4(f"198.51.100.{i + 10}"), 41000 + i
+        client = TeredoAddress(server=SERVER, flags=0, port=port, client=ip).ipv6
+        relay._outgoing(icmpv6.build_echo_request(HOST, client, identifier=1, sequence=1, data=b"x"))
+        relay._datagram(encap.build_udp_payload(P.build_bubble(client, relay.bubble_source)), ip, port)
+        clients.append(client)
+    assert all(relay.att.peers.get(c).trusted for c in clients)
+    # The data path's times on the test's clock (the relay wrote the kernel's).
+    for client in clients:
+        relay.att.peers.update(client, last_rx_ns=int(relay.clock.monotonic() * 1e9))
+    busy, idle = clients[0], clients[1]
+    # The others' deadlines come later: they were heard from later.
+    relay.clock.advance(C.PEER_EXPIRY / 2)
+    for client in clients[2:]:
+        relay.peers.observe(client, last_rx=relay.clock.monotonic())
+    relay.clock.advance(C.PEER_EXPIRY / 2 - 1)
+    # Meanwhile the fast path carried the busy client's traffic: only the BPF entry knows.
+    relay.att.peers.update(busy, last_rx_ns=int(relay.clock.monotonic() * 1e9))
+    relay.clock.advance(2)
+
+    looked_up = []
+    get = relay.att.peers.get
+    relay.att.peers.get = lambda address: looked_up.append(IPv6(address)) or get(address)
+    relay._peer_timers(relay.clock.monotonic())
+    assert idle not in relay.peers and relay.att.peers.get(idle) is None
+    assert busy in relay.peers
+    assert all(c in relay.peers for c in clients[2:])
+    assert set(looked_up) <= {busy, idle}, "only the peers whose deadline came"
