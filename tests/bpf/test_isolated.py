@@ -30,6 +30,8 @@ from xdp_teredo.datapath.libbpf import MapFd
 from xdp_teredo.datapath.relay import RelayDatapath
 from xdp_teredo.errors import RuntimeFailure
 
+from tests.procfs import children, open_fds
+
 from . import packets as P
 from .conftest import TC_ACT_REDIRECT, XDP_PASS, Harness
 from .test_relay import (CLIENT, CLIENT_IPV4, CLIENT_PORT, DECAP, HOST_MAC, LAN0_MAC, XDP_REDIRECT,
@@ -42,24 +44,8 @@ pytestmark = [pytest.mark.root, pytest.mark.bpf]
 PEER_MAX = 1024
 
 
-def open_fds() -> dict:
-    """This process's descriptors and what they are."""
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass  # the directory listing's own descriptor, closed meanwhile
-    return out
 
 
-def children() -> set:
-    """The pids of this process's children (zombies included, until reaped)."""
-    pids = set()
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
 
 
 @pytest.fixture(scope="module")

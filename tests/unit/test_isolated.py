@@ -19,6 +19,8 @@ import pytest
 from xdp_teredo.datapath import isolated
 from xdp_teredo.errors import RuntimeFailure
 
+from tests.procfs import children, open_fds
+
 # The child's preamble: the request from argv, the socket it names.
 _CHILD = textwrap.dedent("""
     import json, os, socket, sys
@@ -27,22 +29,8 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def open_fds() -> dict:
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass
-    return out
 
 
-def children() -> set:
-    pids = set()
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
 
 
 @pytest.fixture
