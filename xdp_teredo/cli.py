@@ -92,6 +92,7 @@ def check(as_json: bool) -> None:
 
 # The server's defaults appear in --help; the module is light (no bcc, no pyroute2).
 from . import server as _teredo_server  # noqa: E402
+from .config import XDP_MODES  # noqa: E402  (light too)
 
 
 @cli.command()
@@ -276,8 +277,9 @@ def _hidden_seconds(name: str, help_text: str):
               help="Run as USER after set-up, keeping CAP_NET_ADMIN only.  [default: nobody]")
 @click.option("--hook", default=None, metavar="PATH",
               help="Run PATH on every change with Miredo's client-hook environment.")
-@click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default=None,
-              help="XDP attach mode on IFACE.  [default: auto]")
+@click.option("--xdp-mode", type=click.Choice(list(XDP_MODES)), default=None,
+              help="XDP attach mode on IFACE; off: decapsulate in tc instead, which costs "
+                   "less on a veth (containers).  [default: auto]")
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
 @click.option("--restart-safe", is_flag=True, default=False,
@@ -338,7 +340,7 @@ def status(tunnel, as_json: bool) -> None:
         _echo_inbound(info.get("inbound"))
     else:
         for key in ("state", "address", "server", "mapped", "nat", "since", "tunnel",
-                    "interface", "local", "xdp", "peers", "pid", "user"):
+                    "interface", "local", "xdp", "decap", "peers", "pid", "user"):
             click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
         _echo_inbound(info.get("inbound"))
     ready = "relaying" if is_relay else "qualified"

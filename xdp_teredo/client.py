@@ -354,8 +354,10 @@ class Client:
                 self._resume = self._resumable(previous)
             else:
                 try:
+                    off = config.xdp_mode == "off"
                     self.att = self.prog.attach(
-                        nic.ifindex, self.tunnel.ifindex, xdp_mode=config.xdp_mode,
+                        nic.ifindex, self.tunnel.ifindex, ingress="tc" if off else "xdp",
+                        xdp_mode="auto" if off else config.xdp_mode,
                         pin=pin, pin_root=pin_root())
                 except RuntimeFailure as err:
                     if "another XDP program" not in str(err) and "already" not in str(err):
@@ -1063,6 +1065,8 @@ class Client:
             "local": f"{self.local[0]}:{self.local[1]}" if self.local else None,
             "servers": [str(s) for s in self.servers],
             "xdp": self.att.xdp_attached if self.att else None,
+            # Where incoming Teredo is decapsulated: "xdp" or "tc" (--xdp-mode off).
+            "decap": self.att.ingress if self.att else None,
             "pid": os.getpid(),
             "user": self.user,
             "started": _iso(self.started_wall),

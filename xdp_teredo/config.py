@@ -40,7 +40,10 @@ DEFAULT_BIND_ADDRESS = ipaddress.IPv4Address("0.0.0.0")
 DEFAULT_BIND_PORT = 0
 # Miredo drops root to this user after setup (miredo(8), -u).
 DEFAULT_USER = "nobody"
-XDP_MODES = ("auto", "native", "generic")
+# "off": no XDP; the tc-only receive program decapsulates (docs/client.md): on a
+# veth, where native XDP first copies every frame that a local sender built, that
+# costs less CPU per packet; on a physical NIC, XDP runs before any skb exists.
+XDP_MODES = ("auto", "native", "generic", "off")
 
 # RelayType values (Miredo's ParseRelayType in src/relayd.c). "autoclient" is
 # documented as an alias of client; "relay" as an alias of cone. "restricted" is kept

@@ -1,5 +1,6 @@
 """Two of our clients, behind one NAT (client1) and two stacked NATs (client2),
-qualified with our own server (`xdp-teredo server`).
+qualified with our own server (`xdp-teredo server`). client1 decapsulates in XDP,
+client2 in tc (`--xdp-mode off`).
 
 client1 starts the conversation: its packet waits in the queue while it bubbles
 directly and through the server (RFC 4380 §5.2.6); client2 answers the forwarded
@@ -35,8 +36,11 @@ def teredo(make_module_lab):
     # The inbound guard is stateful by default: each opens the port its TCP sink
     # listens on in test_tcp_both_ways_never_touches_python (tcp_transfer).
     allow = {"client1": "tcp/5202", "client2": "tcp/5201"}
+    # client1 decapsulates in XDP, client2 in tc (--xdp-mode off): every test
+    # below runs across the two receive paths.
+    decap = {"client1": [], "client2": ["--xdp-mode", "off"]}
     procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY), "--allow", allow[role],
-                                   wait=False)
+                                   *decap[role], wait=False)
              for role in CLIENTS}
     for proc in procs.values():
         proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
@@ -55,6 +59,15 @@ def test_both_qualify_with_our_server(teredo):
         assert code == 0 and info["server"] == cs.SERVER
         assert info["mapped"].startswith(f"{lab[role].public_ipv4}:")
     assert teredo.addresses["client1"] != teredo.addresses["client2"]
+
+
+def test_xdp_mode_off_decapsulates_in_tc_and_attaches_no_xdp(teredo):
+    lab = teredo.lab
+    one, two = cs.status(lab, "client1")[1], cs.status(lab, "client2")[1]
+    assert one["decap"] == "xdp" and one["xdp"] in ("native", "generic"), one
+    assert two["decap"] == "tc" and two["xdp"] is None, two
+    assert "prog/xdp" not in lab.run("client2", "ip", "-d", "link", "show", "eth0").stdout
+    assert "prog/xdp" in lab.run("client1", "ip", "-d", "link", "show", "eth0").stdout
 
 
 def test_the_first_packet_waits_for_the_bubbles_then_both_ways_work(teredo):

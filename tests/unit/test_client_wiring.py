@@ -119,6 +119,7 @@ class FakeAttachment:
         self.peers = FakePeers()
         self.configs = []
         self.xdp_attached = "native"
+        self.ingress = "xdp"
         self.journal = journal
 
     def configure(self, config):
