@@ -127,6 +127,7 @@ class Nic:
     name: str
     ifindex: int
     ipv4: IPv4Address
+    kind: Optional[str] = None  # rtnetlink's IFLA_INFO_KIND ("veth", ...); None for hardware
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,16 +166,18 @@ def find_nic(name: str, bind_address: IPv4Address = cfg.DEFAULT_BIND_ADDRESS) ->
             ifindex = found[0]
             addresses = [IPv4Address(a.get_attr("IFA_ADDRESS"))
                          for a in ipr.get_addr(family=socket.AF_INET, index=ifindex)]
+            info = ipr.get_links(ifindex)[0].get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
     except (NetlinkError, OSError) as err:
         raise RuntimeFailure(f"cannot look at interface {name}: {err}") from err
     if bind_address != cfg.DEFAULT_BIND_ADDRESS:
         if bind_address not in addresses:
             raise UsageError(f"BindAddress {bind_address} is not an address of {name} "
                              f"({', '.join(map(str, addresses)) or 'none'})")
-        return Nic(name, ifindex, bind_address)
+        return Nic(name, ifindex, bind_address, kind)
     if not addresses:
         raise RuntimeFailure(f"{name} has no IPv4 address: Teredo runs over IPv4")
-    return Nic(name, ifindex, addresses[0])
+    return Nic(name, ifindex, addresses[0], kind)
 
 
 def prepare(settings: cfg.Settings, config_path: Optional[str] = None,
@@ -379,6 +382,12 @@ class Client:
                                      self.att.guard.fragments, self.att.guard.allowed,
                                      now_ns=time.monotonic_ns)
             _log.info("inbound_guard", **self.plan.inbound.describe())
+            if nic.kind == "veth" and self.att.ingress == "xdp":
+                # XDP on a veth copies each frame a local sender built before it
+                # runs (docs/client.md, "XDP or tc"): say what costs less here.
+                _log.info("decap_hint", interface=nic.name, kind=nic.kind,
+                          hint="on a veth, --xdp-mode off (decapsulation in tc) costs less CPU "
+                               "per packet than XDP")
             # What may reach this process from the NIC, in XDP (docs/reliability.md).
             self.prog.slow_path.write(SlowPathLimits())
             self.hook = Hook(config.hook, iface=self.tunnel.name, ifindex=self.tunnel.ifindex)

@@ -68,6 +68,10 @@ def test_xdp_mode_off_decapsulates_in_tc_and_attaches_no_xdp(teredo):
     assert two["decap"] == "tc" and two["xdp"] is None, two
     assert "prog/xdp" not in lab.run("client2", "ip", "-d", "link", "show", "eth0").stdout
     assert "prog/xdp" in lab.run("client1", "ip", "-d", "link", "show", "eth0").stdout
+    # XDP on a veth: the client says what would cost less; in tc mode it has nothing to say.
+    [hint] = cs.events(teredo.procs["client1"], "decap_hint")
+    assert hint["kind"] == "veth" and "--xdp-mode off" in hint["hint"], hint
+    assert cs.events(teredo.procs["client2"], "decap_hint") == []
 
 
 def test_the_first_packet_waits_for_the_bubbles_then_both_ways_work(teredo):
