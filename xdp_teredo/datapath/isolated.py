@@ -152,6 +152,18 @@ def load(kind: str, options: dict, maps: Optional[Dict[str, MapFd]] = None, *,
     return loaded
 
 
+def build(kind: str, options: dict, make, maps: Optional[Dict[str, MapFd]] = None, *,
+          timeout: float = TIMEOUT):
+    """load(), then make(loaded) (a Datapath / RelayDatapath taking the descriptors
+    over); if make fails, every descriptor is closed before the error goes on."""
+    loaded = load(kind, options, maps, timeout=timeout)
+    try:
+        return make(loaded)
+    except BaseException:
+        loaded.close()
+        raise
+
+
 def _child_argv(request: dict) -> List[str]:
     # `-c` rather than `-m MODULE`: the package imports this module (loader.py),
     # and runpy would run it a second time as __main__ (and warn on stderr).

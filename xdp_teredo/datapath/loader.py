@@ -169,13 +169,10 @@ class Datapath:
         caller still closes its own). What the daemons use."""
         options = {"peer_max": int(peer_max), "ttl": int(ttl), "cflags": list(cflags),
                    "source_dir": source_dir, "debug": int(debug)}
-        loaded = isolated.load("client", options, maps=maps, timeout=timeout)
-        try:
-            return cls(loaded.programs, loaded.maps, loaded.cflags, loaded.reused,
-                       features=loaded.features)
-        except BaseException:
-            loaded.close()
-            raise
+        return isolated.build(
+            "client", options,
+            lambda got: cls(got.programs, got.maps, got.cflags, got.reused, features=got.features),
+            maps=maps, timeout=timeout)
 
     def fd(self, program: str) -> int:
         """File descriptor of a program by our name (PROGRAMS), for test runs."""

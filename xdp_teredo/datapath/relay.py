@@ -185,12 +185,10 @@ class RelayDatapath:
         daemon uses."""
         options = {"peer_max": int(peer_max), "ttl": int(ttl), "cflags": list(cflags),
                    "source_dir": source_dir}
-        loaded = isolated.load("relay", options, timeout=timeout)
-        try:
-            return cls(loaded.programs, loaded.maps, loaded.cflags, features=loaded.features)
-        except BaseException:
-            loaded.close()
-            raise
+        return isolated.build(
+            "relay", options,
+            lambda got: cls(got.programs, got.maps, got.cflags, features=got.features),
+            timeout=timeout)
 
     def fd(self, hook: str) -> int:
         """File descriptor of the program for a hook ("xdp", "tc"), for test runs."""
