@@ -46,14 +46,14 @@ def require_tool(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def datapath_program(require_bcc):
-    """The data path (bpf/teredo_encap.c), compiled and loaded ONCE per test run.
+    """The data path (bpf/client.c), compiled and loaded ONCE per test run.
 
     Not attached to any device: tests drive it through BPF_PROG_TEST_RUN, or attach
     it themselves (and detach it before they end). Tests that use it must leave the
     maps as they want them: tests/bpf's `dp` fixture resets them around each test.
     """
-    from xdp_teredo.datapath import Datapath
+    from xdp_teredo.datapath import ClientDatapath
 
-    prog = Datapath.compile()
+    prog = ClientDatapath.compile()
     yield prog
     prog.close()

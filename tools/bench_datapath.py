@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "bpf"))
 
-from xdp_teredo.datapath import Config, Datapath, PeerEntry, kheaders, now_ns, testrun  # noqa: E402
+from xdp_teredo.datapath import Config, ClientDatapath, PeerEntry, kheaders, now_ns, testrun  # noqa: E402
 
 TRIVIAL = r"""
 #include <uapi/linux/bpf.h>
@@ -76,7 +76,7 @@ def measure(rounds: int = 7, runs: int = 3000, repeat: int = 200000) -> dict:
     from bcc import BPF
 
     kheaders.export()
-    prog = Datapath.compile()
+    prog = ClientDatapath.compile()
     trivial = BPF(text=TRIVIAL)
     try:
         t_xdp = trivial.load_func(b"trivial_xdp", BPF.XDP).fd

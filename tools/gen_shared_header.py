@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate bpf/teredo_shared.h from the Python source of truth.
+"""Generate bpf/lib/shared.h from the Python source of truth.
 
 The BPF C and the Python control plane share protocol numbers
 (xdp_teredo/teredo/constants.py) and the layout of every map key and value, the
@@ -7,7 +7,7 @@ flag bits and the verdict reasons (xdp_teredo/datapath/layout.py). Both are
 defined once, in Python; this script writes the C mirror. The header is committed;
 tests/unit/test_shared_header.py fails when it differs from what this prints.
 
-    python tools/gen_shared_header.py           # rewrite bpf/teredo_shared.h
+    python tools/gen_shared_header.py           # rewrite bpf/lib/shared.h
     python tools/gen_shared_header.py --check   # exit 1 if it is out of date
 """
 
@@ -23,7 +23,7 @@ if ROOT not in sys.path:
 from xdp_teredo.datapath import layout  # noqa: E402
 from xdp_teredo.teredo import constants  # noqa: E402
 
-HEADER_PATH = os.path.join(ROOT, "bpf", "teredo_shared.h")
+HEADER_PATH = os.path.join(ROOT, "bpf", "lib", "shared.h")
 
 # Protocol numbers the BPF code needs: (C name, value, why). Values come from
 # constants.py; only the selection and the C spelling live here.
@@ -113,7 +113,7 @@ def _reasons() -> str:
 
 
 def render() -> str:
-    """The full text of bpf/teredo_shared.h."""
+    """The full text of bpf/lib/shared.h."""
     parts = [
         "/* SPDX-License-Identifier: GPL-2.0 */",
         "/*",

@@ -1,6 +1,6 @@
-"""Adopting a running data path (datapath/adopt.py, Datapath.adopt), on real devices.
+"""Adopting a running data path (datapath/adopt.py, ClientDatapath.adopt), on real devices.
 
-A first Datapath attaches and is released (what a restart-safe client does when it
+A first ClientDatapath attaches and is released (what a restart-safe client does when it
 stops for a restart: everything stays attached). A second compile finds it through
 the hooks, takes its maps (same peers, same config, same counters), and either
 leaves the programs as they are (same code) or swaps its own in (an upgrade, here a
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from xdp_teredo.datapath import Config, Datapath, PeerEntry, adopt, libbpf
+from xdp_teredo.datapath import Config, ClientDatapath, PeerEntry, adopt, libbpf
 from xdp_teredo.errors import RuntimeFailure
 
 from tests.e2e.resilience_support import another_build
@@ -64,7 +64,7 @@ def test_same_code_is_adopted_as_it_runs(lab):
     ids = {k: h.info.id for k, h in running.programs.items()}
     maps = adopt.open_maps(running)
     try:
-        new = Datapath.compile(maps=maps)
+        new = ClientDatapath.compile(maps=maps)
     finally:
         for m in maps.values():
             m.close()
@@ -94,7 +94,7 @@ def test_an_upgrade_swaps_the_programs_and_keeps_the_maps(lab, tmp_path):
     maps = adopt.open_maps(running)
     try:
         # "The next version": every program's code, and so its tag, differs.
-        new = Datapath.compile(maps=maps, source_dir=another_build(tmp_path / "bpf"))
+        new = ClientDatapath.compile(maps=maps, source_dir=another_build(tmp_path / "bpf"))
     finally:
         for m in maps.values():
             m.close()
@@ -123,7 +123,7 @@ def test_only_what_changed_is_replaced(lab):
     running = adopt.find(lab["nic"], lab["tun"], netns=lab["a"])
     maps = adopt.open_maps(running)
     try:
-        new = Datapath.compile(ttl=63, maps=maps)
+        new = ClientDatapath.compile(ttl=63, maps=maps)
     finally:
         for m in maps.values():
             m.close()
@@ -156,7 +156,7 @@ def test_maps_the_build_did_not_take_make_adoption_fail(lab):
     running = adopt.find(lab["nic"], lab["tun"], netns=lab["a"])
     maps = adopt.open_maps(running)
     try:
-        new = Datapath.compile(maps={"peers": maps["peers"]})
+        new = ClientDatapath.compile(maps={"peers": maps["peers"]})
     finally:
         for m in maps.values():
             m.close()

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from xdp_teredo.datapath import Config, PeerEntry, loader, stats
+from xdp_teredo.datapath import Config, PeerEntry, client, stats
 from xdp_teredo.errors import RuntimeFailure
 
 from . import packets as P
@@ -141,7 +141,7 @@ def test_attach_then_detach_leaves_nothing(lab, pin_root, ingress, mode, expect)
         assert att.xdp_attached == {"xdp": "native", "xdpgeneric": "generic", None: None}[expect]
         rx = "tc_teredo_ingress" if ingress == "xdp" else "tc_teredo_rx"
         assert state["filters"] == {"nic ingress": [rx], "tun egress": ["tc_teredo_tx"]}
-        assert sorted(os.listdir(att.pin_dir)) == sorted(loader.MAPS)  # the guard's maps too
+        assert sorted(os.listdir(att.pin_dir)) == sorted(client.MAPS)  # the guard's maps too
         assert os.path.basename(att.pin_dir) == stats.instance_name(lab["nic"], lab["a"])
         with pytest.raises(RuntimeFailure, match="attached already"):
             prog.attach(lab["nic"], lab["tun"], netns=lab["a"], pin=False)
@@ -198,7 +198,7 @@ def test_real_round_trip_through_the_kernel(lab, ingress, mode):
 
 
 def test_detach_stale_removes_what_a_dead_instance_left(lab, pin_root):
-    from xdp_teredo.datapath.loader import detach_stale
+    from xdp_teredo.datapath.client import detach_stale
 
     prog = lab["prog"]
     att = prog.attach(lab["nic"], lab["tun"], xdp_mode="generic", netns=lab["a"], pin=True, pin_root=pin_root)
@@ -207,7 +207,7 @@ def test_detach_stale_removes_what_a_dead_instance_left(lab, pin_root):
     prog.attachment = None
     assert ours_attached(lab)["xdp"] == "xdpgeneric"
     removed = detach_stale(lab["nic"], lab["tun"], netns=lab["a"], pin_root=pin_root)
-    assert len(removed) == 2 + 1 + len(loader.MAPS), removed  # two filters, XDP, every pin
+    assert len(removed) == 2 + 1 + len(client.MAPS), removed  # two filters, XDP, every pin
     assert ours_attached(lab) == dict(NOTHING, clsact=True), "clsact itself is harmless and stays"
     assert not os.path.exists(pin_dir)
     assert detach_stale(lab["nic"], lab["tun"], netns=lab["a"], pin_root=pin_root) == []

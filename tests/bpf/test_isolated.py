@@ -1,5 +1,5 @@
 """The data path compiled in a child process (datapath/isolated.py,
-Datapath.compile_isolated, RelayDatapath.compile_isolated), as the daemons build it.
+ClientDatapath.compile_isolated, RelayDatapath.compile_isolated), as the daemons build it.
 
 - The programs received as descriptors do what the in-process build does, through
   BPF_PROG_TEST_RUN: a decapsulation and an encapsulation (the client's), a
@@ -25,7 +25,7 @@ import textwrap
 
 import pytest
 
-from xdp_teredo.datapath import Datapath, loader
+from xdp_teredo.datapath import ClientDatapath, client, source
 from xdp_teredo.datapath.libbpf import MapFd
 from xdp_teredo.datapath.relay import RelayDatapath
 from xdp_teredo.errors import RuntimeFailure
@@ -50,7 +50,7 @@ PEER_MAX = 1024
 
 @pytest.fixture(scope="module")
 def isolated_program(require_bcc):
-    prog = Datapath.compile_isolated(peer_max=PEER_MAX)
+    prog = ClientDatapath.compile_isolated(peer_max=PEER_MAX)
     yield prog
     prog.close()
 
@@ -66,10 +66,10 @@ def test_what_the_child_sends_is_a_whole_data_path(isolated_program):
     prog = isolated_program
     assert prog.bpf is None, "no bcc object in this process"
     assert {k: f.name for k, f in prog.functions.items()} == \
-        {k: func for k, (func, _) in loader.PROGRAMS.items()}
-    assert set(prog._maps) == set(loader.MAPS)
-    assert all(m.owned for m in prog._maps.values())
-    assert prog._maps["peers"].max_entries == PEER_MAX
+        {k: func for k, (func, _) in client.PROGRAMS.items()}
+    assert set(prog.maps) == set(client.MAPS)
+    assert all(m.owned for m in prog.maps.values())
+    assert prog.maps["peers"].max_entries == PEER_MAX
     assert f"-DTEREDO_PEER_MAX={PEER_MAX}" in prog.cflags
     # The child probed the kernel for attach (probe.py): every feature, by name.
     from xdp_teredo.datapath import probe
@@ -112,7 +112,7 @@ def test_the_relay_compiled_in_a_child_forwards(require_bcc, relay_ns):
     """A client's packet to a native host, through XDP (devmap) and tc."""
     prog = RelayDatapath.compile_isolated(peer_max=PEER_MAX)
     try:
-        assert prog.bpf is None and prog._maps["peers"].max_entries == PEER_MAX
+        assert prog.bpf is None and prog.maps["peers"].max_entries == PEER_MAX
         relay = Relay(prog, relay_ns)
         relay.configure()
         relay.xdp_targets("up0", "lan0", "small0")
@@ -132,11 +132,11 @@ def test_the_relay_compiled_in_a_child_forwards(require_bcc, relay_ns):
 
 NO_BCC_HERE = textwrap.dedent("""
     import json, sys
-    from xdp_teredo.datapath import Datapath, probe, testrun
+    from xdp_teredo.datapath import ClientDatapath, probe, testrun
     from xdp_teredo.datapath.relay import RelayDatapath
     from xdp_teredo.errors import RuntimeFailure
 
-    prog = Datapath.compile_isolated(peer_max=64)
+    prog = ClientDatapath.compile_isolated(peer_max=64)
     relay = RelayDatapath.compile_isolated(peer_max=64)
     probe.require(probe.TX_FEATURES, prog.features)
     # attach checks the kernel's features first (then fails: no such device).
@@ -173,16 +173,16 @@ def test_adoption_compiles_against_the_running_maps(isolated_program, dp):
     dp.configure()
     dp.add_peer(P.PEER_ADDRESS, P.PEER_IPV4, P.PEER_PORT)
     # By the names the kernel keeps (15 characters), as adopt.open_maps gives them.
-    running = {m.name: MapFd(os.dup(m.fd), owned=True) for m in dp.prog._maps.values()}
+    running = {m.name: MapFd(os.dup(m.fd), owned=True) for m in dp.prog.maps.values()}
     try:
-        new = Datapath.compile_isolated(peer_max=PEER_MAX, maps=running)
+        new = ClientDatapath.compile_isolated(peer_max=PEER_MAX, maps=running)
     finally:
         for m in running.values():
             m.close()
     try:
         assert {n[:15] for n in new.reused} == set(running)
         assert new.config.read().teredo_address == P.OUR_ADDRESS
-        assert new._maps["peers"].id == dp.prog._maps["peers"].id, "the very same map"
+        assert new.maps["peers"].id == dp.prog.maps["peers"].id, "the very same map"
         frame = to_peer()
         out = Harness(new).tc_tx(frame)
         assert out.retval == TC_ACT_REDIRECT and out.counted == {"encapsulated": 1}, \
@@ -195,9 +195,9 @@ def test_adoption_compiles_against_the_running_maps(isolated_program, dp):
 
 def test_close_closes_each_descriptor_once(require_bcc):
     before = open_fds()
-    prog = Datapath.compile_isolated(peer_max=64)
+    prog = ClientDatapath.compile_isolated(peer_max=64)
     held = set(open_fds()) - set(before)
-    assert len(held) == len(loader.PROGRAMS) + len(loader.MAPS)
+    assert len(held) == len(client.PROGRAMS) + len(client.MAPS)
     prog.close()
     assert open_fds() == before
     # A descriptor opened now may get one of those numbers: a second close leaves it.
@@ -208,36 +208,36 @@ def test_close_closes_each_descriptor_once(require_bcc):
 
 def _verifier_refuses(dest) -> str:
     """A copy of bpf/ whose xdp_teredo_rx reads the packet without a bounds check."""
-    shutil.copytree(loader.bpf_dir(), dest)
-    source = dest / "teredo_encap.c"
+    shutil.copytree(source.bpf_dir(), dest)
+    unit = dest / "client.c"
     text, count = re.subn(r"(\nint xdp_teredo_rx\(struct xdp_md \*ctx\)\n\{\n)",
                           lambda m: m.group(1) + "\tif (*(volatile __u8 *)(long)ctx->data == 0xff)"
-                                                 " return XDP_DROP;\n", source.read_text())
+                                                 " return XDP_DROP;\n", unit.read_text())
     assert count == 1
-    source.write_text(text)
+    unit.write_text(text)
     return str(dest)
 
 
 def _does_not_compile(dest) -> str:
-    shutil.copytree(loader.bpf_dir(), dest)
-    with open(dest / "teredo_encap.c", "a") as f:
+    shutil.copytree(source.bpf_dir(), dest)
+    with open(dest / "client.c", "a") as f:
         f.write("\nthis is not C;\n")
     return str(dest)
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda d: str(d / "nowhere"), r"cannot compile .*/nowhere/teredo_encap\.c"),
-    (_does_not_compile, r"cannot compile .*/teredo_encap\.c: Failed to compile BPF module"),
+    (lambda d: str(d / "nowhere"), r"cannot compile .*/nowhere/client\.c"),
+    (_does_not_compile, r"cannot compile .*/client\.c: Failed to compile BPF module"),
     (_verifier_refuses, r"the verifier rejected xdp_teredo_rx"),
 ], ids=["no source", "compile error", "verifier"])
 def test_a_failure_is_the_in_process_failure_and_leaves_nothing(require_bcc, tmp_path, make,
                                                                  message):
     source_dir = make(tmp_path / "bpf")
     with pytest.raises(RuntimeFailure) as in_process:
-        Datapath.compile(source_dir=source_dir)
+        ClientDatapath.compile(source_dir=source_dir)
     fds, kids = open_fds(), children()
     with pytest.raises(RuntimeFailure, match=message) as isolated:
-        Datapath.compile_isolated(source_dir=source_dir)
+        ClientDatapath.compile_isolated(source_dir=source_dir)
     assert open_fds() == fds, "no descriptor left open"
     assert children() == kids, "the child was reaped"
     assert str(isolated.value) == str(in_process.value)
@@ -245,11 +245,11 @@ def test_a_failure_is_the_in_process_failure_and_leaves_nothing(require_bcc, tmp
 
 
 def test_a_failure_with_running_maps_leaves_them_open_and_nothing_else(dp, tmp_path):
-    running = {m.name: MapFd(os.dup(m.fd), owned=True) for m in dp.prog._maps.values()}
+    running = {m.name: MapFd(os.dup(m.fd), owned=True) for m in dp.prog.maps.values()}
     try:
         fds = open_fds()
         with pytest.raises(RuntimeFailure, match="cannot compile"):
-            Datapath.compile_isolated(source_dir=str(tmp_path / "nowhere"), maps=running)
+            ClientDatapath.compile_isolated(source_dir=str(tmp_path / "nowhere"), maps=running)
         assert open_fds() == fds
         for m in running.values():
             os.fstat(m.fd)  # still the caller's

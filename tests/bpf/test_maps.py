@@ -155,7 +155,7 @@ def test_pinned_maps_are_read_by_another_process(dp):
     os.makedirs(pin_dir)
     try:
         for name in ("peers", "config", "stats"):
-            libbpf.obj_pin(dp.prog._maps[name].fd, os.path.join(pin_dir, name))
+            libbpf.obj_pin(dp.prog.maps[name].fd, os.path.join(pin_dir, name))
         dp.configure()
         dp.add_peer(P.PEER_ADDRESS, P.PEER_IPV4, P.PEER_PORT)
         dp.xdp(P.teredo_frame(P.bubble(P.PEER_ADDRESS, P.OUR_ADDRESS)))

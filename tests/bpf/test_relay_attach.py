@@ -5,7 +5,7 @@ is reported as such (the orchestrator then uses tc there); and the kernel's
 xdp-features say what the relay's hook choice needs.
 
 Everything runs in a thread that entered the namespace (test_relay.in_netns): the
-loader works in its caller's network namespace, as the relay daemon does.
+driver works in its caller's network namespace, as the relay daemon does.
 """
 
 import os
@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from xdp_teredo.datapath import stats
+from xdp_teredo.datapath import relay, stats
 from xdp_teredo.datapath.redirect import check_egress
 from xdp_teredo.errors import RuntimeFailure
 
@@ -75,7 +75,7 @@ def test_attach_then_detach_leaves_nothing(relay_program, net, pin_root, hooks):
     att = in_netns(net["ns"], attach)
     try:
         assert what_is_attached(net) == {"up0": hooks[0], "lan0": hooks[1]}
-        assert sorted(os.listdir(att.pin_dir)) == ["config", "peers", "stats"]
+        assert sorted(os.listdir(att.pin_dir)) == sorted(relay.PINNED_MAPS)  # as the client: every map
         # Named as the client's instances: `xdp-teredo stats` finds it the same way.
         inode = os.stat(f"/run/netns/{net['ns']}").st_ino
         assert os.path.basename(att.pin_dir) == f"netns{inode}-if{net['up0']}"
@@ -98,7 +98,7 @@ def test_a_dead_relay_is_cleaned_up_by_the_next(relay_program, net, pin_root):
     relay_program.attachment = None
     removed = in_netns(net["ns"], lambda: detach_stale([net["up0"], net["lan0"]], pin_root=pin_root,
                                                         pin_ifindex=net["up0"]))
-    assert len(removed) == 1 + 1 + 3, removed   # XDP, one tc filter, three pins
+    assert len(removed) == 1 + 1 + len(relay.PINNED_MAPS), removed   # XDP, one tc filter, every pin
     assert what_is_attached(net) == {"up0": "", "lan0": ""}
     assert not os.path.exists(pin_dir)
     assert in_netns(net["ns"], lambda: detach_stale([net["up0"], net["lan0"]], pin_root=pin_root,

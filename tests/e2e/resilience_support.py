@@ -6,7 +6,7 @@
   whose every entry point does one more thing (one instruction that does nothing),
   so each program's code, and so its kernel tag, differs from the installed one
   while it behaves the same. Adopting it exercises the replace path of
-  Datapath.adopt.
+  ClientDatapath.adopt.
 - `start_client` starts `attach` with environment variables set.
 - `PINGER`: an ICMPv6 echo every INTERVAL for SECONDS, reporting exactly which were
   lost and when (lab.ping's probe stops at the first N replies).
@@ -19,7 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
-from xdp_teredo.datapath.loader import PROGRAMS, bpf_dir
+from xdp_teredo.datapath.client import PROGRAMS
+from xdp_teredo.datapath.source import bpf_dir
 
 # `int NAME(struct ... *ctx)` then a line with the opening brace, as bpf/*.c write them.
 # What goes in after the brace: one instruction that changes nothing.
@@ -34,7 +35,7 @@ def another_build(dest) -> str:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(bpf_dir(), dest)
-    source = dest / "teredo_encap.c"
+    source = dest / "client.c"
     names = "|".join(func for func, _ in PROGRAMS.values())
     text, count = re.subn(_ENTRY.format(names=names), lambda m: m.group(1) + _NOTHING,
                           source.read_text())

@@ -31,7 +31,7 @@ import uuid
 
 import pytest
 
-from xdp_teredo.datapath import Config, Datapath, PeerEntry, PeerFlag, Reason, now_ns
+from xdp_teredo.datapath import Config, ClientDatapath, PeerEntry, PeerFlag, Reason, now_ns
 from xdp_teredo.datapath.layout import Kind
 from xdp_teredo.datapath.maps import delta
 from xdp_teredo.lab import netns, probe
@@ -126,18 +126,18 @@ def _json_lines(text: str) -> list:
 
 @pytest.fixture(scope="module")
 def datapaths(require_bcc):
-    """One compiled Datapath per end, compiled once for the module.
+    """One compiled ClientDatapath per end, compiled once for the module.
 
-    A Datapath owns its maps (peers, config, stats): two attachments of one object
+    A ClientDatapath owns its maps (peers, config, stats): two attachments of one object
     would share one peer table, one config (one local address, one Teredo address)
-    and one set of counters, which is not two Teredo hosts. Datapath.attach refuses
+    and one set of counters, which is not two Teredo hosts. ClientDatapath.attach refuses
     a second attachment for that reason. So: two compiles (~2 s each), reused by
     every test of the module, maps reset before each test.
     """
     made = {}
     try:
         for role in ("client1", "public"):
-            made[role] = Datapath.compile()
+            made[role] = ClientDatapath.compile()
         yield made
     finally:
         for prog in made.values():
@@ -303,7 +303,7 @@ def attached():
     """Attachments to detach if the test stops half-way (detach is idempotent).
 
     Requested last, so it is torn down before the lab and the pin root: the
-    module's Datapath objects must be free for the next test."""
+    module's ClientDatapath objects must be free for the next test."""
     atts = []
     yield atts
     for att in atts:

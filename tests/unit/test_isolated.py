@@ -74,7 +74,7 @@ def test_a_child_that_hangs_is_stopped(child, clean):
 
 def test_its_error_is_the_failure_and_its_log_is_ours(child, clean, monkeypatch):
     child("""
-        reply = {"ok": False, "error": "cannot compile /x/teredo_encap.c: Failed",
+        reply = {"ok": False, "error": "cannot compile /x/client.c: Failed",
                  "log": [{"logger": "xdp_teredo.datapath", "level": "warning",
                           "event": "map_not_reused", "map": "peers"}]}
         socket.send_fds(sock, [json.dumps(reply).encode()], [])
@@ -85,7 +85,7 @@ def test_its_error_is_the_failure_and_its_log_is_ours(child, clean, monkeypatch)
             warning=lambda event, **kw: logged.append((name, event, kw)))))
     with pytest.raises(RuntimeFailure) as err:
         isolated.load("client", {})
-    assert str(err.value) == "cannot compile /x/teredo_encap.c: Failed"
+    assert str(err.value) == "cannot compile /x/client.c: Failed"
     assert len(logged) == 1
     name, event, kw = logged[0]
     assert (name, event, kw["map"]) == ("xdp_teredo.datapath", "map_not_reused", "peers")

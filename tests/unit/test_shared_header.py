@@ -1,4 +1,4 @@
-"""bpf/teredo_shared.h mirrors the Python source of truth, and C agrees on layouts.
+"""bpf/lib/shared.h mirrors the Python source of truth, and C agrees on layouts.
 
 1. The committed header is exactly what tools/gen_shared_header.py generates now.
 2. gcc compiles a small program against that header that prints sizeof/offsetof of
@@ -31,13 +31,13 @@ def test_committed_header_is_up_to_date():
     gen = _generator()
     with open(gen.HEADER_PATH) as f:
         committed = f.read()
-    assert committed == gen.render(), "bpf/teredo_shared.h is stale: run tools/gen_shared_header.py"
+    assert committed == gen.render(), "bpf/lib/shared.h is stale: run tools/gen_shared_header.py"
     assert "GENERATED FILE, DO NOT EDIT" in committed
 
 
 def test_check_mode_detects_a_stale_header(tmp_path):
     gen = _generator()
-    stale = tmp_path / "teredo_shared.h"
+    stale = tmp_path / "shared.h"
     stale.write_text(gen.render().replace("TEREDO_MTU               1280", "TEREDO_MTU               1500"))
     assert gen.main(["--check", "--output", str(stale)]) == 1
     stale.write_text(gen.render())
@@ -46,7 +46,7 @@ def test_check_mode_detects_a_stale_header(tmp_path):
 
 def test_c_layout_equals_ctypes_layout(tmp_path):
     gcc = require_tool("gcc")
-    lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "teredo_shared.h"', "int main(void) {"]
+    lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "shared.h"', "int main(void) {"]
     expected = []
     for struct in layout.STRUCTS:
         c = f"struct {struct._c_name_}"
@@ -67,7 +67,7 @@ def test_c_layout_equals_ctypes_layout(tmp_path):
     src = tmp_path / "layout.c"
     src.write_text("\n".join(lines) + "\n")
     exe = tmp_path / "layout"
-    subprocess.run([gcc, "-std=c11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "bpf"), str(src),
+    subprocess.run([gcc, "-std=c11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "bpf", "lib"), str(src),
                     "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
     assert out[:-1] == expected

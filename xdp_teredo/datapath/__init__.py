@@ -1,15 +1,21 @@
-"""Everything that touches BPF: loader, maps, statistics, BPF_PROG_TEST_RUN.
+"""Everything that touches BPF: the drivers, maps, statistics, BPF_PROG_TEST_RUN.
 
 The public surface (see docs/datapath.md):
-    Datapath.compile(...) -> Datapath      compile + load, no device touched
-    Datapath.attach(nic_ifindex, tun_ifindex, ...) -> Attachment
-    Attachment.configure(Config), .peers (PeerTable), .stats(), .detach()
+    ClientDatapath.compile(...), RelayDatapath.compile(...)   compile + load, no device
+    ClientDatapath.attach(nic_ifindex, tun_ifindex, ...) -> ClientAttachment
+    RelayDatapath.attach({ifindex: "xdp" | "tc"}, ...) -> RelayAttachment
+    .configure(Config), .peers (PeerTable), .stats(), .detach()
     stats.read(...)                        counters of this or a running instance
     Reason, PeerFlag, ConfigFlag           the shared enums (layout.py)
 """
 
+from .client import ClientDatapath
 from .layout import ConfigFlag, PeerFlag, Reason
-from .loader import Attachment, Datapath
 from .maps import Config, PeerEntry, now_ns
+from .relay import RelayDatapath
 
-__all__ = ["Attachment", "Config", "ConfigFlag", "Datapath", "PeerEntry", "PeerFlag", "Reason", "now_ns"]
+# TEMPORARY: the old name, for the daemons; to be removed when they move (issue 10).
+Datapath = ClientDatapath
+
+__all__ = ["ClientDatapath", "Config", "ConfigFlag", "PeerEntry", "PeerFlag", "RelayDatapath",
+           "Reason", "now_ns"]

@@ -6,7 +6,7 @@ the kernel keeps running them, they keep their maps alive, and a trusted peer's
 packets go on flowing with no process around. The next instance finds them here:
 
 - the programs, from the hooks themselves: XDP on the NIC (IFLA_XDP_PROG_ID), our
-  tc filters (priority 3544, handle 1: loader.TC_PRIO) on the NIC's ingress and the
+  tc filters (priority 3544, handle 1: hooks.TC_PRIO) on the NIC's ingress and the
   tun's egress (TCA_BPF_ID), recognised by their names;
 - their maps, from the programs (bpf_prog_info.map_ids), opened by id.
 
@@ -18,8 +18,8 @@ there exactly when there is something to adopt, whatever the mount namespace.
 Opening maps by id needs CAP_SYS_ADMIN, which set-up has (it runs as root).
 
     running = adopt.find(nic_ifindex, tun_ifindex)       # None: nothing of ours
-    prog = Datapath.compile(maps=adopt.open_maps(running))
-    att = prog.adopt(running)                            # loader.py
+    prog = ClientDatapath.compile(maps=adopt.open_maps(running))
+    att = prog.adopt(running)                            # client.py
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from typing import Dict, Optional
 from ..errors import RuntimeFailure
 from . import libbpf
 from .libbpf import MapFd
-from .loader import PROGRAMS, RX_PROGRAMS, TC_EGRESS, TC_INGRESS, TC_PRIO
+from .client import PROGRAMS, RX_PROGRAMS
+from .hooks import TC_EGRESS, TC_INGRESS, TC_PRIO
 
 # uapi/linux/pkt_cls.h: the attached program's id in a cls_bpf filter dump.
 # pyroute2 0.9 does not decode it, so it is read from the raw attributes.
 _TCA_BPF_ID = 11
 _NLA_TYPE_MASK = 0x3FFF
-# IFLA_XDP_ATTACHED as pyroute2 names it -> our mode name (loader._XDP_ATTACHED).
+# IFLA_XDP_ATTACHED as pyroute2 names it -> our mode name (hooks.XDP_ATTACHED).
 _XDP_MODES = {"xdp": "native", "xdpgeneric": "generic"}
 # The kernel keeps 15 characters of a program's name.
 _NAMES = {func[:15]: key for key, (func, _) in PROGRAMS.items()}
@@ -49,7 +50,7 @@ _NAMES = {func[:15]: key for key, (func, _) in PROGRAMS.items()}
 class Hooked:
     """One of our programs where a previous instance attached it."""
 
-    program: str                 # our name for it: a key of loader.PROGRAMS
+    program: str                 # our name for it: a key of client.PROGRAMS
     ifindex: int
     info: libbpf.ProgInfo
 
@@ -62,7 +63,7 @@ class Running:
     tun_ifindex: int
     ingress: str                 # "xdp" (XDP + tc ingress) or "tc" (tc only)
     xdp_mode: Optional[str]      # "native" / "generic" with ingress "xdp"
-    programs: Dict[str, Hooked]  # loader.PROGRAMS key -> where it is
+    programs: Dict[str, Hooked]  # client.PROGRAMS key -> where it is
     map_ids: Dict[str, int]      # map name (15 characters, as the kernel keeps it) -> id
 
     def describe(self) -> dict:

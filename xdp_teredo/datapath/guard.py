@@ -1,6 +1,6 @@
 """The inbound guard's maps (bpf/teredo_guard.h), typed, for the control plane.
 
-    maps = GuardMaps.of(datapath)          # from a Datapath (or RelayDatapath)
+    maps = GuardMaps.of(datapath)          # from the maps of a ClientDatapath or RelayDatapath
     maps.configure(guard.Settings(...))    # policy + timeouts, and --allow's ports
     guard.inbound(view, settings, maps.flows, maps.fragments, maps.allowed, now)
 
@@ -20,10 +20,11 @@ from typing import Dict, Iterator, Optional, Tuple
 from ..errors import RuntimeFailure
 from ..teredo import guard
 from . import layout
+from . import registry
 from .libbpf import MapFd
 
-# Names in bpf/teredo_guard.h.
-MAPS = ("guard_config", "guard_flows", "guard_fragments", "guard_allow")
+# guard_config, guard_flows, guard_fragments, guard_allow (registry.py, lib/guard.h).
+MAPS = registry.group("guard")
 
 _FLOW_KEY = struct.Struct("!16s16sHHB3x")     # layout.FlowKey: ports in network order
 _FLOW_VALUE = struct.Struct("=QII")           # layout.FlowValue

@@ -7,10 +7,10 @@ Memory: ~225 MiB against Miredo's ~7). A loaded program and its maps, however, a
 kernel objects reachable through file descriptors, and descriptors can be handed to
 another process (SCM_RIGHTS over a unix socket). So a child compiles, loads
 (verifier), runs the feature probes (probe.py, also bcc), sends the descriptors and
-exits; the daemon builds its Datapath / RelayDatapath on them and never imports bcc.
+exits; the daemon builds its ClientDatapath / RelayDatapath on them and never imports bcc.
 
     loaded = isolated.load("client", {"peer_max": 1024}, maps=running_maps)
-    prog = Datapath(loaded.programs, loaded.maps, ...)    # loader.compile_isolated
+    prog = ClientDatapath(loaded.programs, loaded.maps, ...)   # Program.compile_isolated
 
 Why a new interpreter (subprocess, running main() below with the request as JSON)
 and not fork(): the daemon is single-threaded when it compiles, so forking would be
@@ -18,7 +18,7 @@ safe, but the child would be a copy of the daemon: its control socket (the lock
 against a second instance) and its tun held open while LLVM compiles, pyroute2's
 sockets and the logging set-up shared. A new interpreter starts clean and inherits
 only the descriptors named in pass_fds: its end of the socketpair, and the running
-maps to compile against (adoption after a restart, loader._reuse_maps). The price
+maps to compile against (adoption after a restart, program._reuse_maps). The price
 is an interpreter start, small next to the compile. The child runs as the daemon
 does at that point: root, before the daemon drops its privileges.
 
@@ -48,7 +48,7 @@ from ..errors import RuntimeFailure
 from .libbpf import MapFd
 
 # What the child builds: our name -> (module, class); both have compile(**options).
-KINDS = {"client": ("xdp_teredo.datapath.loader", "Datapath"),
+KINDS = {"client": ("xdp_teredo.datapath.client", "ClientDatapath"),
          "relay": ("xdp_teredo.datapath.relay", "RelayDatapath")}
 MODULE = "xdp_teredo.datapath.isolated"
 # A first compile takes a few seconds; a loaded 2-core machine, several times that.
@@ -154,7 +154,7 @@ def load(kind: str, options: dict, maps: Optional[Dict[str, MapFd]] = None, *,
 
 def build(kind: str, options: dict, make, maps: Optional[Dict[str, MapFd]] = None, *,
           timeout: float = TIMEOUT):
-    """load(), then make(loaded) (a Datapath / RelayDatapath taking the descriptors
+    """load(), then make(loaded) (a ClientDatapath / RelayDatapath taking the descriptors
     over); if make fails, every descriptor is closed before the error goes on."""
     loaded = load(kind, options, maps, timeout=timeout)
     try:
@@ -165,7 +165,7 @@ def build(kind: str, options: dict, make, maps: Optional[Dict[str, MapFd]] = Non
 
 
 def _child_argv(request: dict) -> List[str]:
-    # `-c` rather than `-m MODULE`: the package imports this module (loader.py),
+    # `-c` rather than `-m MODULE`: the package imports this module (program.py),
     # and runpy would run it a second time as __main__ (and warn on stderr).
     return [sys.executable, "-c", f"import sys; from {MODULE} import main; sys.exit(main())",
             json.dumps(request)]
@@ -356,18 +356,18 @@ def _build(request: dict) -> Tuple[dict, List[int]]:
         options["maps"] = maps
     prog = cls.compile(**options)
     # The probes compile with bcc too: the daemon asks them here, once, and
-    # attach() uses the answer (Datapath.features).
+    # attach() uses the answer (Program.features).
     features = probe.run()
     programs = list(prog.functions.items())
     reply = {"ok": True,
              "programs": [[key, fn.name] for key, fn in programs],
-             "maps": list(prog._maps),
+             "maps": list(prog.maps),
              "cflags": list(prog.cflags),
-             "reused": list(getattr(prog, "reused", ())),
+             "reused": list(prog.reused),
              "features": [f.as_dict() for f in features]}
     # The process exits right after sending: bcc's object is not cleaned up here
     # (the kernel closes what the process held; the daemon holds its own copies).
-    return reply, [fn.fd for _, fn in programs] + [m.fd for m in prog._maps.values()]
+    return reply, [fn.fd for _, fn in programs] + [m.fd for m in prog.maps.values()]
 
 
 def _capture_logs() -> list:

@@ -4,7 +4,7 @@ Everything the kernel side and the userspace side must agree on is declared here
 once: the ctypes structs of map keys and values, the flag bits, the XDP metadata
 mark and the enum of verdict reasons. tools/gen_shared_header.py turns this module
 (plus the protocol numbers of xdp_teredo.teredo.constants) into
-bpf/teredo_shared.h; tests/unit/test_shared_header.py fails when the committed
+bpf/lib/shared.h; tests/unit/test_shared_header.py fails when the committed
 header differs from the generator's output, and compiles a small C program with gcc
 to check that sizeof/offsetof of every struct equal what ctypes computes here.
 
@@ -266,7 +266,7 @@ class Reason(enum.IntEnum):
     TX_UNTRUSTED_PEER = 22      # RFC 4380 §5.2.4: queue and bubble, in the control plane
     TX_STALE_PEER = 23          # RFC 4380 §5.2.4: trusted but no recent receive
     TX_ENCAP_UNSUPPORTED = 24   # bpf_skb_adjust_room refused: untouched
-    # -- pass: the relay (bpf/teredo_relay.c, RFC 4380 §5.4), XDP_PASS / TC_ACT_OK,
+    # -- pass: the relay (bpf/relay.c, RFC 4380 §5.4), XDP_PASS / TC_ACT_OK,
     # packet unchanged: the stack forwards it (into the tun, or natively) and answers
     # for it as a router would (Packet Too Big, Time Exceeded, Unreachable).
     RELAY_NO_NEIGH = 25         # relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it

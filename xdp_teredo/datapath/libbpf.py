@@ -2,7 +2,7 @@
 
 bcc's tables only exist inside the process that compiled the program. Another
 process (`xdp-teredo stats`) opens the pinned maps by path (bpf_obj_get) and reads
-them through plain map file descriptors; the loader pins them (bpf_obj_pin). The
+them through plain map file descriptors; the drivers pin them (bpf_obj_pin, hooks.py). The
 same MapFd wrapper serves both, so typed map access (maps.py) is written once.
 BPF_PROG_TEST_RUN lives in testrun.py, on the same library handle.
 

@@ -18,14 +18,14 @@ import dataclasses
 from typing import Dict, Optional
 
 from ..teredo import constants
-from . import layout
+from . import layout, registry
 from .libbpf import MapFd
 
 # The maps of the limiter, by name (as the compilation units declare them).
 LIMITS_MAP = "slow_path_limits"     # the one entry: SlowPathLimits
 SOURCES_MAP = "slow_path_sources"   # LRU: (IPv4 source, kind) -> its bucket
 GLOBAL_MAP = "slow_path_global"     # the one bucket for everything
-MAPS = (LIMITS_MAP, SOURCES_MAP, GLOBAL_MAP)
+MAPS = registry.group("slow_path")  # the three above (registry.py)
 
 _NS = 1_000_000_000
 _ZERO = (0).to_bytes(4, "little")

@@ -2,7 +2,7 @@
 
 Works on any MapFd: the maps of a program this process compiled, or the maps a
 running instance pinned (stats.py opens those). The layouts come from layout.py,
-the single source of truth that bpf/teredo_shared.h is generated from.
+the single source of truth that bpf/lib/shared.h is generated from.
 
 Per-packet facts (last receive/send, counters) are written by the BPF programs;
 the control plane decides policy (trusted or not, mapped address). A `put` from

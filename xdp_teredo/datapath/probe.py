@@ -1,11 +1,11 @@
 """Feature probes: does this kernel do what the data path asks of it?
 
-Each probe is a tiny program in bpf/teredo_probe.c that makes one of the helper
-calls teredo_encap.c makes, with the same flags, and returns the helper's result.
+Each probe is a tiny program in bpf/probe.c that makes one of the helper
+calls bpf/client.c and bpf/relay.c make, with the same flags, and returns the helper's result.
 Loading it tells whether the kernel knows the helper; running it with
 BPF_PROG_TEST_RUN on a suitable packet tells whether it accepts the flags (the
 verifier does not check flag values: an old kernel says -EINVAL only at run time).
-Attaching (XDP mode, clsact) is probed by the loader when it attaches.
+Attaching (XDP mode, clsact) is probed by the drivers when they attach.
 
     results = probe.run()                 # every probe, never raises for a missing feature
     probe.require(["redirect_neigh"])     # RuntimeFailure naming what is missing
@@ -13,7 +13,7 @@ Attaching (XDP mode, clsact) is probed by the loader when it attaches.
 
 The daemons never run them in their own process (bcc, LLVM): the child that
 compiles their data path runs them and sends the results along (isolated.py,
-Datapath.features).
+Program.features).
 """
 
 import os
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Iterable, List, Optional
 
 from ..errors import RuntimeFailure
-from . import kheaders, testrun
+from . import kheaders, source, testrun
 
 TC_ACT_REDIRECT = 7
 
@@ -81,10 +81,9 @@ def _compile():
     except ImportError as err:
         raise RuntimeFailure(f"bcc is not importable ({err}): install python3-bpfcc") from err
     kheaders.export()
-    from .loader import bpf_dir
-
     try:
-        return BPF(src_file=os.path.join(bpf_dir(), "teredo_probe.c").encode())
+        return BPF(src_file=os.path.join(source.bpf_dir(), source.PROBE_UNIT).encode(),
+                   cflags=[f"-I{source.bpf_dir()}"])
     except Exception as err:  # bcc raises plain Exception
         raise RuntimeFailure(f"cannot compile the feature probes: {err}") from err
 

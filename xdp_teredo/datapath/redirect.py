@@ -3,7 +3,7 @@
 An XDP program can only redirect a frame into a device whose driver transmits
 XDP frames (ndo_xdp_xmit). A veth does that only while its PEER has an XDP program
 or GRO enabled; otherwise veth_xdp_xmit drops the frames without a trace
-(kernel-facts.md). Containers and our lab are made of veths whose other end the
+(docs/kernel-notes.md). Containers and our lab are made of veths whose other end the
 relay does not control, so it must know before it redirects.
 
 The kernel says so itself: since Linux 6.3 every device publishes its XDP

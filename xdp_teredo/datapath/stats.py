@@ -1,6 +1,6 @@
 """Statistics of a running data path, from this process or from another one.
 
-A running instance pins its maps under <pin_root>/<instance>/ (loader.py): the
+A running instance pins its maps under <pin_root>/<instance>/ (hooks.py): the
 instance name is "netns<inode>-if<ifindex>" (the network namespace and the NIC),
 so a reader in the same namespace finds it without being told. `ip netns exec`
 gives each command a fresh /sys, where a bpffs mounted by another command is not
@@ -108,7 +108,7 @@ def read(source=None, *, pin_root: str = DEFAULT_PIN_ROOT, instance: Optional[st
          netns: Optional[str] = None) -> Snapshot:
     """{reason: {"packets": n, "bytes": n}} summed over CPUs, every reason listed.
 
-    source: a Datapath, Attachment or StatsTable of this process; without one, the
+    source: a ClientDatapath, RelayDatapath, an attachment or a StatsTable of this process; without one, the
     pinned maps of a running instance (see `find`).
     """
     if source is not None:

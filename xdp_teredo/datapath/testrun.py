@@ -1,7 +1,7 @@
 """BPF_PROG_TEST_RUN: run a loaded program on a packet without any device.
 
 bcc 0.26 has no Python API for it, so this goes through libbpf.so.1's
-bpf_prog_test_run_opts. Things to know (kernel-facts.md):
+bpf_prog_test_run_opts. Things to know (docs/kernel-notes.md):
 - a SCHED_CLS test run always parses an Ethernet header first, so a tc program
   written for the L3 tun sees 14 more bytes than it would there (our config's
   l2_len says where the IPv6 header is);

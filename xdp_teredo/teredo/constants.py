@@ -1,6 +1,6 @@
 """Protocol constants: the single source of truth.
 
-bpf/teredo_shared.h is generated from this module (and from
+bpf/lib/shared.h is generated from this module (and from
 xdp_teredo.datapath.layout) by tools/gen_shared_header.py; a unit test fails when
 the committed header differs from what the generator produces, so C and Python
 cannot drift.

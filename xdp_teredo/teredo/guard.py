@@ -63,7 +63,7 @@ class Policy(str, enum.Enum):
 
 class FlowState(enum.IntEnum):
     # The state of a flow decides its timeout (Timeouts). Values are part of the
-    # BPF contract (layout.py puts them in bpf/teredo_shared.h).
+    # BPF contract (layout.py puts them in bpf/lib/shared.h).
     TCP_HANDSHAKE = 1    # a SYN or SYN-ACK of ours went out, the handshake is under way
     TCP_ESTABLISHED = 2  # we sent a segment without SYN/FIN/RST
     TCP_CLOSING = 3      # a FIN went either way

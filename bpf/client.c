@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * xdp-teredo data path: the one compilation unit (maps and entry points).
- * Compiled at run time by bcc (xdp_teredo/datapath/loader.py), with -I bpf/.
+ * The client's data path (RFC 4380 §5.2): maps and entry points. Compiled at run
+ * time by bcc (xdp_teredo/datapath/client.py), with its map block in place of
+ * lib/maps.h (datapath/source.py).
  *
  * Entry points:
  *   xdp_teredo_rx      XDP on the NIC: decapsulate plain Teredo from trusted peers
@@ -11,12 +12,12 @@
  *                      (bpf_skb_adjust_room decap + redirect), for when XDP is not used.
  *   tc_teredo_tx       tc egress on the tun: encapsulate IPv6 to trusted, fresh
  *                      peers and send it out of the NIC.
- * The inbound guard (teredo_guard.h) sits in the shared receive decision, so
- * that XDP drops what nobody asked for before anything else is spent on it, and
- * in the transmit path, which records the flows the host starts.
+ * The inbound guard (lib/guard.h) sits in the receive decision, so that XDP drops
+ * what nobody asked for before anything else is spent on it, and in the transmit
+ * path, which records the flows the host starts.
  * Whatever the fast path does not take is left unchanged for the kernel: on the
  * NIC it reaches the control plane's UDP socket, on the tun the control plane's
- * reader. Every exit is counted under a reason (teredo_shared.h, layout.py).
+ * reader. Every exit is counted under a reason (lib/shared.h, layout.py).
  *
  * Time base: bpf_ktime_get_ns(), CLOCK_MONOTONIC, the clock the control plane
  * reads (time.monotonic_ns(), xdp_teredo/teredo/clock.py).
@@ -30,225 +31,34 @@
 #include <linux/udp.h>
 
 /* bpf_htons() and friends come from bcc's helpers.h, which bcc prepends. */
-#include "teredo_shared.h"
-#include "teredo_parse.h"
-#include "teredo_csum.h"
-#include "teredo_encap.h"
-#include "teredo_decap.h"
-#include "teredo_stats.h"
-#include "teredo_guard.h"
-#include "teredo_limit.h"
-
-/* Capacity of the peer table; the loader passes constants.PEER_LIST_MAX. */
-#ifndef TEREDO_PEER_MAX
-#define TEREDO_PEER_MAX 1024
-#endif
-
-/* bcc 0.26 declares bpf_redirect_neigh with three parameters; the kernel helper
- * takes four (ifindex, params, plen, flags), and calling the three-parameter one
- * leaves R4 (flags) unset. */
-static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
-	(void *)BPF_FUNC_redirect_neigh;
-
-/* Not in the 6.1 uapi headers bcc compiles against here (Linux 6.3 added it);
- * the loader feature-probes it before using the tc-only receive path. */
-#define TEREDO_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
-
-#define TEREDO_ENCAP_FLAGS (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | \
-			    BPF_F_ADJ_ROOM_FIXED_GSO)
-
-/* Peers by IPv6 address (RFC 4380 §5.2.4's peer list); LRU so learning stays bounded. */
-BPF_TABLE("lru_hash", struct teredo_peer_key, struct teredo_peer, peers, TEREDO_PEER_MAX);
-/* The control plane's configuration: one entry, index 0. */
-BPF_ARRAY(config, struct teredo_config, 1);
-/* One counter pair per verdict reason, per CPU. */
-BPF_PERCPU_ARRAY(stats, struct teredo_stat, TEREDO_R_MAX);
-
-static __always_inline const struct teredo_config *config_get(void)
-{
-	int zero = 0;
-
-	return config.lookup(&zero);
-}
-
-static __always_inline void count(int reason, __u32 bytes)
-{
-	struct teredo_stat *slot = stats.lookup(&reason);
-
-	if (slot)
-		stat_add(slot, bytes);
-}
-
-/* ------------------------------------------------------------ inbound guard */
-
-/* Capacities of the guard's maps; the loader passes constants.GUARD_*_MAX. */
-#ifndef TEREDO_FLOW_MAX
-#define TEREDO_FLOW_MAX 16384
-#endif
-#ifndef TEREDO_FRAGMENT_MAX
-#define TEREDO_FRAGMENT_MAX 1024
-#endif
-#ifndef TEREDO_ALLOW_MAX
-#define TEREDO_ALLOW_MAX 1024
-#endif
-
-/* The guard's policy and flow timeouts: one entry, index 0; all zeros = open. */
-BPF_ARRAY(guard_config, struct teredo_guard_config, 1);
-/* Conversations the host started, written on transmit, read on receive; LRU: when
- * full, the flow idle longest goes (its replies are unsolicited then). */
-BPF_TABLE("lru_hash", struct teredo_flow_key, struct teredo_flow, guard_flows, TEREDO_FLOW_MAX);
-/* Fragmented packets whose first fragment came in -> when (RFC 8200 §4.5). */
-BPF_TABLE("lru_hash", struct teredo_fragment_key, __u64, guard_fragments, TEREDO_FRAGMENT_MAX);
-/* (protocol, port) -> hits: what --allow opened; written by the control plane. */
-BPF_HASH(guard_allow, struct teredo_allow_key, struct teredo_allow, TEREDO_ALLOW_MAX);
-
-/* The map operations teredo_guard.h's rules use (declared there). */
-static __always_inline const struct teredo_guard_config *guard_config_get(void)
-{
-	int zero = 0;
-
-	return guard_config.lookup(&zero);
-}
-
-static __always_inline struct teredo_flow *guard_flow_lookup(struct teredo_flow_key *key)
-{
-	return guard_flows.lookup(key);
-}
-
-static __always_inline void guard_flow_update(struct teredo_flow_key *key, struct teredo_flow *flow)
-{
-	guard_flows.update(key, flow);
-}
-
-static __always_inline void guard_flow_delete(struct teredo_flow_key *key)
-{
-	guard_flows.delete(key);
-}
-
-static __always_inline __u64 *guard_fragment_lookup(struct teredo_fragment_key *key)
-{
-	return guard_fragments.lookup(key);
-}
-
-static __always_inline void guard_fragment_update(struct teredo_fragment_key *key, __u64 *seen)
-{
-	guard_fragments.update(key, seen);
-}
-
-static __always_inline struct teredo_allow *guard_allow_lookup(struct teredo_allow_key *key)
-{
-	return guard_allow.lookup(key);
-}
-
-/* Senders with a slow-path bucket (teredo_limit.h); LRU, so a spoofer's many
- * sources push out one another, bounded. */
-#ifndef TEREDO_SLOW_PATH_SOURCES
-#define TEREDO_SLOW_PATH_SOURCES 4096
-#endif
-/* The slow-path rates, written by the control plane (datapath/limits.py). */
-BPF_ARRAY(slow_path_limits, struct teredo_slow_path_limits, 1);
-/* One GCRA bucket per (IPv4 source, kind). */
-BPF_TABLE("lru_hash", struct teredo_slow_path_key, __u64, slow_path_sources, TEREDO_SLOW_PATH_SOURCES);
-/* The one bucket for every sender together. */
-BPF_ARRAY(slow_path_global, __u64, 1);
-
-static __always_inline const struct teredo_slow_path_limits *slow_path_limits_get(void)
-{
-	int zero = 0;
-
-	return slow_path_limits.lookup(&zero);
-}
-
-static __always_inline __u64 *slow_path_source_bucket(struct teredo_slow_path_key *key)
-{
-	__u64 fresh = 0;
-
-	return slow_path_sources.lookup_or_try_init(key, &fresh);
-}
-
-static __always_inline __u64 *slow_path_global_bucket(void)
-{
-	int zero = 0;
-
-	return slow_path_global.lookup(&zero);
-}
+#include "lib/shared.h"
+#include "lib/maps.h"
+#include "lib/compat.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/encap.h"
+#include "lib/decap.h"
+#include "lib/stats.h"
+#include "lib/guard.h"
+#include "lib/limit.h"
+#include "lib/peer.h"
 
 /* ---------------------------------------------------------------- receive */
 
-/* Activity of a peer we decapsulated for; learning per RFC 4380 §5.2.3. */
-static __always_inline void rx_account(struct teredo_peer *peer, int refresh,
-				       const struct teredo_peer_key *key, __be32 saddr,
-				       __be16 sport, __u32 ip6_len, __u16 cfg_flags)
-{
-	__u64 now = bpf_ktime_get_ns();
-
-	if (peer && refresh) {
-		peer->last_rx_ns = now;
-		__sync_fetch_and_add(&peer->rx_packets, 1);
-		__sync_fetch_and_add(&peer->rx_bytes, ip6_len);
-		return;
-	}
-	if (!peer && (cfg_flags & TEREDO_CFG_LEARN_PEERS)) {
-		struct teredo_peer fresh = {
-			.mapped_ipv4 = saddr,
-			.mapped_port = sport,
-			.flags = TEREDO_PEER_TRUSTED | TEREDO_PEER_LEARNED,
-			.last_rx_ns = now,
-			.rx_packets = 1,
-			.rx_bytes = ip6_len,
-		};
-		/* NOEXIST: never overwrite what the control plane wrote meanwhile. */
-		peers.insert((struct teredo_peer_key *)key, &fresh);
-	}
-}
-
-/* What the receive paths share: everything up to "decapsulate this one". */
-struct rx_decision {
-	struct teredo_peer_key key;
-	struct teredo_peer *peer;
-	int refresh;
-	__be32 saddr;
-	__be16 sport;
-	__u16 cfg_flags;
-	__u32 ip6_len;
-	__u32 tun_ifindex;
-};
-
-static __always_inline int rx_decide(void *data, void *data_end, __u32 pkt_len,
-				     struct rx_decision *d)
+/* The receive decision, the guard last: only what the fast path would deliver is
+ * its business, and a dropped packet teaches the peer table nothing. */
+static __always_inline int client_rx_decide(void *data, void *data_end, __u32 pkt_len,
+					    struct rx_decision *d)
 {
 	struct cursor c = { .pos = data, .end = data_end };
-	const struct teredo_config *cfg;
-	struct ethhdr *eth;
 	struct rx_view v = {};
-	int reason;
+	int reason, guarded;
 
-	if (parse_ethhdr(&c, &eth) != ETH_P_IP)
-		return TEREDO_R_RX_NOT_TEREDO;
-	cfg = config_get();
-	if (!cfg)
-		return TEREDO_R_RX_NOT_TEREDO;
-	reason = rx_check_headers(&c, pkt_len - sizeof(*eth), cfg, &v);
-	if (reason != RX_CANDIDATE)
+	reason = rx_decide(&c, pkt_len, d, &v);
+	if (reason != TEREDO_R_DECAPSULATED)
 		return reason;
-
-	__builtin_memcpy(&d->key, &v.ip6->saddr, sizeof(d->key));
-	d->peer = peers.lookup(&d->key);
-	reason = rx_source_verdict(d->peer, &v, cfg->flags, &d->refresh);
-	if (reason == TEREDO_R_DECAPSULATED) {
-		/* The guard last: only what the fast path would deliver is its business,
-		 * and a dropped packet teaches the peer table nothing. */
-		int guarded = guard_inbound(&c, v.ip6);
-
-		if (guarded != GUARD_PASS)
-			reason = guarded;
-	}
-	d->saddr = v.ip->saddr;
-	d->sport = v.udp->source;
-	d->cfg_flags = cfg->flags;
-	d->ip6_len = v.ip6_len;
-	d->tun_ifindex = cfg->tun_ifindex;
-	return reason;
+	guarded = guard_inbound(&c, v.ip6);
+	return guarded != GUARD_PASS ? guarded : reason;
 }
 
 /*
@@ -268,7 +78,7 @@ static __always_inline int xdp_decap(struct xdp_md *ctx)
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	reason = rx_decide(data, data_end, data_end - data, &d);
+	reason = client_rx_decide(data, data_end, data_end - data, &d);
 	if (reason != TEREDO_R_DECAPSULATED)
 		return reason;
 
@@ -294,7 +104,7 @@ static __always_inline int xdp_decap(struct xdp_md *ctx)
 	eth->h_proto = bpf_htons(ETH_P_IPV6);
 	meta->magic = TEREDO_XDP_META_MAGIC;
 
-	rx_account(d.peer, d.refresh, &d.key, d.saddr, d.sport, d.ip6_len, d.cfg_flags);
+	rx_account(&d);
 	return TEREDO_R_DECAPSULATED;
 }
 
@@ -341,14 +151,10 @@ static __always_inline int tc_decap(struct __sk_buff *skb, __u32 *redirect_ret)
 	void *data, *data_end;
 	int reason;
 
+	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + want > data_end && skb->len > data_end - data) {
-		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
-	reason = rx_decide(data, data_end, skb->len, &d);
+	reason = client_rx_decide(data, data_end, skb->len, &d);
 	if (reason != TEREDO_R_DECAPSULATED)
 		return reason;
 
@@ -360,7 +166,7 @@ static __always_inline int tc_decap(struct __sk_buff *skb, __u32 *redirect_ret)
 	 * tun takes no MAC header, so this only matters to whoever looks (test runs). */
 	bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ipv6_type, sizeof(ipv6_type), 0);
 
-	rx_account(d.peer, d.refresh, &d.key, d.saddr, d.sport, d.ip6_len, d.cfg_flags);
+	rx_account(&d);
 	*redirect_ret = bpf_redirect(d.tun_ifindex, BPF_F_INGRESS);
 	return TEREDO_R_DECAPSULATED;
 }
@@ -390,7 +196,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	struct teredo_peer *peer;
 	struct ipv6hdr *ip6;
 	struct cursor c;
-	__u32 l2_len, ip6_len, want;
+	__u32 l2_len, ip6_len;
 	__u16 ip_id;
 	__u64 now;
 	int reason;
@@ -405,11 +211,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	if (skb->len < l2_len + TEREDO_IPV6_HDR_LEN)
 		return TEREDO_R_TX_MALFORMED;
 	/* The IPv6 header, and what the guard reads after it, in the linear area. */
-	want = l2_len + TEREDO_IPV6_HDR_LEN + GUARD_PEEK;
-	if (want > skb->len)
-		want = skb->len;
-	if ((long)skb->data + want > (long)skb->data_end)
-		bpf_skb_pull_data(skb, want);
+	tc_pull(skb, l2_len + TEREDO_IPV6_HDR_LEN + GUARD_PEEK);
 
 	c.pos = (void *)(long)skb->data + l2_len;
 	c.end = (void *)(long)skb->data_end;
@@ -424,11 +226,11 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	if (ip6_len > cfg->mtu && !skb->gso_size)
 		return TEREDO_R_TX_TOO_BIG;
 	/* Whichever path sends it (this one or the control plane's), the packet
-	 * leaves: its flow may be answered (teredo_guard.h). */
+	 * leaves: its flow may be answered (lib/guard.h). */
 	guard_outbound(&c, ip6);
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
-	peer = peers.lookup(&key);
+	peer = peers_lookup(&key);
 	now = bpf_ktime_get_ns();
 	reason = tx_peer_verdict(peer, now, cfg->peer_timeout_ns);
 	if (reason != TEREDO_R_ENCAPSULATED || !peer)
@@ -438,7 +240,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	 * failure after a successful adjust_room leaves it half-built: dropped. */
 	if (bpf_skb_adjust_room(skb, TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_ENCAP_FLAGS))
 		return TEREDO_R_TX_ENCAP_UNSUPPORTED; /* refused: the packet is unchanged */
-	ip_id = (__u16)peer->tx_packets;
+	ip_id = tx_ip_id(peer);
 	encap4_build(&outer, cfg->local_ipv4, cfg->local_port, peer->mapped_ipv4,
 		     peer->mapped_port, ip6_len, ip_id);
 	if (bpf_skb_store_bytes(skb, l2_len, &outer, sizeof(outer), 0))
@@ -456,9 +258,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 			return TEREDO_R_TX_ENCAP_ERROR;
 	}
 
-	peer->last_tx_ns = now;
-	__sync_fetch_and_add(&peer->tx_packets, 1);
-	__sync_fetch_and_add(&peer->tx_bytes, ip6_len);
+	tx_account(peer, ip6_len, now);
 
 	*redirect_ret = redirect_neigh(cfg->nic_ifindex, NULL, 0, 0);
 	if (*redirect_ret != TC_ACT_REDIRECT)

@@ -12,7 +12,7 @@
 #include <linux/ip.h>
 #include <linux/udp.h>
 
-#include "teredo_csum.h"
+#include "csum.h"
 
 /* TTL of the outer IPv4 header: the Linux default for UDP sockets, as Miredo sends. */
 #ifndef TEREDO_TTL

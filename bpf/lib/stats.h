@@ -2,7 +2,7 @@
 /*
  * Verdicts: every program ends in one exit function that counts the packet under
  * its reason (struct teredo_stat, per CPU) and turns the reason into the program's
- * return code. The reasons are ordered by kind (teredo_shared.h: ok, pass, drop),
+ * return code. The reasons are ordered by kind (shared.h: ok, pass, drop),
  * so the action is two comparisons away from the reason.
  */
 #ifndef TEREDO_STATS_H
@@ -42,6 +42,15 @@ static __always_inline void stat_add(struct teredo_stat *slot, __u32 bytes)
 	/* Per-CPU slot: no other CPU writes it, no atomic needed. */
 	slot->packets += 1;
 	slot->bytes += bytes;
+}
+
+/* The one exit of every program: the stats map is the unit's (lib/maps.h). */
+static __always_inline void count(int reason, __u32 bytes)
+{
+	struct teredo_stat *slot = stats_lookup(&reason);
+
+	if (slot)
+		stat_add(slot, bytes);
 }
 
 #endif /* TEREDO_STATS_H */

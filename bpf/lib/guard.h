@@ -10,7 +10,7 @@
  * The rules are xdp_teredo/teredo/guard.py's, which decides the same for the
  * slow path and against which tests/bpf/test_guard.py checks this code packet for
  * packet. This header holds the guard's parser and its two decisions (both
- * compilation units include it, after teredo_shared.h and teredo_parse.h):
+ * units include it, after their map block):
  *   guard_inbound(c, ip6)   receive: GUARD_PASS or a TEREDO_R_GUARD_* reason
  *   guard_outbound(c, ip6)  transmit: record or refresh the packet's flow
  * c is a cursor just after the fixed IPv6 header (parse_ipv6's).
@@ -23,7 +23,7 @@
 #include <linux/icmpv6.h>
 #include <linux/ipv6.h>
 
-#include "teredo_parse.h"
+#include "parse.h"
 
 /* Extension headers walked to find the transport header (guard.EXT_MAX). */
 #define GUARD_EXT_MAX 4
@@ -39,19 +39,8 @@
 #define GUARD_TCP_SYN 0x02
 #define GUARD_TCP_RST 0x04
 
-/*
- * The maps (each unit declares them: guard_config, guard_flows, guard_fragments,
- * guard_allow; docs/datapath.md) and the operations on them that the rules below
- * need, which the including unit defines, one line each: bcc turns `map.op(...)`
- * into a map reference only in the file it compiles, not in headers.
- */
-static __always_inline const struct teredo_guard_config *guard_config_get(void);
-static __always_inline struct teredo_flow *guard_flow_lookup(struct teredo_flow_key *key);
-static __always_inline void guard_flow_update(struct teredo_flow_key *key, struct teredo_flow *flow);
-static __always_inline void guard_flow_delete(struct teredo_flow_key *key);
-static __always_inline __u64 *guard_fragment_lookup(struct teredo_fragment_key *key);
-static __always_inline void guard_fragment_update(struct teredo_fragment_key *key, __u64 *seen);
-static __always_inline struct teredo_allow *guard_allow_lookup(struct teredo_allow_key *key);
+/* The maps (guard_config, guard_flows, guard_fragments, guard_allow) are the
+ * unit's: it defines their accessors (lib/maps.h) before including this. */
 
 /* What the guard reads in one packet. */
 struct guard_view {
@@ -206,12 +195,12 @@ static __always_inline __u64 guard_timeout(const struct teredo_guard_config *gc,
 static __always_inline struct teredo_flow *guard_alive(struct teredo_flow_key *key,
 						       const struct teredo_guard_config *gc, __u64 now)
 {
-	struct teredo_flow *flow = guard_flow_lookup(key);
+	struct teredo_flow *flow = guard_flows_lookup(key);
 
 	if (!flow)
 		return NULL;
 	if (flow->seen_ns < now && now - flow->seen_ns > guard_timeout(gc, flow->state)) {
-		guard_flow_delete(key);
+		guard_flows_delete(key);
 		return NULL;
 	}
 	return flow;
@@ -306,7 +295,7 @@ static __always_inline int guard_inbound(struct cursor *c, struct ipv6hdr *ip6)
 	now = bpf_ktime_get_ns();
 	if (g.fragment && g.frag_offset) {
 		guard_fragment_key(&g, &fk);
-		seen = guard_fragment_lookup(&fk);
+		seen = guard_fragments_lookup(&fk);
 		if (seen && (*seen >= now || now - *seen <= gc->fragment_ns))
 			return GUARD_PASS;
 		return TEREDO_R_GUARD_FRAGMENT;
@@ -328,7 +317,7 @@ static __always_inline int guard_inbound(struct cursor *c, struct ipv6hdr *ip6)
 	}
 	if (verdict == GUARD_PASS && g.fragment && g.more_fragments) {
 		guard_fragment_key(&g, &fk);
-		guard_fragment_update(&fk, &now);
+		guard_fragments_update(&fk, &now);
 	}
 	return verdict;
 }
@@ -354,7 +343,7 @@ static __always_inline void guard_outbound(struct cursor *c, struct ipv6hdr *ip6
 			return;
 		fresh.seen_ns = now;
 		fresh.state = TEREDO_FLOW_ICMP_ECHO;
-		guard_flow_update(&g.key, &fresh);
+		guard_flows_update(&g.key, &fresh);
 		return;
 	}
 	flow = guard_alive(&g.key, gc, now);
@@ -374,7 +363,7 @@ static __always_inline void guard_outbound(struct cursor *c, struct ipv6hdr *ip6
 	}
 	fresh.seen_ns = now;
 	fresh.state = state;
-	guard_flow_update(&g.key, &fresh);
+	guard_flows_update(&g.key, &fresh);
 }
 
 #endif /* TEREDO_GUARD_H */

@@ -3,14 +3,14 @@
  * Decapsulation decisions (RFC 4380 §5.2.3 for a client, §5.4.2 for a relay):
  * which received IPv4/UDP packets carry IPv6 that the fast path may hand to the
  * tun device. Pure functions on parsed headers and already-looked-up map values;
- * the entry points in teredo_encap.c do the lookups and the packet surgery, the
+ * the entry units do the lookups and the packet surgery, the
  * same for XDP and for the tc-only variant.
  */
 #ifndef TEREDO_DECAP_H
 #define TEREDO_DECAP_H
 
-#include "teredo_csum.h"
-#include "teredo_parse.h"
+#include "csum.h"
+#include "parse.h"
 
 /* RFC 791 §3.1: the flags/fragment-offset field (net/ip.h is kernel-internal). */
 #define IPV4_MORE_FRAGMENTS 0x2000

@@ -3,25 +3,18 @@
  * Feature probes (xdp_teredo/datapath/probe.py): one tiny program per kernel
  * feature the data path relies on. Each returns the helper's own result, so that
  * a BPF_PROG_TEST_RUN on a suitable packet says whether the running kernel
- * accepts exactly the call teredo_encap.c makes. A helper the kernel does not know
+ * accepts exactly the call client.c and relay.c make. A helper the kernel does not know
  * at all shows up earlier, as a program that does not load.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/pkt_cls.h>
 
-/* As in teredo_encap.c: bcc 0.26's declaration has three parameters, not four. */
-static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
-	(void *)BPF_FUNC_redirect_neigh;
-
-/* Linux 6.3; not in the uapi headers bcc compiles against here. */
-#define PROBE_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+#include "lib/compat.h"
 
 /* tc egress on the tun: grow room for IPv4 + UDP, switching skb->protocol. */
 int probe_adjust_room_encap(struct __sk_buff *skb)
 {
-	return bpf_skb_adjust_room(skb, 28, BPF_ADJ_ROOM_MAC,
-				   BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
-				   BPF_F_ADJ_ROOM_FIXED_GSO);
+	return bpf_skb_adjust_room(skb, 28, BPF_ADJ_ROOM_MAC, TEREDO_ENCAP_FLAGS);
 }
 
 /* tc egress on the tun: a MAC header for bpf_redirect_neigh to fill. */
@@ -39,7 +32,7 @@ int probe_redirect_neigh(struct __sk_buff *skb)
 /* tc-only receive path: strip IPv4 + UDP, switching skb->protocol to IPv6. */
 int probe_adjust_room_decap(struct __sk_buff *skb)
 {
-	return bpf_skb_adjust_room(skb, -28, BPF_ADJ_ROOM_MAC, PROBE_ADJ_ROOM_DECAP_L3_IPV6);
+	return bpf_skb_adjust_room(skb, -28, BPF_ADJ_ROOM_MAC, TEREDO_ADJ_ROOM_DECAP_L3_IPV6);
 }
 
 /* XDP receive path: the mark that tells tc ingress "decapsulated". */

@@ -2,7 +2,8 @@
 /*
  * xdp-teredo relay data path (RFC 4380 §5.4): the relay's compilation unit, maps
  * and entry points. Compiled at run time by bcc (xdp_teredo/datapath/relay.py),
- * with -I bpf/; it shares the headers of teredo_encap.c (the client's unit).
+ * with its map block in place of lib/maps.h (datapath/source.py); it shares
+ * bpf/lib/ with the client's unit (client.c).
  *
  * Entry points, attached to the ingress of the relay's IPv4 side (IF4) and of its
  * native IPv6 side (IF6), one per device; each serves both directions, so a relay
@@ -20,7 +21,7 @@
  *   IPv6 to 2001::/32 whose destination is a trusted, fresh peer (§5.4.1):
  *   decrement the hop limit, prepend IPv4/UDP from our address:port to the peer's
  *   mapping, forward to the fib's next hop.
- * With `--inbound stateful` the inbound guard (teredo_guard.h, docs/security.md)
+ * With `--inbound stateful` the inbound guard (lib/guard.h, docs/security.md)
  * protects the clients: what native IPv6 sends them must answer a flow they
  * started (recorded when their packets were decapsulated here), reach an allowed
  * port, or be ICMPv6 that IPv6 needs; the rest is dropped before encapsulation.
@@ -38,234 +39,49 @@
 #include <linux/udp.h>
 
 /* bpf_htons() and friends come from bcc's helpers.h, which bcc prepends. */
-#include "teredo_shared.h"
-#include "teredo_parse.h"
-#include "teredo_csum.h"
-#include "teredo_encap.h"
-#include "teredo_decap.h"
-#include "teredo_stats.h"
-#include "teredo_relay.h"
-#include "teredo_guard.h"
-#include "teredo_limit.h"
-
-/* Capacity of the peer table; the loader passes it (--max-peers). */
-#ifndef TEREDO_PEER_MAX
-#define TEREDO_PEER_MAX 65536
-#endif
-
-/* Devices that can be XDP redirect targets: IF4 and IF6, with room to spare. */
-#ifndef TEREDO_RELAY_PORTS
-#define TEREDO_RELAY_PORTS 8
-#endif
-
-/* bcc 0.26 declares bpf_redirect_neigh with three parameters; the kernel helper
- * takes four (kernel-facts.md). */
-static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
-	(void *)BPF_FUNC_redirect_neigh;
-
-/* Not in the 6.1 uapi headers bcc compiles against (Linux 6.3 added it); the
- * loader probes it before attaching the tc program. */
-#define TEREDO_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
-
-#define TEREDO_ENCAP_FLAGS (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | \
-			    BPF_F_ADJ_ROOM_FIXED_GSO)
-
-/* Teredo clients by IPv6 address (§5.4.1's peer list); LRU so learning stays bounded. */
-BPF_TABLE("lru_hash", struct teredo_peer_key, struct teredo_peer, peers, TEREDO_PEER_MAX);
-/* The control plane's configuration: one entry, index 0 (relay: flags RELAY). */
-BPF_ARRAY(config, struct teredo_config, 1);
-/* One counter pair per verdict reason, per CPU. */
-BPF_PERCPU_ARRAY(stats, struct teredo_stat, TEREDO_R_MAX);
-/* ifindex -> slot in relay_egress, for the devices that take XDP-redirected frames
- * now (the control plane keeps it current from the kernel's xdp-features). */
-BPF_HASH(relay_slots, __u32, __u32, TEREDO_RELAY_PORTS);
-/* XDP redirect targets, by slot. */
-BPF_DEVMAP(relay_egress, TEREDO_RELAY_PORTS);
-
-static __always_inline const struct teredo_config *config_get(void)
-{
-	int zero = 0;
-
-	return config.lookup(&zero);
-}
-
-static __always_inline void count(int reason, __u32 bytes)
-{
-	struct teredo_stat *slot = stats.lookup(&reason);
-
-	if (slot)
-		stat_add(slot, bytes);
-}
-
-/* ------------------------------------------------------------ inbound guard */
-
-/* Capacities of the guard's maps; the loader passes constants.GUARD_*_MAX. */
-#ifndef TEREDO_FLOW_MAX
-#define TEREDO_FLOW_MAX 16384
-#endif
-#ifndef TEREDO_FRAGMENT_MAX
-#define TEREDO_FRAGMENT_MAX 1024
-#endif
-#ifndef TEREDO_ALLOW_MAX
-#define TEREDO_ALLOW_MAX 1024
-#endif
-
-/* The guard's policy and flow timeouts: one entry, index 0; all zeros = open. */
-BPF_ARRAY(guard_config, struct teredo_guard_config, 1);
-/* Conversations the clients started (key: the client's address is "local"). */
-BPF_TABLE("lru_hash", struct teredo_flow_key, struct teredo_flow, guard_flows, TEREDO_FLOW_MAX);
-/* Fragmented packets whose first fragment went in -> when (RFC 8200 §4.5). */
-BPF_TABLE("lru_hash", struct teredo_fragment_key, __u64, guard_fragments, TEREDO_FRAGMENT_MAX);
-/* (protocol, port) -> hits: what --allow opened on every client. */
-BPF_HASH(guard_allow, struct teredo_allow_key, struct teredo_allow, TEREDO_ALLOW_MAX);
-
-/* The map operations teredo_guard.h's rules use (as in teredo_encap.c). */
-static __always_inline const struct teredo_guard_config *guard_config_get(void)
-{
-	int zero = 0;
-
-	return guard_config.lookup(&zero);
-}
-
-static __always_inline struct teredo_flow *guard_flow_lookup(struct teredo_flow_key *key)
-{
-	return guard_flows.lookup(key);
-}
-
-static __always_inline void guard_flow_update(struct teredo_flow_key *key, struct teredo_flow *flow)
-{
-	guard_flows.update(key, flow);
-}
-
-static __always_inline void guard_flow_delete(struct teredo_flow_key *key)
-{
-	guard_flows.delete(key);
-}
-
-static __always_inline __u64 *guard_fragment_lookup(struct teredo_fragment_key *key)
-{
-	return guard_fragments.lookup(key);
-}
-
-static __always_inline void guard_fragment_update(struct teredo_fragment_key *key, __u64 *seen)
-{
-	guard_fragments.update(key, seen);
-}
-
-static __always_inline struct teredo_allow *guard_allow_lookup(struct teredo_allow_key *key)
-{
-	return guard_allow.lookup(key);
-}
-
-/* Admission to the slow path (teredo_limit.h), as in teredo_encap.c. */
-#ifndef TEREDO_SLOW_PATH_SOURCES
-#define TEREDO_SLOW_PATH_SOURCES 4096
-#endif
-/* The slow-path rates, written by the control plane (datapath/limits.py). */
-BPF_ARRAY(slow_path_limits, struct teredo_slow_path_limits, 1);
-/* One GCRA bucket per (IPv4 source, kind). */
-BPF_TABLE("lru_hash", struct teredo_slow_path_key, __u64, slow_path_sources, TEREDO_SLOW_PATH_SOURCES);
-/* The one bucket for every sender together. */
-BPF_ARRAY(slow_path_global, __u64, 1);
-
-static __always_inline const struct teredo_slow_path_limits *slow_path_limits_get(void)
-{
-	int zero = 0;
-
-	return slow_path_limits.lookup(&zero);
-}
-
-static __always_inline __u64 *slow_path_source_bucket(struct teredo_slow_path_key *key)
-{
-	__u64 fresh = 0;
-
-	return slow_path_sources.lookup_or_try_init(key, &fresh);
-}
-
-static __always_inline __u64 *slow_path_global_bucket(void)
-{
-	int zero = 0;
-
-	return slow_path_global.lookup(&zero);
-}
+#include "lib/shared.h"
+#include "lib/maps.h"
+#include "lib/compat.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/encap.h"
+#include "lib/decap.h"
+#include "lib/stats.h"
+#include "lib/relay.h"
+#include "lib/guard.h"
+#include "lib/limit.h"
+#include "lib/peer.h"
 
 /* ------------------------------------------------------------ decapsulation */
 
-/* What both hooks need once a Teredo packet is to be decapsulated. */
-struct relay_rx {
-	struct teredo_peer_key key;
-	struct teredo_peer *peer;
-	struct ipv6hdr *ip6;		/* in the packet, valid until it is changed */
-	int refresh;
-	__be32 saddr;
-	__be16 sport;
-	__u16 cfg_flags;
-	__u32 ip6_len;
-	__u8 hop_limit;
-	__u8 udp_csum_pending;	/* the sender (a local one) left the UDP checksum to offload */
-};
-
+/* The receive decision (lib/peer.h), then the relay's own (§5.4.2). */
 static __always_inline int relay_rx_decide(void *data, void *data_end, __u32 pkt_len,
-					   struct relay_rx *rx)
+					   struct rx_decision *rx)
 {
 	struct cursor c = { .pos = data, .end = data_end };
-	const struct teredo_config *cfg;
-	struct ethhdr *eth;
 	struct rx_view v = {};
 	int reason;
 
-	if (parse_ethhdr(&c, &eth) != ETH_P_IP)
-		return TEREDO_R_RX_NOT_TEREDO;
-	cfg = config_get();
-	if (!cfg)
-		return TEREDO_R_RX_NOT_TEREDO;
-	reason = rx_check_headers(&c, pkt_len - sizeof(*eth), cfg, &v);
-	if (reason != RX_CANDIDATE)
-		return reason;
-
-	__builtin_memcpy(&rx->key, &v.ip6->saddr, sizeof(rx->key));
-	rx->peer = peers.lookup(&rx->key);
-	reason = relay_decap_verdict(&v, rx_source_verdict(rx->peer, &v, cfg->flags, &rx->refresh));
+	reason = rx_decide(&c, pkt_len, rx, &v);
+	if (!rx->ip6)
+		return reason; /* not past the headers: no peer verdict to weigh */
+	reason = relay_decap_verdict(&v, reason);
 	if (reason != RELAY_GO)
 		return reason;
-	rx->ip6 = v.ip6;
-	rx->saddr = v.ip->saddr;
-	rx->sport = v.udp->source;
-	rx->cfg_flags = cfg->flags;
-	rx->ip6_len = v.ip6_len;
 	rx->hop_limit = v.ip6->hop_limit;
 	rx->udp_csum_pending = v.udp->check &&
 			       csum_left_to_offload(v.udp->check, ipv4_pseudo_sum(v.ip, v.udp->len));
 	return RELAY_GO;
 }
 
-/* As the client's rx_account: refresh the peer, or learn it (§5.4.2: a source
- * embedding the UDP source is that client), so that answers take the fast path. */
-static __always_inline void relay_rx_account(const struct relay_rx *rx)
+/* An XDP frame's way out, through the devmap slot relay_slots gave its device. */
+static __always_inline int xdp_relay_out(__u32 slot, int *action, int done)
 {
-	__u64 now = bpf_ktime_get_ns();
-
-	if (rx->peer && rx->refresh) {
-		rx->peer->last_rx_ns = now;
-		__sync_fetch_and_add(&rx->peer->rx_packets, 1);
-		__sync_fetch_and_add(&rx->peer->rx_bytes, rx->ip6_len);
-		return;
-	}
-	if (!rx->peer && (rx->cfg_flags & TEREDO_CFG_LEARN_PEERS)) {
-		struct teredo_peer fresh = {
-			.mapped_ipv4 = rx->saddr,
-			.mapped_port = rx->sport,
-			.flags = TEREDO_PEER_TRUSTED | TEREDO_PEER_LEARNED,
-			.last_rx_ns = now,
-			.rx_packets = 1,
-			.rx_bytes = rx->ip6_len,
-		};
-		/* NOEXIST: never overwrite what the control plane wrote meanwhile. */
-		peers.insert((struct teredo_peer_key *)&rx->key, &fresh);
-	}
+	*action = relay_egress_redirect(slot, 0);
+	return *action == XDP_REDIRECT ? done : TEREDO_R_RELAY_REDIRECT_FAILED;
 }
 
-/* The inbound guard's flow for a packet a client sends to native IPv6 (teredo_guard.h). */
+/* The inbound guard's flow for a packet a client sends to native IPv6 (lib/guard.h). */
 static __always_inline void guard_record(struct ipv6hdr *ip6, void *end)
 {
 	struct cursor c = { .pos = ip6 + 1, .end = end };
@@ -278,7 +94,7 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct bpf_fib_lookup fib;
-	struct relay_rx rx = {};
+	struct rx_decision rx = {};
 	struct ethhdr *eth;
 	struct ipv6hdr *ip6;
 	__u32 *slot;
@@ -291,7 +107,7 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 	reason = relay_fib_verdict(bpf_fib_lookup(ctx, &fib, sizeof(fib), 0));
 	if (reason != RELAY_GO)
 		return reason;
-	slot = relay_slots.lookup(&fib.ifindex);
+	slot = relay_slots_lookup(&fib.ifindex);
 	if (!slot)
 		return TEREDO_R_RELAY_EGRESS_NOT_XDP;
 	/* The client starts (or goes on with) a flow: its answers may come back. */
@@ -315,11 +131,8 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 	eth->h_proto = bpf_htons(ETH_P_IPV6);
 	ip6->hop_limit = rx.hop_limit - 1;
 
-	relay_rx_account(&rx);
-	*action = relay_egress.redirect_map(*slot, 0);
-	if (*action != XDP_REDIRECT)
-		return TEREDO_R_RELAY_REDIRECT_FAILED;
-	return TEREDO_R_DECAPSULATED;
+	rx_account(&rx);
+	return xdp_relay_out(*slot, action, TEREDO_R_DECAPSULATED);
 }
 
 static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
@@ -330,20 +143,16 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET6 };
 	__be16 ipv6_type = bpf_htons(ETH_P_IPV6);
 	struct bpf_fib_lookup fib;
-	struct relay_rx rx = {};
+	struct rx_decision rx = {};
 	void *data, *data_end;
 	__u32 keep;
 	__u8 hop_limit;
 	long rc;
 	int reason;
 
+	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + want > data_end && skb->len > data_end - data) {
-		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
 	reason = relay_rx_decide(data, data_end, skb->len, &rx);
 	if (reason != RELAY_GO)
 		return reason;
@@ -377,7 +186,7 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 				sizeof(hop_limit), 0))
 		return TEREDO_R_RELAY_REDIRECT_FAILED;
 
-	relay_rx_account(&rx);
+	rx_account(&rx);
 	/* The fib's next hop (the gateway, or the destination on a connected network)
 	 * spares bpf_redirect_neigh a second route lookup. */
 	__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, sizeof(nh.ipv6_nh));
@@ -468,15 +277,42 @@ tail:
 	*field = value;
 }
 
-/* The peer's activity and the outer IPv4 ID of this packet (RFC 6864 §4.3: unique
- * per destination, the peer's packet counter), for one encapsulation. */
+/* What both hooks decide before touching a native packet (§5.4.1): for a
+ * trusted, fresh client, past the guard. c is just past the IPv6 header;
+ * verdict_len 0 leaves the length to the stack (a GSO packet). */
+static __always_inline int relay_tx_decide(struct cursor *c, const struct ethhdr *eth,
+					   struct ipv6hdr *ip6, __u32 verdict_len,
+					   const struct teredo_config *cfg, struct teredo_peer **peer)
+{
+	struct teredo_peer_key key;
+	int reason;
+
+	reason = relay_encap_verdict(ip6, verdict_len, cfg);
+	if (reason != RELAY_GO)
+		return reason;
+	/* A frame to a group address was not routed to us. */
+	if (eth->h_dest[0] & 1)
+		return TEREDO_R_RX_NOT_TEREDO;
+	/* For the client, this packet is inbound: the guard decides, before the peer
+	 * lookup, so that neither path takes it. */
+	reason = guard_inbound(c, ip6);
+	if (reason != GUARD_PASS)
+		return reason;
+
+	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
+	*peer = peers_lookup(&key);
+	reason = tx_peer_verdict(*peer, bpf_ktime_get_ns(), cfg->peer_timeout_ns);
+	if (reason != TEREDO_R_ENCAPSULATED || !*peer)
+		return reason;
+	return RELAY_GO;
+}
+
+/* The peer's activity and the outer IPv4 ID of this packet (lib/peer.h). */
 static __always_inline __u16 relay_tx_account(struct teredo_peer *peer, __u32 ip6_len)
 {
-	__u16 ip_id = (__u16)peer->tx_packets;
+	__u16 ip_id = tx_ip_id(peer);
 
-	peer->last_tx_ns = bpf_ktime_get_ns();
-	__sync_fetch_and_add(&peer->tx_packets, 1);
-	__sync_fetch_and_add(&peer->tx_bytes, ip6_len);
+	tx_account(peer, ip6_len, bpf_ktime_get_ns());
 	return ip_id;
 }
 
@@ -487,7 +323,6 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	struct cursor c = { .pos = data, .end = data_end };
 	const struct teredo_config *cfg = config_get();
 	struct teredo_outer4 outer;
-	struct teredo_peer_key key;
 	struct teredo_peer *peer;
 	struct bpf_fib_lookup fib;
 	struct ethhdr *eth;
@@ -504,28 +339,14 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	ip6_len = TEREDO_IPV6_HDR_LEN + bpf_ntohs(ip6->payload_len);
 	if ((void *)ip6 + ip6_len > data_end)
 		return TEREDO_R_TX_MALFORMED; /* truncated, or a jumbogram: the stack's */
-	reason = relay_encap_verdict(ip6, ip6_len, cfg);
+	reason = relay_tx_decide(&c, eth, ip6, ip6_len, cfg, &peer);
 	if (reason != RELAY_GO)
-		return reason;
-	/* A frame to a group address was not routed to us. */
-	if (eth->h_dest[0] & 1)
-		return TEREDO_R_RX_NOT_TEREDO;
-	/* For the client, this packet is inbound: the guard decides (c is just past
-	 * the IPv6 header), before the peer lookup, so that neither path takes it. */
-	reason = guard_inbound(&c, ip6);
-	if (reason != GUARD_PASS)
-		return reason;
-
-	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
-	peer = peers.lookup(&key);
-	reason = tx_peer_verdict(peer, bpf_ktime_get_ns(), cfg->peer_timeout_ns);
-	if (reason != TEREDO_R_ENCAPSULATED || !peer)
 		return reason;
 	relay_fib4_params(&fib, cfg, peer, ip6_len);
 	reason = relay_fib_verdict(bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT));
 	if (reason != RELAY_GO)
 		return reason;
-	slot = relay_slots.lookup(&fib.ifindex);
+	slot = relay_slots_lookup(&fib.ifindex);
 	if (!slot)
 		return TEREDO_R_RELAY_EGRESS_NOT_XDP;
 	hop_limit = ip6->hop_limit - 1;
@@ -553,10 +374,7 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	eth->h_proto = bpf_htons(ETH_P_IP);
 	ip6->hop_limit = hop_limit;
 
-	*action = relay_egress.redirect_map(*slot, 0);
-	if (*action != XDP_REDIRECT)
-		return TEREDO_R_RELAY_REDIRECT_FAILED;
-	return TEREDO_R_ENCAPSULATED;
+	return xdp_relay_out(*slot, action, TEREDO_R_ENCAPSULATED);
 }
 
 static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
@@ -566,7 +384,6 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	const struct teredo_config *cfg = config_get();
 	__be16 ipv4_type = bpf_htons(ETH_P_IP);
 	struct teredo_outer4 outer;
-	struct teredo_peer_key key;
 	struct teredo_peer *peer;
 	struct ipv6hdr *ip6;
 	struct ethhdr *eth;
@@ -580,13 +397,9 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 
 	if (!cfg)
 		return TEREDO_R_TX_DISABLED;
+	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + want > data_end && skb->len > data_end - data) {
-		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
 	c.pos = data;
 	c.end = data_end;
 	if (parse_ethhdr(&c, &eth) != ETH_P_IPV6 || parse_ipv6(&c, &ip6) < 0)
@@ -594,22 +407,8 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	ip6_len = TEREDO_IPV6_HDR_LEN + bpf_ntohs(ip6->payload_len);
 	if (!skb->gso_size && ip6_len > skb->len - ETH_HLEN)
 		return TEREDO_R_TX_MALFORMED; /* truncated, or a jumbogram: the stack's */
-	reason = relay_encap_verdict(ip6, skb->gso_size ? 0 : ip6_len, cfg);
+	reason = relay_tx_decide(&c, eth, ip6, skb->gso_size ? 0 : ip6_len, cfg, &peer);
 	if (reason != RELAY_GO)
-		return reason;
-	/* A frame to a group address was not routed to us. */
-	if (eth->h_dest[0] & 1)
-		return TEREDO_R_RX_NOT_TEREDO;
-	/* For the client, this packet is inbound: the guard decides (c is just past
-	 * the IPv6 header), before the peer lookup, so that neither path takes it. */
-	reason = guard_inbound(&c, ip6);
-	if (reason != GUARD_PASS)
-		return reason;
-
-	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
-	peer = peers.lookup(&key);
-	reason = tx_peer_verdict(peer, bpf_ktime_get_ns(), cfg->peer_timeout_ns);
-	if (reason != TEREDO_R_ENCAPSULATED || !peer)
 		return reason;
 	/*
 	 * What a local sender left to offload (a veth passes it on): a GSO packet's

@@ -28,8 +28,8 @@
  * The rates come from the control plane (struct teredo_slow_path_limits, one
  * entry; datapath/limits.py); all zeros, as before anything is written: no limit.
  *
- * Each compilation unit declares the maps and defines the two accessors below
- * (teredo_encap.c, teredo_relay.c), as for the guard's maps.
+ * The maps (slow_path_limits, slow_path_sources, slow_path_global) are the unit's:
+ * it defines their accessors (lib/maps.h) before including this.
  */
 #ifndef TEREDO_LIMIT_H
 #define TEREDO_LIMIT_H
@@ -41,13 +41,7 @@
 #define TEREDO_SLOW_PATH_OTHER 0     /* bubbles, unknown peers, ...: anything but the below */
 #define TEREDO_SLOW_PATH_AUTH 1      /* an authentication header: a server's RA (§5.1.1) */
 
-/* The bucket of one sender and class, made on first use; NULL if the map refuses. */
-static __always_inline __u64 *slow_path_source_bucket(struct teredo_slow_path_key *key);
-/* The one bucket for all, and the limits; NULL when absent. */
-static __always_inline __u64 *slow_path_global_bucket(void);
-static __always_inline const struct teredo_slow_path_limits *slow_path_limits_get(void);
-
-/* Pass reasons that end at the control plane's socket (teredo_shared.h's order). */
+/* Pass reasons that end at the control plane's socket (shared.h's order). */
 static __always_inline int reason_is_punt(int reason)
 {
 	return reason >= TEREDO_R_RX_DISABLED && reason <= TEREDO_R_RX_MAPPING_MISMATCH;
@@ -94,12 +88,12 @@ static __always_inline int slow_path_admit(int reason, void *data, void *data_en
 	key.saddr = ip->saddr;
 	key.kind = reason == TEREDO_R_RX_AUTH ? TEREDO_SLOW_PATH_AUTH : TEREDO_SLOW_PATH_OTHER;
 	if (limits->source_interval_ns) {
-		tat = slow_path_source_bucket(&key);
+		tat = slow_path_sources_lookup_or_init(&key);
 		if (tat && !gcra_admit(tat, now, limits->source_interval_ns,
 				       limits->source_tolerance_ns))
 			return TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT;
 	}
-	tat = slow_path_global_bucket();
+	tat = slow_path_global_get();
 	if (tat && !gcra_admit(tat, now, limits->global_interval_ns, limits->global_tolerance_ns))
 		return TEREDO_R_RX_SLOW_PATH_LIMIT;
 	return reason;

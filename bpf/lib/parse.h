@@ -117,4 +117,12 @@ static __always_inline int teredo_embeds(const struct in6_addr *a, __be32 saddr,
 	       a->s6_addr32[3] == ~saddr;
 }
 
+/* tc: the first `want` bytes (or the whole packet) into the linear area, where
+ * the parsers read; the caller reloads skb->data and skb->data_end after it. */
+static __always_inline void tc_pull(struct __sk_buff *skb, __u32 want)
+{
+	if ((long)skb->data + want > (long)skb->data_end && skb->len > skb->data_end - skb->data)
+		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
+}
+
 #endif /* TEREDO_PARSE_H */

@@ -5,8 +5,8 @@
  * native IPv6 (§5.4.2), and what an answer of bpf_fib_lookup means for a packet.
  *
  * Pure functions on parsed headers and already looked-up map values, shared by the
- * XDP and tc entry points of teredo_relay.c: no context, no map. Each returns a
- * reason (teredo_shared.h), or RELAY_GO for "nothing against it, go on".
+ * XDP and tc entry points of relay.c: no context, no map. Each returns a
+ * reason (shared.h), or RELAY_GO for "nothing against it, go on".
  */
 #ifndef TEREDO_RELAY_H
 #define TEREDO_RELAY_H
@@ -18,9 +18,9 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 
-#include "teredo_csum.h"
-#include "teredo_decap.h"
-#include "teredo_parse.h"
+#include "csum.h"
+#include "decap.h"
+#include "parse.h"
 
 /* Not a reason (reasons are >= 0): the caller goes on to its next step. */
 #define RELAY_GO (-1)
