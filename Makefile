@@ -42,9 +42,9 @@ bench: test-deps
 
 # Not a test: ns per packet of the BPF programs (BPF_PROG_TEST_RUN); docs/benchmarks.md.
 bench-datapath: setup
-	$(PY) tools/bench_datapath.py
+	$(PY) -m tools.bench.datapath $(BENCH_ARGS)
 
-# Regenerate bpf/teredo_shared.h from the Python source of truth (constants.py, layout.py).
+# Regenerate bpf/lib/shared.h from the Python source of truth (constants.py, layout.py).
 gen-header:
 	$(PY) tools/gen_shared_header.py
 

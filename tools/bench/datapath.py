@@ -1,27 +1,39 @@
-"""Per-packet nanoseconds of each BPF program, through BPF_PROG_TEST_RUN.
+"""ns per packet of each BPF program, through BPF_PROG_TEST_RUN (not a test).
 
-The client's programs come from tools/bench_datapath.py (`make bench-datapath`),
-imported and run as it is. The relay's programs (bpf/teredo_relay.c) are timed
-here the same way, and with two sizes of peer table, so that the cost of the
-peer lookup at 100,000 entries is seen without any traffic around it.
+    make bench-datapath     # or: .venv/bin/python -m tools.bench.datapath [--rounds 7] [--relay]
 
-The relay's programs forward: their verdicts depend on the kernel's fib, which
+The client's programs (bpf/client.c), kernel-timed around the program run:
+- trivial XDP_PASS and TC_ACT_OK programs compiled in the same run (the floor);
+- xdp_teredo_rx on host traffic (not for us: what everyone else pays);
+- xdp_teredo_rx decapsulating, tc_teredo_rx (tc-only) decapsulating;
+- tc_teredo_tx encapsulating.
+Programs that change the packet cannot use the kernel's repeat loop (the context is
+reused: a decapsulated frame would be decapsulated again, a tc encap returns
+-EALREADY from the second repeat on), so they run with repeat=1 in a loop and
+each run's kernel-measured duration counts; that includes one ktime_get_ns() pair,
+which the trivial programs measured the same way show. Programs that leave the
+packet alone are also timed with the kernel's own loop (repeat=N), which amortizes
+the timer. Each measurement is repeated in rounds: the table gives the median of
+the round medians and their spread (min..max).
+
+The relay's programs (bpf/relay.c) are timed the same way, with two sizes of peer
+table, so that the cost of the peer lookup at 100,000 entries is seen without any
+traffic around it. They forward: their verdicts depend on the kernel's fib, which
 bpf_fib_lookup reads in the network namespace of the calling thread. So the runs
 happen in a thread inside a throwaway namespace that holds a relay's two devices
 (as tests/bpf/test_relay.py builds it): up0 (IPv4 side, default gateway with a
 permanent neighbour) and lan0 (native IPv6, a host with a permanent neighbour).
-Both directions are timed with the same 104-byte ICMPv6 echo the client's
-micro-benchmark uses: a Teredo client's packet to the native host (decapsulate)
-and the host's packet back (encapsulate), through XDP and through tc.
-
-Every packet-changing program runs with repeat=1 in a loop (bench_datapath.py
-explains why); the table gives the median of the round medians and their spread.
+Both directions are timed with the same 104-byte ICMPv6 echo: a Teredo client's
+packet to the native host (decapsulate) and the host's packet back (encapsulate),
+through XDP and through tc.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
+import platform
 import secrets
 import statistics
 import struct
@@ -29,9 +41,15 @@ import subprocess
 import sys
 import time
 
-from xdp_teredo.lab.traffic import in_netns
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from .synthetic import SyntheticPeers
+from xdp_teredo.datapath import ClientDatapath, Config, PeerEntry, kheaders, now_ns, testrun  # noqa: E402
+from xdp_teredo.datapath.maps import delta  # noqa: E402
+from xdp_teredo.datapath.relay import RelayDatapath  # noqa: E402
+from xdp_teredo.lab.traffic import in_netns  # noqa: E402
+
+from tools.bench.synthetic import SyntheticPeers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,12 +69,100 @@ SPREAD_PEERS = 1024
 TC_ACT_REDIRECT, XDP_REDIRECT = 7, 4
 
 
-def client_programs(rounds: int, runs: int, repeat: int) -> dict:
-    """tools/bench_datapath.py's measurement, as rows."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import bench_datapath
+TRIVIAL = r"""
+#include <uapi/linux/bpf.h>
+#include <linux/pkt_cls.h>
+int trivial_xdp(struct xdp_md *ctx) { return XDP_PASS; }
+int trivial_tc(struct __sk_buff *skb) { return TC_ACT_OK; }
+"""
 
-    return bench_datapath.measure(rounds=rounds, runs=runs, repeat=repeat)
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+
+
+def looped(fd: int, frame: bytes, runs: int, xdp: bool, setup=None) -> float:
+    """Median of `runs` single runs (repeat=1), kernel-timed, in ns."""
+    durations = []
+    for _ in range(runs):
+        if setup:
+            setup()
+        result = testrun.run_xdp(fd, frame) if xdp else testrun.run(fd, frame)
+        durations.append(result.duration_ns)
+    return statistics.median(durations)
+
+
+def batched(fd: int, frame: bytes, repeat: int, xdp: bool) -> float:
+    result = testrun.run_xdp(fd, frame, repeat=repeat) if xdp else testrun.run(fd, frame, repeat=repeat)
+    return float(result.duration_ns)
+
+
+def client_programs(rounds: int = 7, runs: int = 3000, repeat: int = 200000) -> dict:
+    """Compile, check that each case takes the path it names, then time it.
+
+    {"machine": str, "rows": [{"program", "method", "ns", "min", "max"}], "seconds": float};
+    ns is the median of the round medians, min/max their spread. `make bench`
+    puts the rows in docs/benchmarks.md.
+    """
+    sys.path.insert(0, os.path.join(ROOT, "tests", "bpf"))
+    import packets as P  # tests/bpf/packets.py: the same packets the tests use
+    from bcc import BPF
+
+    kheaders.export()
+    prog = ClientDatapath.compile()
+    trivial = BPF(text=TRIVIAL)
+    try:
+        t_xdp = trivial.load_func(b"trivial_xdp", BPF.XDP).fd
+        t_tc = trivial.load_func(b"trivial_tc", BPF.SCHED_CLS).fd
+
+        prog.reset()
+        prog.config.write(Config(local_ipv4=P.LOCAL_IPV4, local_port=P.LOCAL_PORT, teredo_address=P.OUR_ADDRESS,
+                                 nic_ifindex=2, tun_ifindex=3, l2_len=14, learn_peers=False))
+        prog.peers.put(PeerEntry(address=P.PEER_ADDRESS, mapped_ipv4=P.PEER_IPV4, mapped_port=P.PEER_PORT,
+                                 last_rx_ns=now_ns() + 3600 * 10**9))  # stays fresh for the whole run
+        inner = P.inner_ipv6(P.PEER_ADDRESS, P.OUR_ADDRESS, b"x" * 56)           # a 104-byte echo request
+        teredo = P.teredo_frame(inner)
+        host = P.teredo_frame(inner, dport=P.LOCAL_PORT + 1)                      # UDP, not our port
+        outgoing = P.ipv6_frame(P.inner_ipv6(P.OUR_ADDRESS, P.PEER_ADDRESS, b"x" * 56))
+
+        cases = [
+            ("trivial XDP_PASS", "looped", lambda: looped(t_xdp, teredo, runs, True)),
+            ("trivial XDP_PASS", "repeat", lambda: batched(t_xdp, teredo, repeat, True)),
+            ("trivial TC_ACT_OK", "looped", lambda: looped(t_tc, outgoing, runs, False)),
+            ("xdp_teredo_rx, host traffic (pass)", "looped", lambda: looped(prog.fd("xdp_rx"), host, runs, True)),
+            ("xdp_teredo_rx, host traffic (pass)", "repeat", lambda: batched(prog.fd("xdp_rx"), host, repeat, True)),
+            ("xdp_teredo_rx, decapsulate", "looped", lambda: looped(prog.fd("xdp_rx"), teredo, runs, True)),
+            ("tc_teredo_rx, decapsulate (tc-only)", "looped", lambda: looped(prog.fd("tc_rx"), teredo, runs, False)),
+            ("tc_teredo_tx, encapsulate", "looped", lambda: looped(prog.fd("tc_tx"), outgoing, runs, False)),
+        ]
+        # Check that each case does what it says before timing it.
+        before = prog.stats()
+        for fd, frame, xdp, reason in ((prog.fd("xdp_rx"), host, True, "rx_not_teredo"),
+                                       (prog.fd("xdp_rx"), teredo, True, "decapsulated"),
+                                       (prog.fd("tc_rx"), teredo, False, "decapsulated"),
+                                       (prog.fd("tc_tx"), outgoing, False, "encapsulated")):
+            n = before[reason]["packets"]
+            (testrun.run_xdp if xdp else testrun.run)(fd, frame)
+            before = prog.stats()
+            assert before[reason]["packets"] == n + 1, reason
+
+        started = time.time()
+        rows = []
+        for name, method, timed in cases:
+            medians = [timed() for _ in range(rounds)]
+            rows.append({"program": name, "method": method, "ns": statistics.median(medians),
+                         "min": min(medians), "max": max(medians)})
+        return {"machine": machine(), "rows": rows, "seconds": time.time() - started,
+                "rounds": rounds, "runs": runs, "repeat": repeat}
+    finally:
+        trivial.cleanup()
+        prog.close()
 
 
 def _sh(*cmd, ns=None):
@@ -111,13 +217,9 @@ def _looped(run, runs: int) -> float:
 
 def relay_programs(rounds: int = 5, runs: int = 2000, sizes=TABLE_SIZES) -> dict:
     """ns per packet of xdp_teredo_relay and tc_teredo_relay, both directions, with
-    each table size; rows like bench_datapath.measure's plus "table"."""
+    each table size; rows like client_programs' plus "table"."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "bpf"))
     import packets as P
-
-    from xdp_teredo.datapath import Config, PeerEntry, now_ns, testrun
-    from xdp_teredo.datapath.maps import delta
-    from xdp_teredo.datapath.relay import RelayDatapath
 
     client = P.teredo_address(SERVER, CLIENT_IPV4, CLIENT_PORT)
     inner_out = P.inner_ipv6(client, HOST, b"x" * 56)       # client -> native host
@@ -234,12 +336,38 @@ def relay_programs(rounds: int = 5, runs: int = 2000, sizes=TABLE_SIZES) -> dict
 
 
 def measure(rounds: int, runs: int, repeat: int) -> dict:
-    """Both benchmarks, for tools/bench/run.py."""
+    """Both roles' programs, for tools/bench/run.py."""
     return {"client": client_programs(rounds, runs, repeat),
             "relay": relay_programs(rounds, runs)}
 
 
-if __name__ == "__main__":
-    import json
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=3000, help="single runs per round")
+    parser.add_argument("--repeat", type=int, default=200000, help="kernel loop length per round")
+    parser.add_argument("--relay", action="store_true",
+                        help="the relay's programs too (a throwaway namespace; 10 and 100,000 peers)")
+    args = parser.parse_args(argv)
 
-    print(json.dumps(measure(3, 1000, 50000), indent=1))
+    result = client_programs(args.rounds, args.runs, args.repeat)
+    print(f"machine: {result['machine']}")
+    print(f"rounds: {args.rounds}; looped = median of {args.runs} runs with repeat=1; "
+          f"repeat = one run with repeat={args.repeat}")
+    print(f"{'program':<38} {'method':<7} {'ns/pkt':>8} {'spread (round medians)':>24}")
+    for row in result["rows"]:
+        spread = f"{row['min']:.0f} .. {row['max']:.0f}"
+        print(f"{row['program']:<38} {row['method']:<7} {row['ns']:>8.0f} {spread:>24}")
+    print(f"({result['seconds']:.1f} s)")
+    if args.relay:
+        relay = relay_programs(args.rounds, args.runs)
+        print(f"{'relay program':<62} {'peers':>7} {'ns/pkt':>8} {'spread':>12}")
+        for row in relay["rows"]:
+            spread = f"{row['min']:.0f} .. {row['max']:.0f}"
+            print(f"{row['program']:<62} {row['table']:>7} {row['ns']:>8.0f} {spread:>12}")
+        print(f"({relay['seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

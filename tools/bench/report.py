@@ -286,7 +286,7 @@ def datapath_section(dp: dict) -> list:
     lines = ["### BPF programs, ns per packet (BPF_PROG_TEST_RUN)", ""]
     client = dp.get("client")
     if client:
-        lines += [f"The client's programs (`tools/bench_datapath.py`), {client['rounds']} rounds; "
+        lines += [f"The client's programs (`tools/bench/datapath.py`), {client['rounds']} rounds; "
                   f"looped = median of {client['runs']} runs with repeat=1 (includes the ~100 ns "
                   f"floor of a single test run, see the trivial programs), repeat = the kernel's "
                   f"own loop of {client['repeat']}.", ""]

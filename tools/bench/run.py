@@ -2,7 +2,7 @@
 
 Parts, in this order (each can be left out with --skip, or run alone with --only):
   datapath     ns per packet of every BPF program (BPF_PROG_TEST_RUN): the client's
-               (tools/bench_datapath.py) and the relay's, with 10 and 100,000 peers
+               (tools/bench/datapath.py) and the relay's, with 10 and 100,000 peers
                (datapath.py). No lab: runs first, on a machine at rest.
   compare      every implementation on every path, interleaved: round r runs the
                implementations in a rotated order, so that the machine's drift
