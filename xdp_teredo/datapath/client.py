@@ -148,7 +148,7 @@ class ClientAttachment(hooks.Hooks):
         self._pin(self.prog.maps, PINNED_MAPS, pin, pin_root, name)
 
     def _attach(self, pin, pin_root: str, instance: Optional[str]) -> None:
-        try:
+        with self._all_or_nothing("the data path", "datapath_undo_failed"):
             probe.require(probe.TX_FEATURES + probe.RX_FEATURES[self.ingress],
                           self.prog.features)
             for ifindex, role in ((self.nic_ifindex, "NIC"), (self.tun_ifindex, "tun")):
@@ -164,13 +164,6 @@ class ClientAttachment(hooks.Hooks):
                 self.xdp_attached = self._attach_xdp(self.nic_ifindex,
                                                      self.prog.functions["xdp_rx"], self.xdp_mode)
             self._pin_maps(pin, pin_root, instance)
-        except Exception as err:
-            failures = self._undo_all()
-            if failures:
-                _log.error("datapath_undo_failed", failures=failures)
-            if isinstance(err, RuntimeFailure):
-                raise
-            raise RuntimeFailure(f"attaching the data path failed: {err}") from err
         _log.info("datapath_attached", nic_ifindex=self.nic_ifindex, tun_ifindex=self.tun_ifindex,
                   ingress=self.ingress, xdp=self.xdp_attached, pin_dir=self.pin_dir, netns=self.netns)
 

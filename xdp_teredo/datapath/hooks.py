@@ -10,6 +10,7 @@ only what is recognisably ours (our priority and handle, our program names).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from typing import Callable, Collection, Iterable, List, Optional, Tuple
@@ -194,6 +195,20 @@ class Hooks:
         self.pin_dir = path
 
     # -- undo
+    @contextlib.contextmanager
+    def _all_or_nothing(self, what: str, event: str):
+        """Undo every step so far when one fails (logging `event` if undoing fails
+        too); whatever failed comes out as a RuntimeFailure."""
+        try:
+            yield
+        except Exception as err:
+            failures = self._undo_all()
+            if failures:
+                _log.error(event, failures=failures)
+            if isinstance(err, RuntimeFailure):
+                raise
+            raise RuntimeFailure(f"attaching {what} failed: {err}") from err
+
     def _undo_all(self) -> List[str]:
         """Run the undo stack; what failed (a device gone took its hooks along)."""
         failures = []

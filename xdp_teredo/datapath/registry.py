@@ -16,7 +16,7 @@ accessors. The drivers take their map lists, pins and capacities from here too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from ..teredo import constants
 
@@ -157,9 +157,3 @@ def render_c(role: str) -> str:
             lines.append(_OPS[op].format(name=m.name, key=m.key, value=m.value))
     return "\n".join(lines) + "\n"
 
-
-def check(names_: Iterable[str], role: str) -> None:
-    """ValueError unless every name is a map of the role."""
-    unknown = sorted(set(names_) - set(names(role)))
-    if unknown:
-        raise ValueError(f"not maps of the {role}: {unknown}")

@@ -169,7 +169,7 @@ class RelayAttachment(Hooks):
         return self.prog.statistics.read()
 
     def _attach(self, pin, pin_root: str, instance: Optional[str], pin_ifindex: int) -> None:
-        try:
+        with self._all_or_nothing("the relay data path", "relay_datapath_undo_failed"):
             if HOOK_TC in self.hooks.values():
                 probe.require(TC_FEATURES, self.prog.features)
             # tc first, then XDP: a device that falls back to tc never loses packets
@@ -183,13 +183,6 @@ class RelayAttachment(Hooks):
                                      XdpUnsupported(i, f"ifindex {i}: the driver has no native XDP"))
             self._pin(self.prog.maps, PINNED_MAPS, pin, pin_root,
                       instance or instance_name(pin_ifindex))
-        except Exception as err:
-            failures = self._undo_all()
-            if failures:
-                _log.error("relay_datapath_undo_failed", failures=failures)
-            if isinstance(err, RuntimeFailure):
-                raise
-            raise RuntimeFailure(f"attaching the relay data path failed: {err}") from err
         _log.info("relay_datapath_attached", hooks={str(k): v for k, v in self.hooks.items()},
                   pin_dir=self.pin_dir)
 
