@@ -1,4 +1,4 @@
-"""The inbound guard (bpf/teredo_guard.h) through BPF_PROG_TEST_RUN.
+"""The inbound guard (bpf/lib/guard.h) through BPF_PROG_TEST_RUN.
 
 A fixture table: each case sets the policy, lets the host send what it sends
 (through tc_teredo_tx, which records flows) and then receives one packet from a
@@ -480,7 +480,7 @@ def test_verdict_names_are_reasons():
 
 
 # --------------------------------------------------------------------------- the relay
-# The same rules in bpf/teredo_relay.c, for the clients a relay serves: native IPv6
+# The same rules in bpf/relay.c, for the clients a relay serves: native IPv6
 # to a client is inbound for it; what a client sends natively is its outbound.
 
 from .test_relay import (CLIENT, CLIENT_IPV4, CLIENT_PORT, HOST, HOST_MAC, LAN0_MAC,  # noqa: E402

@@ -1,4 +1,4 @@
-"""Admission to the slow path (bpf/teredo_limit.h) through BPF_PROG_TEST_RUN.
+"""Admission to the slow path (bpf/lib/limit.h) through BPF_PROG_TEST_RUN.
 
 Every receive program (the client's XDP and tc-only ones, the relay's XDP and tc
 ones) admits what it leaves to the control plane's socket through a bucket per IPv4

@@ -1,4 +1,4 @@
-"""The relay's programs (bpf/teredo_relay.c) through BPF_PROG_TEST_RUN.
+"""The relay's programs (bpf/relay.c) through BPF_PROG_TEST_RUN.
 
 The relay forwards, so its verdicts depend on the kernel's fib: bpf_fib_lookup
 answers from the routes and neighbours of the network namespace the test run

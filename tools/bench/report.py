@@ -296,7 +296,7 @@ def datapath_section(dp: dict) -> list:
     relay = dp.get("relay")
     if relay:
         sizes = sorted({r["table"] for r in relay["rows"]})
-        lines += [f"The relay's programs (bpf/teredo_relay.c), peer table of {relay['peer_max']:,} "
+        lines += [f"The relay's programs (bpf/relay.c), peer table of {relay['peer_max']:,} "
                   f"entries holding {' or '.join(f'{s:,}' for s in sizes)} peers, {relay['rounds']} "
                   f"rounds of {relay['runs']} looped runs. \"In turn\": each run sends to the next of "
                   "up to 1,024 clients spread over the table (all of them when it holds 10).", ""]

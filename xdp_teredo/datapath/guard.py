@@ -1,4 +1,4 @@
-"""The inbound guard's maps (bpf/teredo_guard.h), typed, for the control plane.
+"""The inbound guard's maps (bpf/lib/guard.h), typed, for the control plane.
 
     maps = GuardMaps.of(datapath)          # from the maps of a ClientDatapath or RelayDatapath
     maps.configure(guard.Settings(...))    # policy + timeouts, and --allow's ports

@@ -86,7 +86,7 @@ class XdpMeta(ctypes.Structure):
     _c_types_: Dict[str, str] = {}
 
 
-# The inbound guard (bpf/teredo_guard.h, xdp_teredo/teredo/guard.py, docs/security.md).
+# The inbound guard (bpf/lib/guard.h, xdp_teredo/teredo/guard.py, docs/security.md).
 
 
 class FlowKey(ctypes.Structure):
@@ -162,7 +162,7 @@ class GuardConfigValue(ctypes.Structure):
     _c_types_: Dict[str, str] = {}
 
 
-# Admission to the slow path (bpf/teredo_limit.h, datapath/limits.py, docs/reliability.md).
+# Admission to the slow path (bpf/lib/limit.h, datapath/limits.py, docs/reliability.md).
 
 
 class SlowPathKey(ctypes.Structure):
@@ -288,13 +288,13 @@ class Reason(enum.IntEnum):
     TX_REDIRECT_FAILED = 40     # bpf_redirect_neigh refused
     RELAY_SOURCE_MISMATCH = 41  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
     RELAY_REDIRECT_FAILED = 42  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
-    # -- drop: the inbound guard (bpf/teredo_guard.h; --inbound stateful), IPv6 that
+    # -- drop: the inbound guard (bpf/lib/guard.h; --inbound stateful), IPv6 that
     # arrived over Teredo and that nobody here asked for (docs/security.md)
     GUARD_UNSOLICITED = 43      # guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe)
     GUARD_ICMPV6 = 44           # guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND)
     GUARD_FRAGMENT = 45         # guard: a later fragment whose first fragment was not let in
     GUARD_UNPARSED = 46         # guard: extension headers or transport header beyond what it reads: not checkable, so not taken
-    # -- drop: admission to the slow path (bpf/teredo_limit.h; docs/reliability.md)
+    # -- drop: admission to the slow path (bpf/lib/limit.h; docs/reliability.md)
     RX_SLOW_PATH_SOURCE_LIMIT = 47  # for the control plane, but its sender (IPv4 source and kind) is over its rate
     RX_SLOW_PATH_LIMIT = 48     # for the control plane, but the slow path as a whole is over its rate
 

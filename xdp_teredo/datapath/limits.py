@@ -1,4 +1,4 @@
-"""The slow-path limits the receive programs apply (bpf/teredo_limit.h): typed access.
+"""The slow-path limits the receive programs apply (bpf/lib/limit.h): typed access.
 
     limits = SlowPathLimits(source_pps=100, source_burst=100, global_pps=2000, global_burst=2000)
     prog.slow_path.write(limits)       # the client and the relay do this once attached

@@ -144,7 +144,7 @@ ICMPV6_PACKET_TOO_BIG = 2
 ICMPV6_TIME_EXCEEDED = 3
 ICMPV6_PARAMETER_PROBLEM = 4
 
-# Admission to the slow path, in XDP (bpf/teredo_limit.h, datapath/limits.py,
+# Admission to the slow path, in XDP (bpf/lib/limit.h, datapath/limits.py,
 # docs/reliability.md): what one IPv4 source (per kind: a server's RAs apart), and
 # all senders together, may make the control plane read from its socket. A client's
 # legitimate slow path is a few packets per second (RAs every 30 s, bubbles at most

@@ -14,7 +14,7 @@ Everything else is dropped and counted under one of the VERDICTS.
 This module is the policy in plain Python, with no I/O: the flow table, the
 fragment table and the allowed ports are passed in (plain dicts in tests, the BPF
 maps in the client: xdp_teredo/datapath/guard.py). The BPF data path implements
-the same rules in C (bpf/teredo_guard.h) for the fast path; this module decides
+the same rules in C (bpf/lib/guard.h) for the fast path; this module decides
 for the slow path (packets the control plane delivers into the tun) and is the
 reference the BPF tests compare the C with, packet for packet.
 
