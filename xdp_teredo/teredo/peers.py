@@ -102,6 +102,22 @@ from xdp_teredo.teredo.constants import (
 from xdp_teredo.teredo.ipv4 import is_global_unicast
 from xdp_teredo.teredo.lazyheap import LazyHeap as _LazyHeap
 from xdp_teredo.teredo.peer_model import (  # noqa: F401 (re-exported: the actions)
+    Action,
+    Deliver,
+    Incoming,
+    Peer,
+    PeerRemoved,
+    PeerTrusted,
+    QueuedPacket,
+    SendDirect,
+    SendDirectBubble,
+    SendEcho,
+    SendIndirectBubble,
+    Unreachable,
+    _ipv4,
+    _ipv6,
+    teredo_parts,
+)
 
 IPv4Address = ipaddress.IPv4Address
 IPv6Address = ipaddress.IPv6Address
@@ -124,23 +140,6 @@ def _debug_enabled() -> bool:
         return True
     return not isinstance(structlog.get_config()["logger_factory"], structlog.stdlib.LoggerFactory)
 
-
-    Action,
-    Deliver,
-    Incoming,
-    Peer,
-    PeerRemoved,
-    PeerTrusted,
-    QueuedPacket,
-    SendDirect,
-    SendDirectBubble,
-    SendEcho,
-    SendIndirectBubble,
-    Unreachable,
-    _ipv4,
-    _ipv6,
-    teredo_parts,
-)
 
 # --- the list -------------------------------------------------------------------
 
