@@ -90,6 +90,15 @@ def check(as_json: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
+def _rate_option(name: str, default: float, help_text: str):
+    return click.option(name, type=float, default=default, show_default=True, help=help_text)
+
+
+def _stats_interval_option(fn):
+    return click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="Log the counters every SECONDS (0: never).")(fn)
+
+
 # The server's defaults appear in --help; the modules are light (no bcc, no pyroute2).
 from . import server as _teredo_server  # noqa: E402
 from .client.config import XDP_MODES  # noqa: E402
@@ -101,24 +110,19 @@ from .client.config import XDP_MODES  # noqa: E402
 @click.option("--bind2", metavar="ADDR2", help="Secondary address.  [default: ADDR + 1]")
 @click.option("--native-ipv6/--no-native-ipv6", default=True, show_default=True,
               help="Forward clients' echo tests to native IPv6 (RFC 4380 §5.2.9).")
-@click.option("--source-pps", type=float, default=_teredo_server.DEFAULT_SOURCE_PPS,
-              show_default=True,
-              help="Packets/s one IPv4 address can make the server send.")
-@click.option("--source-bps", type=float, default=_teredo_server.DEFAULT_SOURCE_BPS,
-              show_default=True,
-              help="Bytes/s one IPv4 address can make the server send.")
-@click.option("--global-pps", type=float, default=_teredo_server.DEFAULT_GLOBAL_PPS,
-              show_default=True,
-              help="Packets/s the server sends in all (0: no overall limit).")
-@click.option("--global-bps", type=float, default=_teredo_server.DEFAULT_GLOBAL_BPS,
-              show_default=True,
-              help="Bytes/s the server sends in all (0: no overall limit).")
+@_rate_option("--source-pps", _teredo_server.DEFAULT_SOURCE_PPS,
+              "Packets/s one IPv4 address can make the server send.")
+@_rate_option("--source-bps", _teredo_server.DEFAULT_SOURCE_BPS,
+              "Bytes/s one IPv4 address can make the server send.")
+@_rate_option("--global-pps", _teredo_server.DEFAULT_GLOBAL_PPS,
+              "Packets/s the server sends in all (0: no overall limit).")
+@_rate_option("--global-bps", _teredo_server.DEFAULT_GLOBAL_BPS,
+              "Bytes/s the server sends in all (0: no overall limit).")
 @click.option("--max-sources", type=click.IntRange(min=1),
               default=_teredo_server.DEFAULT_MAX_SOURCES,
               show_default=True,
               help="Addresses tracked by the rate limiter (least recent evicted).")
-@click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
-              help="Log the counters every SECONDS (0: never).")
+@_stats_interval_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the server running in this network namespace.")
 @handles_errors
@@ -375,8 +379,7 @@ def detach(interface, tunnel) -> None:
 @click.option("--pin-root", envvar="XDP_TEREDO_PIN_ROOT", metavar="DIR", default=None,
               help="Where the maps are pinned for `xdp-teredo stats` [env XDP_TEREDO_PIN_ROOT; "
                    "default /sys/fs/bpf/xdp-teredo].")
-@click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
-              help="Log the counters every SECONDS (0: never).")
+@_stats_interval_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
 @_inbound_options("open", "the Teredo clients it serves")

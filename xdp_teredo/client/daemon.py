@@ -313,12 +313,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
 
     # -- what arrives on the socket (what the XDP program left to the slow path) -------
 
-    def on_datagram(self, payload: bytes, ip: IPv4Address, port: int) -> None:
-        try:
-            teredo = encap.parse_udp_payload(payload)
-        except MalformedPacket as err:
-            self.counters.drop(f"malformed_{err.reason}")
-            return
+    def on_teredo(self, teredo: encap.TeredoPayload, ip: IPv4Address, port: int) -> None:
         ipv6 = teredo.ipv6
         from_server = (self.qual is not None and ip == self.qual.server
                        and port == constants.TEREDO_PORT)

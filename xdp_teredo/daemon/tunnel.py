@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..datapath.layout import PeerFlag
 from ..errors import MalformedPacket, RuntimeFailure
-from ..teredo import constants, icmpv6, packet
+from ..teredo import constants, encap, icmpv6, packet
 from ..teredo import peers as peerlist
 from ..teredo.ratelimit import Limits, TokenBucket
 from . import render
@@ -52,7 +52,8 @@ class TunnelDaemon(Daemon):
 
     # -- what a tunnel role writes --
 
-    def on_datagram(self, payload: bytes, ip, port: int) -> None:
+    def on_teredo(self, teredo, ip, port: int) -> None:
+        """A Teredo datagram (encap.TeredoPayload, parsed) from ip:port."""
         raise NotImplementedError
 
     def on_tun_packet(self, packet_bytes: bytes) -> None:
@@ -98,6 +99,14 @@ class TunnelDaemon(Daemon):
                 return
             self.counters["udp_received"] += 1
             self.on_datagram(*got)
+
+    def on_datagram(self, payload: bytes, ip, port: int) -> None:
+        try:
+            teredo = encap.parse_udp_payload(payload)
+        except MalformedPacket as err:
+            self.counters.drop(f"malformed_{err.reason}")
+            return
+        self.on_teredo(teredo, ip, port)
 
     def read_tun(self) -> None:
         for _ in range(BATCH):

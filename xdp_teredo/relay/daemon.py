@@ -168,12 +168,7 @@ class RelayDaemon(TunnelDaemon):
 
     # -- the slow path: Teredo side ------------------------------------------------------
 
-    def on_datagram(self, payload: bytes, ip: IPv4Address, port: int) -> None:
-        try:
-            teredo = encap.parse_udp_payload(payload)
-        except MalformedPacket as err:
-            self.counters.drop(f"malformed_{err.reason}")
-            return
+    def on_teredo(self, teredo: encap.TeredoPayload, ip: IPv4Address, port: int) -> None:
         if teredo.auth is not None:
             # Qualification traffic (§5.1.1): a relay is nobody's server.
             self.counters.drop("authentication_header")
