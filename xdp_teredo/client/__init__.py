@@ -10,7 +10,15 @@
     commands.py   attach, detach, and the questions status and peers ask
 """
 
-from .commands import PEERS_TIMEOUT, attach, detach, pin_root, query, query_peers, query_status
+from .commands import (
+           PEERS_TIMEOUT,
+           attach,
+           detach,
+           pin_root,
+           query,
+           query_peers,
+           query_status,
+)
 
 __all__ = ["PEERS_TIMEOUT", "attach", "detach", "pin_root", "query", "query_peers",
            "query_status"]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import List, Optional
 
 from ..daemon import control
@@ -12,19 +11,11 @@ from ..daemon.base import run
 from ..errors import RuntimeFailure, UsageError
 from ..teredo import constants, guard
 from . import config as cfg
-from .plan import Timers, prepare
+from .plan import Timers, pin_root, prepare  # noqa: F401 (pin_root: re-exported)
 
 # A relay's table holds up to 131,072 peers: building and sending that many rows
 # takes the daemon about a second, longer on a busy machine.
 PEERS_TIMEOUT = 30.0
-
-
-def pin_root() -> str:
-    """Where a root client pins its maps: $XDP_TEREDO_PIN_ROOT (as `xdp-teredo stats`
-    reads it), else the data path's default under /sys/fs/bpf."""
-    from ..datapath import stats
-
-    return os.environ.get("XDP_TEREDO_PIN_ROOT") or stats.DEFAULT_PIN_ROOT
 
 
 def attach(settings: cfg.Settings, config_path: Optional[str] = None,

@@ -53,7 +53,7 @@ from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.qualification import Mapping, Qualification, State
 from ..teredo.ratelimit import Limits
 from .interface import FollowingTheNic
-from .plan import Plan
+from .plan import Plan, pin_root
 from .qualify import Qualifying
 
 IPv4Address = ipaddress.IPv4Address
@@ -194,8 +194,6 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         return TeredoSocket(nic.ipv4, port, device=nic.name)
 
     def _attach(self, running):
-        from .commands import pin_root
-
         nic, config = self.plan.nic, self.config
         # Pins under /sys/fs/bpf could not be removed once we are not root; the
         # control socket serves the statistics either way.

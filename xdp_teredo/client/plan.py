@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import pwd
 import socket
 from typing import Optional, Tuple
@@ -169,3 +170,11 @@ def _is_ipv4_literal(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def pin_root() -> str:
+    """Where a root client pins its maps: $XDP_TEREDO_PIN_ROOT (as `xdp-teredo stats`
+    reads it), else the data path's default under /sys/fs/bpf."""
+    from ..datapath import stats
+
+    return os.environ.get("XDP_TEREDO_PIN_ROOT") or stats.DEFAULT_PIN_ROOT
