@@ -26,10 +26,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from xdp_teredo.teredo import constants as C  # noqa: E402
-from xdp_teredo.teredo import encap, icmpv6  # noqa: E402
-from xdp_teredo.teredo import packet as P  # noqa: E402
+from xdp_teredo.teredo import (  # noqa: E402
+    constants,  # noqa: E402
+    encap,
+    icmpv6,
+)
 from xdp_teredo.teredo.address import TeredoAddress  # noqa: E402
+from xdp_teredo.teredo.packet import Ipv6Packet, build_bubble, upper_layer_checksum
 
 CORPUS = os.path.join(ROOT, "tests", "fixtures", "fuzz-corpus")
 CAPTURES = os.path.join(ROOT, "tests", "fixtures", "miredo_captures.json")
@@ -51,24 +54,24 @@ def _tcp_syn(src, dst) -> bytes:
     import struct
 
     header = struct.pack("!HHIIBBHHH", 40001, 22, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
-    checksum = P.upper_layer_checksum(src, dst, 6, header)
+    checksum = upper_layer_checksum(src, dst, 6, header)
     header = header[:16] + struct.pack("!H", checksum) + header[18:]
-    return P.Ipv6Packet(src=src, dst=dst, next_header=6, hop_limit=64, payload=header).to_bytes()
+    return Ipv6Packet(src=src, dst=dst, next_header=6, hop_limit=64, payload=header).to_bytes()
 
 
 def seeds():
     """(name, about, udp_src, udp_dst, payload) for every generated seed."""
-    rs = icmpv6.build_router_solicitation(C.LINK_LOCAL_RESTRICTED)
+    rs = icmpv6.build_router_solicitation(constants.LINK_LOCAL_RESTRICTED)
     ra = icmpv6.build_router_advertisement(
-        "fe80::8000:f227:3fff:fdfe", C.LINK_LOCAL_RESTRICTED,
+        "fe80::8000:f227:3fff:fdfe", constants.LINK_LOCAL_RESTRICTED,
         prefixes=["2001:0:c000:201::/64"], mtu=1400, retrans_timer=2000)
     echo = icmpv6.build_echo_request(OUR, NATIVE, identifier=0x7E3E, sequence=1, data=NONCE)
     reply = icmpv6.build_echo_reply(NATIVE, OUR, identifier=0x7E3E, sequence=1, data=NONCE)
     origin_peer = encap.OriginIndication(port=PEER[1], address=PEER[0])
     origin_us = encap.OriginIndication(port=CLIENT[1], address=CLIENT[0])
-    server = (str(SERVER), C.TEREDO_PORT)
+    server = (str(SERVER), constants.TEREDO_PORT)
     yield ("rs-cone", "an RS from the cone link-local, with a nonce (§5.2.1)", CLIENT, server,
-           encap.build_udp_payload(icmpv6.build_router_solicitation(C.LINK_LOCAL_CONE),
+           encap.build_udp_payload(icmpv6.build_router_solicitation(constants.LINK_LOCAL_CONE),
                                    auth=encap.AuthHeader(nonce=NONCE)))
     yield ("rs-plain", "an RS without any header", CLIENT, server, rs)
     yield ("ra-with-mtu", "an RA: auth, origin, prefix and MTU options (§5.2.1)", server, CLIENT,
@@ -78,9 +81,9 @@ def seeds():
                nonce=NONCE, confirmation=1, client_id=b"client", auth_value=b"\x11" * 20),
                origin=origin_us))
     yield ("bubble-direct", "a direct bubble from a peer (§2.8, §5.2.6)", PEER, CLIENT,
-           P.build_bubble(THEIRS, OUR))
+           build_bubble(THEIRS, OUR))
     yield ("bubble-indirect", "a bubble forwarded by the server: origin indication first",
-           server, CLIENT, encap.build_udp_payload(P.build_bubble(THEIRS, OUR),
+           server, CLIENT, encap.build_udp_payload(build_bubble(THEIRS, OUR),
                                                    origin=origin_peer))
     yield ("echo-test", "a direct connectivity test through the server (§5.2.9)", CLIENT,
            server, echo)

@@ -1,4 +1,4 @@
-"""The `xdp-teredo` command line: thin click commands, one library call each.
+"""The `xdp-teredo` command line: click only, thin commands, one library call each.
 
 Any TeredoError becomes one line on stderr and exit 2 (usage/input) or 1
 (runtime). click's own usage errors exit 2 as well.
@@ -73,7 +73,7 @@ def decode(address: str, as_json: bool) -> None:
 @handles_errors
 def check(as_json: bool) -> None:
     """Preflight: can `attach` work on this machine? Exit 0 only if so."""
-    from . import preflight
+    from .daemon import preflight
 
     results = preflight.run_all()
     ok = all(r.ok for r in results)
@@ -90,9 +90,18 @@ def check(as_json: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
-# The server's defaults appear in --help; the module is light (no bcc, no pyroute2).
+def _rate_option(name: str, default: float, help_text: str):
+    return click.option(name, type=float, default=default, show_default=True, help=help_text)
+
+
+def _stats_interval_option(fn):
+    return click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="Log the counters every SECONDS (0: never).")(fn)
+
+
+# The server's defaults appear in --help; the modules are light (no bcc, no pyroute2).
 from . import server as _teredo_server  # noqa: E402
-from .config import XDP_MODES  # noqa: E402  (light too)
+from .client.config import XDP_MODES  # noqa: E402
 
 
 @cli.command()
@@ -101,24 +110,19 @@ from .config import XDP_MODES  # noqa: E402  (light too)
 @click.option("--bind2", metavar="ADDR2", help="Secondary address.  [default: ADDR + 1]")
 @click.option("--native-ipv6/--no-native-ipv6", default=True, show_default=True,
               help="Forward clients' echo tests to native IPv6 (RFC 4380 §5.2.9).")
-@click.option("--source-pps", type=float, default=_teredo_server.DEFAULT_SOURCE_PPS,
-              show_default=True,
-              help="Packets/s one IPv4 address can make the server send.")
-@click.option("--source-bps", type=float, default=_teredo_server.DEFAULT_SOURCE_BPS,
-              show_default=True,
-              help="Bytes/s one IPv4 address can make the server send.")
-@click.option("--global-pps", type=float, default=_teredo_server.DEFAULT_GLOBAL_PPS,
-              show_default=True,
-              help="Packets/s the server sends in all (0: no overall limit).")
-@click.option("--global-bps", type=float, default=_teredo_server.DEFAULT_GLOBAL_BPS,
-              show_default=True,
-              help="Bytes/s the server sends in all (0: no overall limit).")
+@_rate_option("--source-pps", _teredo_server.DEFAULT_SOURCE_PPS,
+              "Packets/s one IPv4 address can make the server send.")
+@_rate_option("--source-bps", _teredo_server.DEFAULT_SOURCE_BPS,
+              "Bytes/s one IPv4 address can make the server send.")
+@_rate_option("--global-pps", _teredo_server.DEFAULT_GLOBAL_PPS,
+              "Packets/s the server sends in all (0: no overall limit).")
+@_rate_option("--global-bps", _teredo_server.DEFAULT_GLOBAL_BPS,
+              "Bytes/s the server sends in all (0: no overall limit).")
 @click.option("--max-sources", type=click.IntRange(min=1),
               default=_teredo_server.DEFAULT_MAX_SOURCES,
               show_default=True,
               help="Addresses tracked by the rate limiter (least recent evicted).")
-@click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
-              help="Log the counters every SECONDS (0: never).")
+@_stats_interval_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the server running in this network namespace.")
 @handles_errors
@@ -132,7 +136,7 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
         return
     if not bind:
         raise UsageError("--bind ADDR is required (the server's primary public IPv4 address)")
-    sys.exit(_teredo_server.run(_teredo_server.config_from_options(
+    sys.exit(_teredo_server.serve(_teredo_server.config_from_options(
         bind, bind2, native_ipv6=native_ipv6, source_pps=source_pps, source_bps=source_bps,
         global_pps=global_pps, global_bps=global_bps, max_sources=max_sources,
         stats_interval=stats_interval)))
@@ -160,20 +164,19 @@ def stats(pin_root: str, instance, tunnel: str, show_all: bool, as_json: bool) -
     import os
 
     # Light imports only: reading pinned maps needs libbpf (ctypes), not bcc.
-    from . import control
+    from . import client as teredo_client
+    from .daemon import control, render
     from .datapath import stats as dp_stats
-    from .datapath.layout import Kind, Reason
-
     from .errors import RuntimeFailure
 
     snapshot = None
     if not instance and not pin_root:
-        # A running client answers over its abstract unix socket, which is per
-        # network namespace and so works under `ip netns exec` and after the
-        # client dropped root (it pins nothing then).
+        # A running client or relay answers over its abstract unix socket, which is
+        # per network namespace and so works under `ip netns exec` and after the
+        # daemon dropped root (it pins nothing then).
         try:
-            snapshot = control.query("stats", tunnel)
-            pin_dir = f"the daemon of tunnel {tunnel!r} (its control socket)"
+            snapshot = teredo_client.query("stats", tunnel)
+            source = f"the daemon of tunnel {tunnel!r} (its control socket)"
         except control.NotRunning:
             snapshot = None
     if snapshot is None:
@@ -184,37 +187,16 @@ def stats(pin_root: str, instance, tunnel: str, show_all: bool, as_json: bool) -
                 f"no client answers on tunnel {tunnel!r} and no bpffs at {pin_root}: under "
                 "`ip netns exec` use `nsenter --net=/run/netns/NAME xdp-teredo stats`, or pin "
                 "under a bpffs mounted outside /sys (--pin-root, XDP_TEREDO_PIN_ROOT)")
-        pin_dir = dp_stats.find(pin_root, instance)
-        snapshot = dp_stats.read(pin_root=pin_root, instance=os.path.basename(pin_dir))
+        source = dp_stats.find(pin_root, instance)
+        snapshot = dp_stats.read(pin_root=pin_root, instance=os.path.basename(source))
     if as_json:
-        # Top level: reason -> packets (plain integers, as scripts compare them);
-        # bytes apart, so that every other top-level value is a packet count.
-        out = {"instance": pin_dir}
-        out.update({r.key: snapshot[r.key]["packets"] for r in Reason})
-        out["bytes"] = {r.key: snapshot[r.key]["bytes"] for r in Reason}
-        _emit_json(out)
+        _emit_json(render.stats_json(snapshot, source))
         return
-    titles = {Kind.OK: "fast path", Kind.PASS: "slow path (left to the stack / control plane)",
-              Kind.DROP: "dropped"}
-    width = max(len(r.key) for r in Reason)
-    click.echo(f"instance {pin_dir}")
-    hidden = 0
-    for kind, title in titles.items():
-        rows = [r for r in Reason if r.kind == kind]
-        shown = [r for r in rows if show_all or snapshot[r.key]["packets"]
-                 or r in (Reason.DECAPSULATED, Reason.ENCAPSULATED)]
-        hidden += len(rows) - len(shown)
-        click.echo(f"{title}\n  {'reason':<{width}}  {'packets':>12}  {'bytes':>14}")
-        for r in shown:
-            c = snapshot[r.key]
-            click.echo(f"  {r.key:<{width}}  {c['packets']:>12}  {c['bytes']:>14}")
-        if not shown:
-            click.echo("  (none)")
-    if hidden:
-        click.echo(f"({hidden} more reasons at 0: --all lists them)")
+    for line in render.stats_lines(snapshot, source, show_all):
+        click.echo(line)
 
 
-# -- the client: attach, status, peers, detach (xdp_teredo/client.py) -------------------
+# -- the client: attach, status, peers, detach (xdp_teredo/client/) ---------------------
 
 class _OneLineUsage(click.Command):
     """A bad option or a missing argument is one line and exit 2, like every other
@@ -300,7 +282,8 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
            peer_expiry, sync_interval, inbound, allow) -> None:
     """Give this host IPv6 over Teredo through IFACE (until SIGINT/SIGTERM)."""
     from . import client as teredo_client
-    from . import config as client_config
+    from .client import config as client_config
+    from .client.plan import Timers
 
     inbound_settings = _inbound_settings(inbound, allow, "stateful")
 
@@ -311,7 +294,7 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
              "qualification_timeout": qualification_timeout,
              "restart_delay": restart_delay, "peer_expiry": peer_expiry,
              "sync_interval": sync_interval}
-    timers = teredo_client.Timers(**{k: v for k, v in given.items() if v is not None})
+    timers = Timers(**{k: v for k, v in given.items() if v is not None})
     extra = {"peer_max": peer_max} if peer_max is not None else {}
     extra["inbound"] = inbound_settings
     sys.exit(teredo_client.attach(settings, config_path, timers, restart_safe=restart_safe,
@@ -326,36 +309,16 @@ def status(tunnel, as_json: bool) -> None:
     """State of the client (or relay) of this network namespace. Exit 0 only when
     qualified (a relay: relaying); 3: running but not there; 1: nothing runs."""
     from . import client as teredo_client
+    from .daemon import render
 
     info = teredo_client.query_status(tunnel or "teredo")
-    is_relay = info.get("role") == "relay"
     if as_json:
         _emit_json(info)
-    elif is_relay:
-        for key in ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tunnel",
-                    "peers", "pending", "pid", "started"):
-            click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
-        for hook in info.get("hooks", []):
-            click.echo(f"{'hook':<10} {hook['interface']}: {hook['hook']} ({hook['why']})")
-        _echo_inbound(info.get("inbound"))
     else:
-        for key in ("state", "address", "server", "mapped", "nat", "since", "tunnel",
-                    "interface", "local", "xdp", "decap", "peers", "pid", "user"):
-            click.echo(f"{key:<10} {'-' if info.get(key) is None else info.get(key)}")
-        _echo_inbound(info.get("inbound"))
-    ready = "relaying" if is_relay else "qualified"
+        for line in render.status_lines(info):
+            click.echo(line)
+    ready = "relaying" if info.get("role") == "relay" else "qualified"
     sys.exit(0 if info.get("state") == ready else 3)
-
-
-def _echo_inbound(inbound) -> None:
-    """`status`'s guard lines: the policy, what is allowed, how many flows are open."""
-    if not inbound:
-        return
-    allowed = ", ".join(inbound.get("allowed") or []) or "nothing"
-    line = inbound.get("policy", "-")
-    if line == "stateful":
-        line += f" (allowed: {allowed}; {inbound.get('flows', 0)} flows open)"
-    click.echo(f"{'inbound':<10} {line}")
 
 
 @cli.command()
@@ -365,20 +328,14 @@ def _echo_inbound(inbound) -> None:
 def peers(tunnel, as_json: bool) -> None:
     """The peer table of the client of this network namespace (BPF map + pending)."""
     from . import client as teredo_client
+    from .daemon import render
 
     rows = teredo_client.query_peers(tunnel or "teredo")
     if as_json:
         _emit_json(rows)
         return
-    click.echo(f"{'address':<40} {'mapped':<22} {'trust':<9} {'rx age':>8} {'tx age':>8} "
-               f"{'rx pkts':>9} {'tx pkts':>9}")
-    for row in rows:
-        trust = "trusted" if row["trusted"] else "pending"
-        if row.get("learned"):
-            trust = "learned"
-        ages = [("-" if row[k] is None else f"{row[k]:.1f}s") for k in ("last_rx_s", "last_tx_s")]
-        click.echo(f"{row['address']:<40} {row['mapped'] or '-':<22} {trust:<9} "
-                   f"{ages[0]:>8} {ages[1]:>8} {row['rx_packets']:>9} {row['tx_packets']:>9}")
+    for line in render.peer_lines(rows):
+        click.echo(line)
 
 
 @cli.command(cls=_OneLineUsage)
@@ -422,8 +379,7 @@ def detach(interface, tunnel) -> None:
 @click.option("--pin-root", envvar="XDP_TEREDO_PIN_ROOT", metavar="DIR", default=None,
               help="Where the maps are pinned for `xdp-teredo stats` [env XDP_TEREDO_PIN_ROOT; "
                    "default /sys/fs/bpf/xdp-teredo].")
-@click.option("--stats-interval", type=float, default=0.0, metavar="SECONDS",
-              help="Log the counters every SECONDS (0: never).")
+@_stats_interval_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
 @_inbound_options("open", "the Teredo clients it serves")
@@ -433,11 +389,12 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
+    from . import client as teredo_client
     from . import relay as teredo_relay
     from .errors import UsageError
 
     if show_status:
-        _emit_json(teredo_relay.query("status", tunnel))
+        _emit_json(teredo_client.query("status", tunnel))
         return
     if not ipv4_iface or not ipv6_iface:
         raise UsageError("--ipv4-iface IF4 and --ipv6-iface IF6 are required")
@@ -448,7 +405,7 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
     if stats_interval < 0:
         raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
     inbound_settings = _inbound_settings(inbound, allow, "open")
-    sys.exit(teredo_relay.run(teredo_relay.RelayConfig(
+    sys.exit(teredo_relay.relay(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
         stats_interval=stats_interval, inbound=inbound_settings)))

@@ -76,8 +76,8 @@ def status(lab, role: str, *args: str):
 
 def query(lab, role: str, request: str, tunnel: str = "teredo"):
     """Ask the client's control socket directly (e.g. "stats", "counters")."""
-    code = ("import json, sys; from xdp_teredo import control; "
-            "print(json.dumps(control.query(sys.argv[1], sys.argv[2])))")
+    code = ("import json, sys; from xdp_teredo import client; "
+            "print(json.dumps(client.query(sys.argv[1], sys.argv[2])))")
     res = lab.run(role, sys.executable, "-c", code, request, tunnel)
     return json.loads(res.stdout)
 
@@ -136,7 +136,7 @@ def leftovers(lab, role: str, tunnel: str = "teredo") -> dict:
         "tunnel": re.search(rf"^\d+: {re.escape(tunnel)}[:@]", links, re.M) is not None,
         "xdp": "prog/xdp" in xdp,   # native and generic alike
         "filters": {k: v for k, v in filters.items() if v},
-        "control_socket": f"@xdp-teredo-client-{tunnel}" in sockets,
+        "control_socket": f"@xdp-teredo-tunnel-{tunnel}" in sockets,
     }
 
 

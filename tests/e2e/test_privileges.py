@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from xdp_teredo import privileges as priv
+from xdp_teredo.daemon import privileges as priv
 from xdp_teredo.errors import UsageError
 
 ADDRESS = "2001:0:c000:201:0:cfc6:3fff:fd74"
@@ -194,7 +194,7 @@ def test_drop_refuses_with_several_threads(require_root):
     before changing anything (checked in a child, which stays root)."""
     code = (
         "import os, threading\n"
-        "from xdp_teredo import privileges as p\n"
+        "from xdp_teredo.daemon import privileges as p\n"
         "from xdp_teredo.errors import RuntimeFailure\n"
         "stop = threading.Event(); t = threading.Thread(target=stop.wait); t.start()\n"
         "try:\n"

@@ -139,7 +139,7 @@ def _fast(t) -> dict:
 def _slow(t) -> dict:
     """The control plane's own counters (control socket)."""
     out = t.lab.run("relay", sys.executable, "-c",
-                    "import json; from xdp_teredo import relay; print(json.dumps(relay.query('counters')))")
+                    "import json; from xdp_teredo import client; print(json.dumps(client.query('counters')))")
     return json.loads(out.stdout)["slow_path"]
 
 

@@ -47,7 +47,7 @@ _counter = itertools.count()
 def _driver() -> None:
     """Serve commands on stdin until EOF or "exit"; one JSON answer per command."""
     from xdp_teredo import log
-    from xdp_teredo.hook import Hook
+    from xdp_teredo.client.hook import Hook
     from xdp_teredo.net import tunnel as T
     from xdp_teredo.net.udp import TeredoSocket
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from xdp_teredo import cli as cli_mod
-from xdp_teredo import preflight
+from xdp_teredo.daemon import preflight
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@ errors, output. A ControlServer with canned answers stands in for a running clie
 
 import json
 import secrets
-import selectors
-import threading
 
 import pytest
 from click.testing import CliRunner
 
 from xdp_teredo import cli as cli_mod
-from xdp_teredo import control
+
+from .control_support import Served
 
 STATUS = {"state": "qualified", "address": "2001:0:c000:201:1c9f:38f5:39cc:9bfe",
           "server": "192.0.2.1", "mapped": "198.51.100.1:50954", "nat": True,
@@ -24,25 +23,11 @@ PEERS = [{"address": "2001:0:c000:201:38f0:51ec:39cc:9bee", "mapped": "198.51.10
 @pytest.fixture
 def running():
     """A fake client: its tunnel name, and a dict whose "status" it answers."""
-    tunnel = "ut" + secrets.token_hex(4)
-    answers = {"status": dict(STATUS, tunnel=tunnel), "peers": PEERS}
-    server = control.ControlServer(tunnel, {k: (lambda k=k: answers[k]) for k in answers}).open()
-    selector = selectors.DefaultSelector()
-    server.register(selector)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            for key, _ in selector.select(0.05):
-                server.handle(key)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield tunnel, answers
-    stop.set()
-    thread.join(2)
-    server.close()
-    selector.close()
+    answers = {}
+    served = Served({k: (lambda k=k: answers[k]) for k in ("status", "peers")})
+    answers.update({"status": dict(STATUS, tunnel=served.tunnel), "peers": PEERS})
+    yield served.tunnel, answers
+    served.close()
 
 
 def invoke(*args):

@@ -1,4 +1,4 @@
-"""client.Client's wiring, without root: fakes stand in for the socket, the tunnel,
+"""The client daemon's wiring (client/daemon.py and the skeleton under it), without root: fakes stand in for the socket, the tunnel,
 the data path and the hook; the protocol core (Qualification, PeerList) is real.
 
 The point is what the orchestrator does with each action: which datagram goes
@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from xdp_teredo import client as C
-from xdp_teredo import config as cfg
+from xdp_teredo.client import config as cfg
+from xdp_teredo.client import plan as C
+from xdp_teredo.client.daemon import ClientDaemon
+from xdp_teredo.client.servers import TeredoServer
 from xdp_teredo.datapath import PeerEntry, PeerFlag
 from xdp_teredo.errors import RuntimeFailure, UsageError
-from xdp_teredo.servers import TeredoServer
 from xdp_teredo.teredo import constants as K
 from xdp_teredo.teredo import encap, icmpv6
 from xdp_teredo.teredo import packet as P
@@ -39,6 +40,8 @@ RELAY = (IPv4("192.0.2.20"), 3544)
 # -- fakes ----------------------------------------------------------------------------------
 
 class FakeSocket:
+    local_address = LOCAL
+
     def __init__(self):
         self.sent = []          # (payload, ip, port)
         self.refusals = {}
@@ -84,6 +87,9 @@ class FakeTunnel:
 
     def close(self):
         self.journal.append(("tunnel_close",))
+
+    def release(self):
+        self.journal.append(("tunnel_release",))
 
 
 class FakePeers:
@@ -132,6 +138,9 @@ class FakeAttachment:
     def detach(self):
         self.journal.append(("detach",))
 
+    def release(self):
+        self.journal.append(("release",))
+
 
 class FakeHook:
     def __init__(self, journal):
@@ -157,16 +166,18 @@ def client():
                   servers=(TeredoServer(str(SERVER), SERVER, SERVER + 1),),
                   timers=C.Timers(refresh_interval=30, restart_delay=10, sync_interval=1))
     clock = FakeClock(1000.0)
-    c = C.Client(plan, clock=clock, rng=random.Random(4380).randbytes)
-    c.sock, c.tunnel = FakeSocket(), FakeTunnel(journal)
-    c.att, c.hook = FakeAttachment(journal), FakeHook(journal)
-    c.local = LOCAL
-    c.control = SimpleNamespace(expire=lambda: None, next_deadline=lambda: None,
-                                close=lambda: journal.append(("control_close",)))
+    c = ClientDaemon(plan, clock=clock, rng=random.Random(4380).randbytes)
+    # What set-up hands over, fakes in place of the real things, in set-up's order.
+    c.own_tunnel(FakeTunnel(journal))
+    c.own_socket(FakeSocket())
+    c.own_datapath(FakeAttachment(journal))
+    c.start_peer_sync(c.att.peers)
+    c.hook = FakeHook(journal)
+    c.control = SimpleNamespace(close=lambda: journal.append(("control_close",)),
+                                served=0, refused=0)
     c.journal, c.fake_clock = journal, clock
     yield c
-    c._wake_r.close()
-    c._wake_w.close()
+    c.loop.close()
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -190,9 +201,9 @@ def _ra(nonce, mapped=MAPPED, server=SERVER, prefixes=None):
 
 
 def qualify(c, mapped=MAPPED):
-    c._start_qualification()
+    c.start_qualification()
     nonce = _rs_nonce(c.sock.take())
-    c._datagram(_ra(nonce, mapped), SERVER, K.TEREDO_PORT)
+    c.on_datagram(_ra(nonce, mapped), SERVER, K.TEREDO_PORT)
     return c.address
 
 
@@ -204,14 +215,14 @@ def _ipv6(src, dst, payload=b"data", next_header=17):
 # -- qualification --------------------------------------------------------------------------------
 
 def test_qualifies_only_on_an_ra_that_echoes_the_nonce(client):
-    client._start_qualification()
+    client.start_qualification()
     nonce = _rs_nonce(client.sock.take())
     wrong = bytes(8) if nonce != bytes(8) else b"\1" * 8
-    client._datagram(_ra(wrong), SERVER, K.TEREDO_PORT)
-    client._datagram(_ra(nonce), IPv4("192.0.2.66"), K.TEREDO_PORT)   # not from the server
+    client.on_datagram(_ra(wrong), SERVER, K.TEREDO_PORT)
+    client.on_datagram(_ra(nonce), IPv4("192.0.2.66"), K.TEREDO_PORT)   # not from the server
     assert client.address is None and client.tunnel.address is None
     assert client.qual.ignored == {"nonce_mismatch": 1, "not_from_server": 1}
-    client._datagram(_ra(nonce), SERVER, K.TEREDO_PORT)
+    client.on_datagram(_ra(nonce), SERVER, K.TEREDO_PORT)
     address = TeredoAddress.from_ipv6(client.address)
     assert (address.server, address.client, address.port) == (SERVER, *MAPPED)
     assert client.tunnel.address == client.address
@@ -225,9 +236,9 @@ def test_qualifies_only_on_an_ra_that_echoes_the_nonce(client):
 
 
 def test_an_ra_with_two_prefixes_is_refused(client):
-    client._start_qualification()
+    client.start_qualification()
     nonce = _rs_nonce(client.sock.take())
-    client._datagram(_ra(nonce, prefixes=["2001:0:c000:201::/64", "2001:0:c000:202::/64"]),
+    client.on_datagram(_ra(nonce, prefixes=["2001:0:c000:201::/64", "2001:0:c000:202::/64"]),
                      SERVER, K.TEREDO_PORT)
     assert client.address is None and client.qual.ignored["no_prefix"] == 1
 
@@ -239,16 +250,16 @@ def test_no_nat_when_the_server_sees_our_own_socket(client):
 
 def test_a_new_mapping_replaces_the_address_tells_the_hook_and_flushes_peers(client):
     first = qualify(client)
-    client._outgoing(_ipv6(first, PEER))             # a peer, being resolved
+    client.on_tun_packet(_ipv6(first, PEER))             # a peer, being resolved
     client.sock.take()
     client.fake_clock.advance(30)
     # One the data path learned by itself, busy (so not expired by the sync).
     client.att.peers.put(PeerEntry(address=NATIVE, mapped_ipv4=RELAY[0], mapped_port=RELAY[1],
                                    flags=PeerFlag.TRUSTED | PeerFlag.LEARNED,
                                    last_rx_ns=int(client.fake_clock.monotonic() * 1e9)))
-    client._tick()                                     # refresh RS
+    client.loop.tick()                                     # refresh RS
     nonce = _rs_nonce(client.sock.take())
-    client._datagram(_ra(nonce, (IPv4("198.51.100.2"), 50000)), SERVER, K.TEREDO_PORT)
+    client.on_datagram(_ra(nonce, (IPv4("198.51.100.2"), 50000)), SERVER, K.TEREDO_PORT)
     second = client.address
     assert second != first and TeredoAddress.from_ipv6(second).client == IPv4("198.51.100.2")
     assert ("replace_address", first, second) in client.journal
@@ -261,11 +272,11 @@ def test_a_new_mapping_replaces_the_address_tells_the_hook_and_flushes_peers(cli
 def test_losing_the_server_withdraws_the_address_and_runs_the_hook_down(client):
     qualify(client)
     client.fake_clock.advance(30)
-    client._tick()
+    client.loop.tick()
     for _ in range(K.QUALIFICATION_TRIES):
         assert client.sock.take()                     # an RS, unanswered
         client.fake_clock.advance(K.QUALIFICATION_TIMEOUT)
-        client._tick()
+        client.loop.tick()
     assert client.status()["state"] == "offline"
     assert client.tunnel.address is None and ("clear_address",) in client.journal
     assert client.hook.runs[-1] == ("down",)
@@ -277,7 +288,7 @@ def test_losing_the_server_withdraws_the_address_and_runs_the_hook_down(client):
 def test_a_teredo_peer_is_bubbled_then_trusted_installed_and_flushed(client):
     ours = qualify(client)
     data = _ipv6(ours, PEER)
-    client._outgoing(data)
+    client.on_tun_packet(data)
     sent = client.sock.take()
     # §5.2.6: a direct bubble to its mapping, an indirect one through its server.
     assert [(ip, port) for _, ip, port in sent] == [PEER_MAPPED, (PEER_SERVER, K.TEREDO_PORT)]
@@ -285,7 +296,7 @@ def test_a_teredo_peer_is_bubbled_then_trusted_installed_and_flushed(client):
         bubble = P.parse_ipv6(payload)
         assert P.is_bubble(bubble) and (bubble.src, bubble.dst) == (ours, PEER)
     # The peer answers with a bubble from its mapping: trusted, installed, flushed.
-    client._datagram(P.build_bubble(PEER, ours), *PEER_MAPPED)
+    client.on_datagram(P.build_bubble(PEER, ours), *PEER_MAPPED)
     entry = client.att.peers.get(PEER)
     assert entry is not None and entry.flags == PeerFlag.TRUSTED
     assert (entry.mapped_ipv4, entry.mapped_port) == PEER_MAPPED and entry.last_rx_ns > 0
@@ -298,7 +309,7 @@ def test_an_indirect_bubble_from_our_server_is_answered_directly(client):
     forwarded = encap.build_udp_payload(P.build_bubble(PEER, ours),
                                         origin=encap.OriginIndication(port=PEER_MAPPED[1],
                                                                       address=PEER_MAPPED[0]))
-    client._datagram(forwarded, SERVER, K.TEREDO_PORT)
+    client.on_datagram(forwarded, SERVER, K.TEREDO_PORT)
     [(payload, ip, port)] = client.sock.take()
     assert (ip, port) == PEER_MAPPED and P.is_bubble(P.parse_ipv6(payload))
     assert client.tunnel.written == []
@@ -307,7 +318,7 @@ def test_an_indirect_bubble_from_our_server_is_answered_directly(client):
 def test_data_from_a_teredo_source_embedding_its_mapping_is_delivered(client):
     ours = qualify(client)
     data = _ipv6(PEER, ours)
-    client._datagram(data, *PEER_MAPPED)
+    client.on_datagram(data, *PEER_MAPPED)
     assert client.tunnel.written == [data]
     assert client.att.peers.get(PEER).trusted
 
@@ -315,7 +326,7 @@ def test_data_from_a_teredo_source_embedding_its_mapping_is_delivered(client):
 def test_a_native_destination_runs_the_echo_test_through_our_server(client):
     ours = qualify(client)
     data = _ipv6(ours, NATIVE)
-    client._outgoing(data)
+    client.on_tun_packet(data)
     [(payload, ip, port)] = client.sock.take()
     assert (ip, port) == (SERVER, K.TEREDO_PORT)
     echo = icmpv6.parse_echo(payload)
@@ -323,7 +334,7 @@ def test_a_native_destination_runs_the_echo_test_through_our_server(client):
     assert len(echo.data) >= K.ECHO_NONCE_MIN_LEN
     # The relay nearest the host answers; its address becomes the mapping (§5.2.9).
     reply = echo.answer().to_bytes()
-    client._datagram(reply, *RELAY)
+    client.on_datagram(reply, *RELAY)
     entry = client.att.peers.get(NATIVE)
     assert entry.flags == PeerFlag.TRUSTED | PeerFlag.RELAY
     assert (entry.mapped_ipv4, entry.mapped_port) == RELAY
@@ -335,27 +346,27 @@ def test_a_peer_that_never_answers_gets_the_sender_an_icmpv6_error(client):
     ours = qualify(client)
     data = _ipv6(ours, PEER)
     for _ in range(K.BUBBLE_MAX_UNANSWERED):
-        client._outgoing(data)
+        client.on_tun_packet(data)
         client.fake_clock.advance(K.BUBBLE_MIN_INTERVAL)
     assert client.tunnel.written == []
-    client._outgoing(data)                  # §5.2.6: no more bubbles allowed
+    client.on_tun_packet(data)                  # §5.2.6: no more bubbles allowed
     [error] = client.tunnel.written
     message = icmpv6.parse_icmpv6(error)
     assert (message.type, message.code) == (K.ICMPV6_DESTINATION_UNREACHABLE,
                                             K.ICMPV6_CODE_ADDRESS_UNREACHABLE)
     assert (message.src, message.dst) == (IPv6(K.LINK_LOCAL_RESTRICTED), ours)
     assert message.body[4:] == data
-    client._outgoing(data)                  # rate limited: 100 ms have not passed
+    client.on_tun_packet(data)                  # rate limited: 100 ms have not passed
     assert len(client.tunnel.written) == 1
     assert client.counters["unreachable"] == 2
 
 
 def test_what_is_not_ours_is_dropped_and_counted(client):
     ours = qualify(client)
-    client._datagram(_ipv6(PEER, IPv6("2001:0:c000:201::99")), *PEER_MAPPED)
-    client._outgoing(_ipv6(IPv6("2001:db8::7"), PEER))
-    client._outgoing(_ipv6(ours, IPv6("ff02::16")))
-    client._datagram(b"\x45" + bytes(60), *PEER_MAPPED)
+    client.on_datagram(_ipv6(PEER, IPv6("2001:0:c000:201::99")), *PEER_MAPPED)
+    client.on_tun_packet(_ipv6(IPv6("2001:db8::7"), PEER))
+    client.on_tun_packet(_ipv6(ours, IPv6("ff02::16")))
+    client.on_datagram(b"\x45" + bytes(60), *PEER_MAPPED)
     assert client.tunnel.written == [] and client.sock.take() == []
     drops = {k: v for k, v in client.counters.items() if k.startswith("drop_")}
     assert drops == {"drop_rx_not_our_address": 1, "drop_tx_source_not_ours": 1,
@@ -363,17 +374,17 @@ def test_what_is_not_ours_is_dropped_and_counted(client):
 
 
 def test_nothing_moves_before_qualification(client):
-    client._start_qualification()
+    client.start_qualification()
     client.sock.take()
-    client._outgoing(_ipv6(IPv6("2001:0:c000:201::1"), PEER))
-    client._datagram(_ipv6(PEER, IPv6("2001:0:c000:201::1")), *PEER_MAPPED)
+    client.on_tun_packet(_ipv6(IPv6("2001:0:c000:201::1"), PEER))
+    client.on_datagram(_ipv6(PEER, IPv6("2001:0:c000:201::1")), *PEER_MAPPED)
     assert client.sock.take() == [] and client.tunnel.written == []
     assert client.counters["drop_tx_not_qualified"] == client.counters["drop_rx_not_qualified"] == 1
 
 
 def test_the_data_paths_activity_keeps_peers_and_idle_learned_ones_expire(client):
     ours = qualify(client)
-    client._datagram(_ipv6(PEER, ours), *PEER_MAPPED)        # trusted via the slow path
+    client.on_datagram(_ipv6(PEER, ours), *PEER_MAPPED)        # trusted via the slow path
     learned = IPv6("2001:0:c000:201:0:f227:3fff:fffd")
     client.att.peers.put(PeerEntry(address=learned, mapped_ipv4="198.51.100.9", mapped_port=7,
                                    flags=PeerFlag.TRUSTED | PeerFlag.LEARNED,
@@ -381,7 +392,7 @@ def test_the_data_paths_activity_keeps_peers_and_idle_learned_ones_expire(client
     # The data path saw PEER just now (monotonic clock in ns, the FakeClock's base).
     now_ns = int(client.fake_clock.monotonic() * 1e9)
     client.att.peers.update(PEER, last_rx_ns=now_ns, last_tx_ns=now_ns)
-    client._sync_from_datapath()
+    client.sync_from_datapath()
     assert learned not in client.att.peers.entries          # idle far beyond expiry
     assert client.peers.get(PEER).last_rx == pytest.approx(client.fake_clock.monotonic())
     assert PEER in client.att.peers.entries
@@ -389,8 +400,8 @@ def test_the_data_paths_activity_keeps_peers_and_idle_learned_ones_expire(client
 
 def test_the_peer_table_lists_map_entries_and_pending_peers(client):
     ours = qualify(client)
-    client._datagram(_ipv6(PEER, ours), *PEER_MAPPED)
-    client._outgoing(_ipv6(ours, IPv6("2001:0:c000:20a:0:f227:3fff:fff0")))
+    client.on_datagram(_ipv6(PEER, ours), *PEER_MAPPED)
+    client.on_tun_packet(_ipv6(ours, IPv6("2001:0:c000:20a:0:f227:3fff:fff0")))
     rows = {row["address"]: row for row in client.peer_table()}
     assert rows[str(PEER)]["trusted"] and rows[str(PEER)]["in_datapath"]
     pending = rows["2001:0:c000:20a:0:f227:3fff:fff0"]

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from xdp_teredo import config as cfg
+from xdp_teredo.client import config as cfg
 from xdp_teredo.errors import UsageError
-from xdp_teredo.servers import DEFAULT_SERVERS
+from xdp_teredo.client.servers import DEFAULT_SERVERS
 
 # Debian's /etc/miredo.conf as shipped by miredo 1.2.6, verbatim.
 DEBIAN_MIREDO_CONF = """\

@@ -243,17 +243,17 @@ def test_the_slow_path_delivers_through_the_guard(client):  # noqa: F811
     ours = qualify(client)
     client.guard = G.Guard(G.Settings.from_options("stateful", ["udp/7"]))
     unsolicited = _udp(PEER, ours, 9, 40000)
-    client._datagram(unsolicited, *PEER_MAPPED)
+    client.on_datagram(unsolicited, *PEER_MAPPED)
     assert client.tunnel.written == []
     assert client.counters["drop_guard_unsolicited"] == 1
     assert client.status()["inbound"]["slow_path_dropped"] == {"guard_unsolicited": 1}
     allowed = _udp(PEER, ours, 9, 7)
-    client._datagram(allowed, *PEER_MAPPED)
+    client.on_datagram(allowed, *PEER_MAPPED)
     assert client.tunnel.written == [allowed]
     # A reply to a flow the host started (recorded, in real life, by tc egress).
     client.guard.outbound(_udp(ours, PEER, 40001, 9))
     reply = _udp(PEER, ours, 9, 40001)
-    client._datagram(reply, *PEER_MAPPED)
+    client.on_datagram(reply, *PEER_MAPPED)
     assert client.tunnel.written == [allowed, reply]
     assert client.status()["inbound"]["policy"] == "stateful"
     assert client.status()["inbound"]["allowed"] == ["udp/7"]
@@ -265,7 +265,7 @@ def test_unsolicited_traffic_from_a_native_host_starts_no_echo_test(client):  # 
     (CVE-2006-6266, the "ping test" abuse) and nobody becomes a peer."""
     ours = qualify(client)
     client.guard = G.Guard(STATEFUL)
-    client._datagram(_udp(NATIVE, ours, 9, 40000), *RELAY)
+    client.on_datagram(_udp(NATIVE, ours, 9, 40000), *RELAY)
     assert client.sock.take() == []
     assert client.counters["drop_guard_unsolicited"] == 1
     assert NATIVE not in client.peers and client.tunnel.written == []
@@ -282,12 +282,12 @@ def test_a_held_reply_meets_the_guard_again_when_delivered(client):  # noqa: F81
     for native, late in ((NATIVE, False), (ipaddress.IPv6Address("2001:db8:1::3"), True)):
         client.guard.outbound(_udp(ours, native, 40000, 9))   # the host asked (tc egress)
         reply = _udp(native, ours, 9, 40000)
-        client._datagram(reply, *RELAY)
+        client.on_datagram(reply, *RELAY)
         [(payload, _, _)] = client.sock.take()                 # the echo test (§5.2.9)
         if late:
             # Answered (the reply itself refreshed it on arrival): 180 s.
             clock.now += 181 * SECOND
-        client._datagram(icmpv6.parse_echo(payload).answer().to_bytes(), *RELAY)
+        client.on_datagram(icmpv6.parse_echo(payload).answer().to_bytes(), *RELAY)
         assert client.att.peers.get(native).trusted
         assert (reply in client.tunnel.written) is not late
     assert client.counters["drop_guard_unsolicited"] == 1
@@ -309,15 +309,15 @@ def test_relay_slow_path_guards_its_clients(relay):  # noqa: F811
     relay.att.peers.put(PeerEntry(address=RCLIENT, mapped_ipv4=MAPPED_IP, mapped_port=MAPPED_PORT,
                                   flags=PeerFlag.TRUSTED, last_rx_ns=1))
     unsolicited = _udp(RHOST, RCLIENT, 53, 40000)
-    relay._outgoing(unsolicited)
+    relay.on_tun_packet(unsolicited)
     assert relay.sock.sent == [] and relay.counters["drop_guard_unsolicited"] == 1
     # The client asks (the slow path delivers it into the tun), then the answer comes.
     question = _udp(RCLIENT, RHOST, 40000, 53)
-    relay._datagram(encap.build_udp_payload(question), MAPPED_IP, MAPPED_PORT)
+    relay.on_datagram(encap.build_udp_payload(question), MAPPED_IP, MAPPED_PORT)
     assert relay.tunnel.written == [question]
-    relay._outgoing(unsolicited)
+    relay.on_tun_packet(unsolicited)
     assert [p for p, _, _ in relay.sock.sent] == [unsolicited]
-    info = relay._inbound_status()   # status()'s "inbound"
+    info = relay.inbound_status(relay.config.inbound)   # status()'s "inbound"
     assert info["policy"] == "stateful" and info["slow_path_dropped"] == {"guard_unsolicited": 1}
 
 

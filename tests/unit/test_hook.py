@@ -10,7 +10,7 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from xdp_teredo import hook as H
+from xdp_teredo.client import hook as H
 from xdp_teredo.errors import UsageError
 
 ADDRESS = "2001:0:c000:201:0:cfc6:3fff:fd74"

@@ -23,7 +23,9 @@ from xdp_teredo.datapath.redirect import (
     choose_hooks,
     xdp_targets,
 )
-from xdp_teredo.relay import Relay, RelayConfig, bubble_source
+from xdp_teredo.relay import RelayConfig
+from xdp_teredo.relay.daemon import RelayDaemon
+from xdp_teredo.relay.plan import bubble_source
 from xdp_teredo.teredo import constants as C
 from xdp_teredo.teredo import encap, icmpv6
 from xdp_teredo.teredo import packet as P
@@ -194,14 +196,13 @@ class FakeAttachment:
 @pytest.fixture
 def relay():
     clock = FakeClock(1000.0)
-    r = Relay(RelayConfig(ipv4_iface="eth0", ipv6_iface="eth1"), clock=clock,
-              rng=random.Random(5).randbytes)
+    r = RelayDaemon(RelayConfig(ipv4_iface="eth0", ipv6_iface="eth1"), clock=clock,
+                    rng=random.Random(5).randbytes)
     r.sock, r.tunnel, r.att = FakeSocket(), FakeTunnel(), FakeAttachment()
-    r.address, r.icmp_source = IPv4("192.0.2.20"), IPv6("2001:db8:1::1")
-    r.clock = clock
+    r.start_peer_sync(r.att.peers)
+    r.address, r.icmp_address = IPv4("192.0.2.20"), IPv6("2001:db8:1::1")
     yield r
-    r.sock = r.tunnel = r.att = None  # fakes: nothing of theirs to remove
-    assert r.shutdown() == []
+    assert r.shutdown() == []   # set-up made nothing here: nothing to remove
 
 
 def test_bubble_source_is_link_local_and_random():
@@ -214,17 +215,17 @@ def test_native_packet_to_an_unknown_client_takes_the_5_4_1_way(relay):
     """Queue it; a bubble through the client's server and one to its mapping; on the
     client's answer: trusted in the BPF map, the queue sent."""
     packet = icmpv6.build_echo_request(HOST, CLIENT, identifier=9, sequence=1, data=b"hello")
-    relay._outgoing(packet)
+    relay.on_tun_packet(packet)
     sent = {(ip, port): P.parse_ipv6(payload) for payload, ip, port in relay.sock.sent}
     assert set(sent) == {(MAPPED_IP, MAPPED_PORT), (SERVER, C.TEREDO_PORT)}
     for bubble in sent.values():
         assert P.is_bubble(bubble)
-        assert bubble.src == relay.bubble_source and bubble.dst == CLIENT
+        assert bubble.src == relay.bubble_address and bubble.dst == CLIENT
     assert relay.att.peers.get(CLIENT) is None, "not trusted before it answers"
 
     relay.sock.sent.clear()
-    answer = encap.build_udp_payload(P.build_bubble(CLIENT, relay.bubble_source))
-    relay._datagram(answer, MAPPED_IP, MAPPED_PORT)
+    answer = encap.build_udp_payload(P.build_bubble(CLIENT, relay.bubble_address))
+    relay.on_datagram(answer, MAPPED_IP, MAPPED_PORT)
     entry = relay.att.peers.get(CLIENT)
     assert entry.trusted and (entry.mapped_ipv4, entry.mapped_port) == (MAPPED_IP, MAPPED_PORT)
     assert entry.last_rx_ns > 0
@@ -238,7 +239,7 @@ def test_packets_the_fast_path_punted_from_a_learned_client_are_forwarded(relay)
     relay.att.peers.put(PeerEntry(address=CLIENT, mapped_ipv4=MAPPED_IP, mapped_port=MAPPED_PORT,
                                   flags=PeerFlag.TRUSTED | PeerFlag.LEARNED, last_rx_ns=1))
     incoming = data_from_client()
-    relay._datagram(encap.build_udp_payload(incoming.packet), MAPPED_IP, MAPPED_PORT)
+    relay.on_datagram(encap.build_udp_payload(incoming.packet), MAPPED_IP, MAPPED_PORT)
     assert relay.tunnel.written == [incoming.packet]
     assert relay.att.peers.get(CLIENT).flags & PeerFlag.LEARNED, "the data path's entry is kept"
 
@@ -246,8 +247,8 @@ def test_packets_the_fast_path_punted_from_a_learned_client_are_forwarded(relay)
 def test_a_server_s_traffic_is_not_for_a_relay(relay):
     rs = encap.build_udp_payload(icmpv6.build_router_solicitation(),
                                  auth=encap.AuthHeader(nonce=bytes(8)))
-    relay._datagram(rs, MAPPED_IP, MAPPED_PORT)
-    relay._datagram(b"\x00\x07junk", MAPPED_IP, MAPPED_PORT)
+    relay.on_datagram(rs, MAPPED_IP, MAPPED_PORT)
+    relay.on_datagram(b"\x00\x07junk", MAPPED_IP, MAPPED_PORT)
     assert relay.tunnel.written == [] and relay.sock.sent == []
     assert relay.counters["drop_authentication_header"] == 1
     assert relay.counters["drop_malformed_teredo_indicator"] == 1
@@ -258,25 +259,25 @@ def test_unreachable_destinations_get_a_rate_limited_icmpv6_error(relay):
     address unreachable); the errors are rate limited, and none about errors."""
     for n in range(int(C.RELAY_ICMPV6_ERRORS_PER_S * 4) + 20):
         packet = icmpv6.build_echo_request(HOST, "2001:db8:7::1", identifier=1, sequence=n, data=b"z")
-        relay._outgoing(packet)
+        relay.on_tun_packet(packet)
     errors = [icmpv6.parse_icmpv6(w) for w in relay.tunnel.written]
     assert errors, "answered"
     assert len(errors) < int(C.RELAY_ICMPV6_ERRORS_PER_S * 4) + 20, "rate limited"
     first = errors[0]
     assert (first.type, first.code) == (C.ICMPV6_DESTINATION_UNREACHABLE, C.ICMPV6_CODE_ADDRESS_UNREACHABLE)
-    assert first.src == relay.icmp_source and first.dst == HOST
+    assert first.src == relay.icmp_address and first.dst == HOST
     assert relay.counters["drop_unreachable_rate_limited"] > 0
     relay.tunnel.written.clear()
     error = icmpv6.build_icmpv6(HOST, "2001:db8:7::1", 1, 0, b"\0" * 4 + b"x" * 40, hop_limit=64)
     relay.clock.advance(10)
-    relay._outgoing(error)
+    relay.on_tun_packet(error)
     assert relay.tunnel.written == [], "RFC 4443 §2.4 (e)"
 
 
 def test_peer_table_rows_match_the_client_s(relay):
     relay.att.peers.put(PeerEntry(address=CLIENT, mapped_ipv4=MAPPED_IP, mapped_port=MAPPED_PORT,
                                   flags=PeerFlag.TRUSTED | PeerFlag.LEARNED, last_rx_ns=1, rx_packets=3))
-    relay._outgoing(icmpv6.build_echo_request(HOST, TeredoAddress(server=SERVER, flags=0, port=2,
+    relay.on_tun_packet(icmpv6.build_echo_request(HOST, TeredoAddress(server=SERVER, flags=0, port=2,
                                                                   client=IPv4("198.51.100.2")).ipv6,
                                               identifier=1, sequence=1, data=b"q"))
     rows = relay.peer_table()
@@ -295,8 +296,8 @@ def test_expiry_reads_the_data_path_only_for_the_peers_it_acts_on(relay):
     for i in range(20):
         ip, port = IPv4(f"198.51.100.{i + 10}"), 41000 + i
         client = TeredoAddress(server=SERVER, flags=0, port=port, client=ip).ipv6
-        relay._outgoing(icmpv6.build_echo_request(HOST, client, identifier=1, sequence=1, data=b"x"))
-        relay._datagram(encap.build_udp_payload(P.build_bubble(client, relay.bubble_source)), ip, port)
+        relay.on_tun_packet(icmpv6.build_echo_request(HOST, client, identifier=1, sequence=1, data=b"x"))
+        relay.on_datagram(encap.build_udp_payload(P.build_bubble(client, relay.bubble_address)), ip, port)
         clients.append(client)
     assert all(relay.att.peers.get(c).trusted for c in clients)
     # The data path's times on the test's clock (the relay wrote the kernel's).
@@ -315,7 +316,7 @@ def test_expiry_reads_the_data_path_only_for_the_peers_it_acts_on(relay):
     looked_up = []
     get = relay.att.peers.get
     relay.att.peers.get = lambda address: looked_up.append(IPv6(address)) or get(address)
-    relay._peer_timers(relay.clock.monotonic())
+    relay.peer_timers(relay.clock.monotonic())
     assert idle not in relay.peers and relay.att.peers.get(idle) is None
     assert busy in relay.peers
     assert all(c in relay.peers for c in clients[2:])

@@ -15,7 +15,7 @@ import pytest
 
 from xdp_teredo.datapath import layout
 from xdp_teredo.datapath.limits import SlowPathLimits
-from xdp_teredo.hook import Hook
+from xdp_teredo.client.hook import Hook
 from xdp_teredo.net import watch
 from xdp_teredo.teredo.address import TeredoAddress
 from xdp_teredo.teredo.qualification import (AddressChanged, FlushPeers, Mapping, Qualification,
@@ -113,7 +113,7 @@ def test_refresh_now_before_start_does_nothing():
 def test_hook_resume_makes_the_next_run_see_the_old_values():
     hook = Hook(None, iface="teredo", ifindex=7)
     hook.resume(ADDRESS, "fe80::ffff:ffff:ffff", 1280)
-    from xdp_teredo.hook import TunnelSettings
+    from xdp_teredo.client.hook import TunnelSettings
 
     env = hook.environment(TunnelSettings("down"))
     assert env["OLD_STATE"] == "up" and env["OLD_ADDRESS"] == ADDRESS.compressed

@@ -9,8 +9,8 @@ import socket
 import pytest
 from structlog.testing import capture_logs
 
-from xdp_teredo import config as cfg
-from xdp_teredo import servers as S
+from xdp_teredo.client import config as cfg
+from xdp_teredo.client import servers as S
 from xdp_teredo.errors import UsageError
 
 IP = ipaddress.IPv4Address

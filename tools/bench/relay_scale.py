@@ -55,7 +55,7 @@ def _hold(pid: int, entries: int) -> dict:
     one period of its sweep of idle learned peers (relay.SWEEP_INTERVAL), which
     reads every entry of the table in Python. Sampled twice a second, so that the
     sweep shows as one burst; a burst still running at the end is waited for."""
-    from xdp_teredo.relay import SWEEP_INTERVAL
+    from xdp_teredo.relay.daemon import SWEEP_INTERVAL
 
     samples = []
     last = traffic.tree_cpu_seconds([pid])

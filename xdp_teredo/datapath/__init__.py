@@ -14,8 +14,5 @@ from .layout import ConfigFlag, PeerFlag, Reason
 from .maps import Config, PeerEntry, now_ns
 from .relay import RelayDatapath
 
-# TEMPORARY: the old name, for the daemons; to be removed when they move (issue 10).
-Datapath = ClientDatapath
-
 __all__ = ["ClientDatapath", "Config", "ConfigFlag", "PeerEntry", "PeerFlag", "RelayDatapath",
            "Reason", "now_ns"]

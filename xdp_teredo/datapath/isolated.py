@@ -91,7 +91,7 @@ class Loaded:
     features: list  # probe.Feature, from the child's probe.run()
 
     def close(self) -> None:
-        """Close every descriptor once (the Datapath built on them takes them over)."""
+        """Close every descriptor once (the program built on them takes them over)."""
         for prog in self.programs.values():
             prog.close()
         for m in self.maps.values():

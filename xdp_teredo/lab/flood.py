@@ -40,10 +40,9 @@ import sys
 import time
 from typing import List, Tuple
 
-from xdp_teredo.teredo import constants as C
-from xdp_teredo.teredo import encap, icmpv6
-from xdp_teredo.teredo import packet as P
+from xdp_teredo.teredo import constants, encap, icmpv6
 from xdp_teredo.teredo.address import TeredoAddress
+from xdp_teredo.teredo.packet import build_bubble
 
 KINDS = ("rs", "bubble", "indirect-bubble", "echo", "data", "ra", "garbage", "mismatch")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -68,7 +67,7 @@ def payloads(kind: str, source: Endpoint, args, rng: random.Random) -> List[byte
     out = []
     for n in range(args.pool):
         if kind == "rs":
-            rs = icmpv6.build_router_solicitation(C.LINK_LOCAL_RESTRICTED)
+            rs = icmpv6.build_router_solicitation(constants.LINK_LOCAL_RESTRICTED)
             out.append(encap.build_udp_payload(rs, auth=encap.AuthHeader(nonce=rng.randbytes(8))))
         elif kind in ("bubble", "indirect-bubble"):
             src = _teredo(server, ip, port, rng)
@@ -78,7 +77,7 @@ def payloads(kind: str, source: Endpoint, args, rng: random.Random) -> List[byte
                 origin = encap.OriginIndication(port=rng.randrange(1024, 65536),
                                                 address=ipaddress.IPv4Address(
                                                     rng.randrange(0x01000000, 0xDF000000)))
-            out.append(encap.build_udp_payload(P.build_bubble(src, target), origin=origin))
+            out.append(encap.build_udp_payload(build_bubble(src, target), origin=origin))
         elif kind in ("echo", "data"):
             # "data": a new Teredo source each time (other server and flags fields),
             # still embedding exactly this UDP source.
@@ -88,10 +87,10 @@ def payloads(kind: str, source: Endpoint, args, rng: random.Random) -> List[byte
             out.append(icmpv6.build_echo_request(src, target, identifier=rng.getrandbits(16),
                                                  sequence=n & 0xFFFF, data=rng.randbytes(8)))
         elif kind == "ra":
-            prefix = ipaddress.IPv6Network(((C.TEREDO_PREFIX_HI32 << 96) | (int(server) << 64), 64))
+            prefix = ipaddress.IPv6Network(((constants.TEREDO_PREFIX_HI32 << 96) | (int(server) << 64), 64))
             ra = icmpv6.build_router_advertisement("fe80::8000:f227:3fff:fdfe",
-                                                   C.LINK_LOCAL_RESTRICTED, prefixes=[prefix],
-                                                   mtu=C.TEREDO_MTU)
+                                                   constants.LINK_LOCAL_RESTRICTED, prefixes=[prefix],
+                                                   mtu=constants.TEREDO_MTU)
             out.append(encap.build_udp_payload(
                 ra, auth=encap.AuthHeader(nonce=rng.randbytes(8)),
                 origin=encap.OriginIndication(port=rng.randrange(1, 65536), address=ip)))

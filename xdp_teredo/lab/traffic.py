@@ -488,13 +488,13 @@ class PeerBubbles:
         return len(self.sources) * self._ports - self._next
 
     def _packet(self, index: int) -> Tuple[ipaddress.IPv6Address, bytes]:
-        from xdp_teredo.teredo import packet as P
+        from xdp_teredo.teredo.packet import build_bubble
         from xdp_teredo.teredo.address import TeredoAddress
 
         ip = self.sources[index % len(self.sources)]
         port = self._first_port + index // len(self.sources)
         peer = TeredoAddress(server=self.server, flags=0, port=port, client=ip).ipv6
-        bubble = P.build_bubble(peer, self.target_address)
+        bubble = build_bubble(peer, self.target_address)
         # Length, identification and header checksum are filled in by the kernel.
         header = _IPV4_UDP.pack(0x45, 0, 0, 0, 0, 64, socket.IPPROTO_UDP, 0, ip.packed,
                                 self.target_ip.packed, port, self.target_port, 8 + len(bubble), 0)

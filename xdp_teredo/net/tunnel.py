@@ -45,9 +45,9 @@ from typing import Optional, Union
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xdp_teredo.config import DEFAULT_TUNNEL, check_interface_name
 from xdp_teredo.errors import RuntimeFailure
-from xdp_teredo.teredo import constants as C
+from xdp_teredo.net.names import DEFAULT_TUNNEL, check_interface_name
+from xdp_teredo.teredo import constants
 from xdp_teredo.teredo.address import TeredoAddress
 
 IPv6Like = Union[ipaddress.IPv6Address, str]
@@ -68,8 +68,8 @@ _ADDR_GEN_MODE_NONE = 1
 _READ_SIZE = 65536
 
 LINK_LOCAL_PREFIXLEN = 64     # as Debian's hook: "${LLADDRESS}/64"
-TEREDO_PREFIXLEN = C.TEREDO_PREFIX.prefixlen
-ROUTE_METRIC = C.DEFAULT_ROUTE_METRIC
+TEREDO_PREFIXLEN = constants.TEREDO_PREFIX.prefixlen
+ROUTE_METRIC = constants.DEFAULT_ROUTE_METRIC
 DEFAULT_ROUTE = ipaddress.IPv6Network("::/0")
 
 
@@ -77,7 +77,7 @@ def link_local_for(address: IPv6Like) -> ipaddress.IPv6Address:
     """Miredo's link-local for this Teredo address (its privproc's LLADDRESS): the
     cone one if the address has the cone flag, else the restricted one."""
     teredo = TeredoAddress.parse(address) if not isinstance(address, TeredoAddress) else address
-    return ipaddress.IPv6Address(C.LINK_LOCAL_CONE if teredo.cone else C.LINK_LOCAL_RESTRICTED)
+    return ipaddress.IPv6Address(constants.LINK_LOCAL_CONE if teredo.cone else constants.LINK_LOCAL_RESTRICTED)
 
 
 class Tunnel:
@@ -102,7 +102,7 @@ class Tunnel:
     # -- creation ------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str = DEFAULT_TUNNEL, *, mtu: int = C.TEREDO_MTU,
+    def create(cls, name: str = DEFAULT_TUNNEL, *, mtu: int = constants.TEREDO_MTU,
                persistent: bool = False) -> "Tunnel":
         """Create the tun device `name`, set its MTU and bring it up (no address yet).
 
@@ -167,9 +167,9 @@ class Tunnel:
                 address = ipaddress.IPv6Address(msg.get_attr("IFA_ADDRESS"))
                 if address.is_link_local and msg["prefixlen"] == LINK_LOCAL_PREFIXLEN:
                     tunnel.link_local = address
-                elif address in C.TEREDO_PREFIX and msg["prefixlen"] == TEREDO_PREFIXLEN:
+                elif address in constants.TEREDO_PREFIX and msg["prefixlen"] == TEREDO_PREFIXLEN:
                     tunnel.address = address
-            for network in (C.TEREDO_PREFIX, DEFAULT_ROUTE):
+            for network in (constants.TEREDO_PREFIX, DEFAULT_ROUTE):
                 if _has_route(ipr, ifindex, network, ROUTE_METRIC):
                     tunnel._routes.append((network, ROUTE_METRIC))
         except (NetlinkError, OSError) as err:
@@ -219,8 +219,8 @@ class Tunnel:
 
     def set_mtu(self, mtu: int) -> None:
         """Change the MTU (an RA's MTU option, RFC 4380 §5.2.1)."""
-        if not C.TEREDO_MTU <= mtu <= C.RA_MTU_MAX:
-            raise ValueError(f"MTU {mtu} outside {C.TEREDO_MTU}..{C.RA_MTU_MAX}")
+        if not constants.TEREDO_MTU <= mtu <= constants.RA_MTU_MAX:
+            raise ValueError(f"MTU {mtu} outside {constants.TEREDO_MTU}..{constants.RA_MTU_MAX}")
         self._netlink(f"set MTU {mtu} on", self._ipr.link, "set", index=self.ifindex, mtu=mtu)
         self.mtu = mtu
 
@@ -238,7 +238,7 @@ class Tunnel:
         self.link_local = link_local
         self._add_address(new, TEREDO_PREFIXLEN)
         self.address = new
-        self._add_route(C.TEREDO_PREFIX)
+        self._add_route(constants.TEREDO_PREFIX)
         self._add_route(DEFAULT_ROUTE)
 
     def replace_address(self, old: IPv6Like, new: IPv6Like) -> None:
@@ -263,6 +263,18 @@ class Tunnel:
             previous, self.link_local = self.link_local, link_local
             if previous is not None:
                 self._del_address(previous, LINK_LOCAL_PREFIXLEN)
+
+    def add_route(self, network: ipaddress.IPv6Network, metric: int = ROUTE_METRIC) -> None:
+        """A route into the tunnel (the relay's 2001::/32) that clear_address() and
+        close() remove with the rest."""
+        self._add_route(ipaddress.IPv6Network(network), metric)
+
+    def gone(self) -> bool:
+        """Whether the device was deleted under us (a failed read asks)."""
+        try:
+            return not any(link["index"] == self.ifindex for link in self._ipr.get_links())
+        except (NetlinkError, OSError):
+            return False
 
     def clear_address(self) -> None:
         """Offline: remove the routes and addresses set_address added (the device stays)."""

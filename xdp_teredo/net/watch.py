@@ -6,7 +6,7 @@ IPv4 address of it: when the NIC goes down and comes back, or DHCP (or a move to
 another network) changes that address, the client must notice at once rather than
 at the next refresh, 30 s later (docs/reliability.md). This module only says
 "something about interface N changed"; the client then looks at the interface
-again and decides (client.py, `_interface_changed`).
+again and decides (client/interface.py, `interface_changed`).
 
 A raw NETLINK_ROUTE socket subscribed to RTMGRP_LINK and RTMGRP_IPV4_IFADDR,
 non-blocking, for the client's selector. Messages are not decoded beyond the

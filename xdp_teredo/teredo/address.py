@@ -17,7 +17,7 @@ import secrets
 from typing import Callable, Optional, Union
 
 from xdp_teredo.errors import NotTeredoAddress
-from xdp_teredo.teredo import constants as C
+from xdp_teredo.teredo import constants
 from xdp_teredo.teredo.ipv4 import IPv4Like, as_ipv4, is_global_unicast
 
 IPv6Like = Union[ipaddress.IPv6Address, str]
@@ -55,9 +55,9 @@ class TeredoAddress:
         """Decode an IPv6 address; NotTeredoAddress if it is outside 2001::/32."""
         if not isinstance(address, ipaddress.IPv6Address):
             raise NotTeredoAddress(f"not an IPv6 address: {address!r}")
-        if address not in C.TEREDO_PREFIX:
+        if address not in constants.TEREDO_PREFIX:
             raise NotTeredoAddress(
-                f"not a Teredo address (outside {C.TEREDO_PREFIX}): {address}"
+                f"not a Teredo address (outside {constants.TEREDO_PREFIX}): {address}"
             )
         value = int(address)
         return cls(
@@ -102,13 +102,13 @@ class TeredoAddress:
         the 12 bits; by default the bits come from the OS's CSPRNG.
         """
         bits = _random_flag_bits(rng)
-        flags = _spread_random_bits(bits) | (C.FLAG_CONE if cone else 0)
+        flags = _spread_random_bits(bits) | (constants.FLAG_CONE if cone else 0)
         return cls(server=server, flags=flags, port=mapped_port, client=mapped_ip)
 
     @property
     def ipv6(self) -> ipaddress.IPv6Address:
         value = (
-            (C.TEREDO_PREFIX_HI32 << 96)
+            (constants.TEREDO_PREFIX_HI32 << 96)
             | (int(self.server) << 64)
             | (self.flags << 48)
             | ((self.port ^ _PORT_MASK) << 32)
@@ -124,12 +124,12 @@ class TeredoAddress:
     @property
     def cone(self) -> bool:
         """The cone flag (RFC 4380 §4): the client claimed to be behind a cone NAT."""
-        return bool(self.flags & C.FLAG_CONE)
+        return bool(self.flags & constants.FLAG_CONE)
 
     @property
     def random_flags(self) -> int:
         """The RFC 5991 random bits, still in place within the flags field."""
-        return self.flags & C.FLAG_RANDOM_MASK
+        return self.flags & constants.FLAG_RANDOM_MASK
 
     def embeds(self, ipv4: IPv4Like, port: int) -> bool:
         """True if this address carries exactly this mapped IPv4 and port.
@@ -162,7 +162,7 @@ def is_teredo(address: Union[IPv6Like, bytes]) -> bool:
         ip = ipaddress.IPv6Address(address)
     except (ValueError, TypeError):
         return False
-    return ip in C.TEREDO_PREFIX
+    return ip in constants.TEREDO_PREFIX
 
 
 def _random_flag_bits(rng: Optional[FlagRandomness]) -> int:
@@ -184,7 +184,7 @@ def _spread_random_bits(bits: int) -> int:
     flags = 0
     position = 0
     for bit in range(16):
-        if C.FLAG_RANDOM_MASK & (1 << bit):
+        if constants.FLAG_RANDOM_MASK & (1 << bit):
             if bits & (1 << position):
                 flags |= 1 << bit
             position += 1

@@ -16,12 +16,11 @@ import struct
 from typing import Optional, Tuple, Union
 
 from xdp_teredo.errors import MalformedPacket
-from xdp_teredo.teredo import constants as C
-from xdp_teredo.teredo import packet as P
+from xdp_teredo.teredo import constants
 from xdp_teredo.teredo.ipv4 import IPv4Like, as_ipv4
-from xdp_teredo.teredo.packet import Ipv6Packet
+from xdp_teredo.teredo.packet import MALFORMED_REASONS, Bytes, Ipv6Packet, parse_ipv6
 
-MALFORMED_REASONS = P.MALFORMED_REASONS | frozenset({
+MALFORMED_REASONS = MALFORMED_REASONS | frozenset({
     "auth_truncated",     # authentication header longer than the datagram
     "origin_truncated",   # origin indication shorter than 8 bytes
     "teredo_indicator",   # a zero first byte not starting a header allowed here
@@ -47,7 +46,7 @@ class OriginIndication:
 
     def to_bytes(self) -> bytes:
         # Obfuscated like the address fields, so that NATs leave them alone.
-        return _ORIGIN.pack(C.INDICATOR_ORIGIN, self.port ^ 0xFFFF,
+        return _ORIGIN.pack(constants.INDICATOR_ORIGIN, self.port ^ 0xFFFF,
                             int(self.address) ^ 0xFFFFFFFF)
 
 
@@ -69,15 +68,15 @@ class AuthHeader:
     def __post_init__(self):
         for name in ("nonce", "client_id", "auth_value"):
             object.__setattr__(self, name, bytes(getattr(self, name)))
-        if len(self.nonce) != C.AUTH_NONCE_LEN:
-            raise ValueError(f"nonce must be {C.AUTH_NONCE_LEN} bytes, not {len(self.nonce)}")
+        if len(self.nonce) != constants.AUTH_NONCE_LEN:
+            raise ValueError(f"nonce must be {constants.AUTH_NONCE_LEN} bytes, not {len(self.nonce)}")
         if not 0 <= self.confirmation <= 0xFF:
             raise ValueError(f"confirmation byte out of range: {self.confirmation}")
         if len(self.client_id) > 0xFF or len(self.auth_value) > 0xFF:
             raise ValueError("client id and auth value are at most 255 bytes each")
 
     def to_bytes(self) -> bytes:
-        return (_AUTH_FIXED.pack(C.INDICATOR_AUTH, len(self.client_id), len(self.auth_value))
+        return (_AUTH_FIXED.pack(constants.INDICATOR_AUTH, len(self.client_id), len(self.auth_value))
                 + self.client_id + self.auth_value + self.nonce
                 + bytes((self.confirmation,)))
 
@@ -109,7 +108,7 @@ def build_origin_indication(port: int, address: IPv4Like) -> bytes:
     return OriginIndication(port=port, address=address).to_bytes()
 
 
-def parse_udp_payload(data: P.Bytes) -> TeredoPayload:
+def parse_udp_payload(data: Bytes) -> TeredoPayload:
     """Split a Teredo UDP payload and parse its IPv6 packet (RFC 4380 §5.1.1).
 
     An origin indication before an authentication header, a repeated header, or an
@@ -118,14 +117,14 @@ def parse_udp_payload(data: P.Bytes) -> TeredoPayload:
     data = bytes(data)
     offset = 0
     auth = origin = None
-    if _indicator_at(data, offset) == C.INDICATOR_AUTH:
+    if _indicator_at(data, offset) == constants.INDICATOR_AUTH:
         auth, offset = _parse_auth(data, offset)
-    if _indicator_at(data, offset) == C.INDICATOR_ORIGIN:
+    if _indicator_at(data, offset) == constants.INDICATOR_ORIGIN:
         origin, offset = _parse_origin(data, offset)
     if _indicator_at(data, offset) is not None:
         raise MalformedPacket("teredo_indicator",
                               f"0x{_indicator_at(data, offset):04x} at offset {offset}")
-    return TeredoPayload(ipv6=P.parse_ipv6(data[offset:]), auth=auth, origin=origin)
+    return TeredoPayload(ipv6=parse_ipv6(data[offset:]), auth=auth, origin=origin)
 
 
 def _indicator_at(data: bytes, offset: int) -> Optional[int]:
@@ -140,7 +139,7 @@ def _parse_auth(data: bytes, offset: int) -> Tuple[AuthHeader, int]:
         raise MalformedPacket("auth_truncated", "fixed part cut short")
     _, id_len, au_len = _AUTH_FIXED.unpack_from(data, offset)
     start = offset + _AUTH_FIXED.size
-    end = start + id_len + au_len + C.AUTH_NONCE_LEN + _CONFIRMATION_LEN
+    end = start + id_len + au_len + constants.AUTH_NONCE_LEN + _CONFIRMATION_LEN
     if end > len(data):
         raise MalformedPacket("auth_truncated",
                               f"needs {end - offset} bytes, {len(data) - offset} present")
@@ -148,16 +147,16 @@ def _parse_auth(data: bytes, offset: int) -> Tuple[AuthHeader, int]:
     header = AuthHeader(
         client_id=data[start:start + id_len],
         auth_value=data[start + id_len:nonce_at],
-        nonce=data[nonce_at:nonce_at + C.AUTH_NONCE_LEN],
+        nonce=data[nonce_at:nonce_at + constants.AUTH_NONCE_LEN],
         confirmation=data[end - 1],
     )
     return header, end
 
 
 def _parse_origin(data: bytes, offset: int) -> Tuple[OriginIndication, int]:
-    if len(data) - offset < C.ORIGIN_INDICATION_LEN:
+    if len(data) - offset < constants.ORIGIN_INDICATION_LEN:
         raise MalformedPacket("origin_truncated", f"{len(data) - offset} bytes")
     _, port, address = _ORIGIN.unpack_from(data, offset)
     origin = OriginIndication(port=port ^ 0xFFFF,
                               address=ipaddress.IPv4Address(address ^ 0xFFFFFFFF))
-    return origin, offset + C.ORIGIN_INDICATION_LEN
+    return origin, offset + constants.ORIGIN_INDICATION_LEN

@@ -33,7 +33,7 @@ import time
 from typing import Dict, Iterable, MutableMapping, NamedTuple, Optional, Tuple
 
 from xdp_teredo.errors import UsageError
-from xdp_teredo.teredo import constants as C
+from xdp_teredo.teredo import constants
 
 # Verdicts: the names of the drop reasons (xdp_teredo.datapath.layout.Reason keys).
 UNSOLICITED = "guard_unsolicited"
@@ -46,13 +46,13 @@ VERDICTS = (UNSOLICITED, ICMPV6, FRAGMENT, UNPARSED)
 # one packet is unusual enough to refuse (RFC 8200 §4.1 lists at most one of each,
 # destination options twice); the C walks the same number, unrolled.
 EXT_MAX = 4
-_EXTENSIONS = frozenset({C.IPPROTO_HOPOPTS, C.IPPROTO_ROUTING, C.IPPROTO_DSTOPTS, C.IPPROTO_AH,
-                         C.IPPROTO_FRAGMENT})
+_EXTENSIONS = frozenset({constants.IPPROTO_HOPOPTS, constants.IPPROTO_ROUTING, constants.IPPROTO_DSTOPTS, constants.IPPROTO_AH,
+                         constants.IPPROTO_FRAGMENT})
 # RFC 9293 §3.1: control bits in byte 13 of the TCP header.
 TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
-_ERRORS_ABOUT_A_FLOW = frozenset({C.ICMPV6_DESTINATION_UNREACHABLE, C.ICMPV6_TIME_EXCEEDED,
-                                  C.ICMPV6_PARAMETER_PROBLEM})
-_PORT_PROTOCOLS = {"tcp": C.IPPROTO_TCP, "udp": C.IPPROTO_UDP}
+_ERRORS_ABOUT_A_FLOW = frozenset({constants.ICMPV6_DESTINATION_UNREACHABLE, constants.ICMPV6_TIME_EXCEEDED,
+                                  constants.ICMPV6_PARAMETER_PROBLEM})
+_PORT_PROTOCOLS = {"tcp": constants.IPPROTO_TCP, "udp": constants.IPPROTO_UDP}
 _PROTOCOL_NAMES = {v: k for k, v in _PORT_PROTOCOLS.items()}
 
 
@@ -78,15 +78,15 @@ class FlowState(enum.IntEnum):
 class Timeouts:
     """Seconds a flow stays alive after its last packet, by state (constants.py)."""
 
-    tcp_handshake: float = C.GUARD_TCP_HANDSHAKE
-    tcp_established: float = C.GUARD_TCP_ESTABLISHED
-    tcp_closing: float = C.GUARD_TCP_CLOSING
-    tcp_closed: float = C.GUARD_TCP_CLOSED
-    udp: float = C.GUARD_UDP
-    udp_replied: float = C.GUARD_UDP_REPLIED
-    icmp_echo: float = C.GUARD_ICMP_ECHO
-    other: float = C.GUARD_OTHER
-    fragment: float = C.GUARD_FRAGMENT
+    tcp_handshake: float = constants.GUARD_TCP_HANDSHAKE
+    tcp_established: float = constants.GUARD_TCP_ESTABLISHED
+    tcp_closing: float = constants.GUARD_TCP_CLOSING
+    tcp_closed: float = constants.GUARD_TCP_CLOSED
+    udp: float = constants.GUARD_UDP
+    udp_replied: float = constants.GUARD_UDP_REPLIED
+    icmp_echo: float = constants.GUARD_ICMP_ECHO
+    other: float = constants.GUARD_OTHER
+    fragment: float = constants.GUARD_FRAGMENT
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -155,9 +155,9 @@ class Settings:
 
     def __post_init__(self):
         object.__setattr__(self, "policy", Policy(self.policy))
-        if len(self.allowed_pairs()) > C.GUARD_ALLOW_MAX:
+        if len(self.allowed_pairs()) > constants.GUARD_ALLOW_MAX:
             raise UsageError(f"--allow opens {len(self.allowed_pairs())} ports; at most "
-                             f"{C.GUARD_ALLOW_MAX}")
+                             f"{constants.GUARD_ALLOW_MAX}")
 
     @classmethod
     def from_options(cls, inbound: Optional[str], allow: Iterable[str],
@@ -235,23 +235,23 @@ def classify(packet: bytes, inbound: bool) -> View:
     A packet the guard cannot read far enough gets key None (the C drops those as
     guard_unparsed: with a default-deny policy, what cannot be checked stays out).
     """
-    if len(packet) < C.IPV6_HDR_LEN or packet[0] >> 4 != C.IPV6_VERSION:
+    if len(packet) < constants.IPV6_HDR_LEN or packet[0] >> 4 != constants.IPV6_VERSION:
         return View(None)
     src, dst = bytes(packet[8:24]), bytes(packet[24:40])
     local, remote = (dst, src) if inbound else (src, dst)
-    nh, pos, end = packet[6], C.IPV6_HDR_LEN, len(packet)
+    nh, pos, end = packet[6], constants.IPV6_HDR_LEN, len(packet)
     fragment = None
     for _ in range(EXT_MAX):
-        if nh in (C.IPPROTO_HOPOPTS, C.IPPROTO_ROUTING, C.IPPROTO_DSTOPTS, C.IPPROTO_AH):
+        if nh in (constants.IPPROTO_HOPOPTS, constants.IPPROTO_ROUTING, constants.IPPROTO_DSTOPTS, constants.IPPROTO_AH):
             if pos + 2 > end:
                 return View(None)
             # RFC 8200 §4.3-4.6: length in 8-byte units after the first 8;
             # RFC 4302 §2.2: AH's in 4-byte units, minus 2.
-            size = (packet[pos + 1] + 2) * 4 if nh == C.IPPROTO_AH else (packet[pos + 1] + 1) * 8
+            size = (packet[pos + 1] + 2) * 4 if nh == constants.IPPROTO_AH else (packet[pos + 1] + 1) * 8
             if pos + size > end:
                 return View(None)
             nh, pos = packet[pos], pos + size
-        elif nh == C.IPPROTO_FRAGMENT:
+        elif nh == constants.IPPROTO_FRAGMENT:
             if pos + 8 > end:
                 return View(None)
             word = _U16.unpack_from(packet, pos + 2)[0]
@@ -267,25 +267,25 @@ def classify(packet: bytes, inbound: bool) -> View:
     if nh in _EXTENSIONS:
         return View(None)
 
-    if nh == C.IPPROTO_TCP:
+    if nh == constants.IPPROTO_TCP:
         if pos + 14 > end:
             return View(None)
         sport, dport = _ports(packet, pos)
         lport, rport = (dport, sport) if inbound else (sport, dport)
         return View(FlowKey(local, remote, nh, lport, rport), tcp_flags=packet[pos + 13],
                     fragment=fragment)
-    if nh == C.IPPROTO_UDP:
-        if pos + C.UDP_HDR_LEN > end:
+    if nh == constants.IPPROTO_UDP:
+        if pos + constants.UDP_HDR_LEN > end:
             return View(None)
         sport, dport = _ports(packet, pos)
         lport, rport = (dport, sport) if inbound else (sport, dport)
         return View(FlowKey(local, remote, nh, lport, rport), fragment=fragment)
-    if nh == C.IPPROTO_ICMPV6:
+    if nh == constants.IPPROTO_ICMPV6:
         # RFC 4443 §2.1: type, code, checksum, then 4 bytes that every message has.
         if pos + 8 > end:
             return View(None)
         icmp_type = packet[pos]
-        if icmp_type in (C.ICMPV6_ECHO_REQUEST, C.ICMPV6_ECHO_REPLY):
+        if icmp_type in (constants.ICMPV6_ECHO_REQUEST, constants.ICMPV6_ECHO_REPLY):
             ident = _U16.unpack_from(packet, pos + 4)[0]
             return View(FlowKey(local, remote, nh, ident, 0), icmp_type=icmp_type, fragment=fragment)
         related = None
@@ -300,14 +300,14 @@ def _invoking_flow(packet: bytes, at: int) -> Optional[FlowKey]:
     """RFC 4443 §3: an error carries the start of the packet that caused it, which
     one of ours sent: its flow, as the host recorded it when it left. Only the
     fixed header and the first 8 transport bytes are read (no extension headers)."""
-    if at + C.IPV6_HDR_LEN + 8 > len(packet):
+    if at + constants.IPV6_HDR_LEN + 8 > len(packet):
         return None
     src, dst, nh = bytes(packet[at + 8:at + 24]), bytes(packet[at + 24:at + 40]), packet[at + 6]
-    l4 = at + C.IPV6_HDR_LEN
-    if nh in (C.IPPROTO_TCP, C.IPPROTO_UDP):
+    l4 = at + constants.IPV6_HDR_LEN
+    if nh in (constants.IPPROTO_TCP, constants.IPPROTO_UDP):
         sport, dport = _ports(packet, l4)
         return FlowKey(src, dst, nh, sport, dport)
-    if nh == C.IPPROTO_ICMPV6 and packet[l4] == C.ICMPV6_ECHO_REQUEST:
+    if nh == constants.IPPROTO_ICMPV6 and packet[l4] == constants.ICMPV6_ECHO_REQUEST:
         return FlowKey(src, dst, nh, _U16.unpack_from(packet, l4 + 4)[0], 0)
     return FlowKey(src, dst, nh, 0, 0)
 
@@ -352,7 +352,7 @@ def inbound(view: View, settings: Settings, flows: Flows, fragments: Fragments,
             return None
         return FRAGMENT
 
-    if key.proto == C.IPPROTO_ICMPV6:
+    if key.proto == constants.IPPROTO_ICMPV6:
         verdict = _icmpv6(view, flows, now_ns, t)
     else:
         verdict = UNSOLICITED
@@ -360,7 +360,7 @@ def inbound(view: View, settings: Settings, flows: Flows, fragments: Fragments,
         if flow is not None:
             flows[key] = Flow(now_ns, _answered(flow.state, key.proto, view.tcp_flags))
             verdict = None
-        elif key.proto in (C.IPPROTO_TCP, C.IPPROTO_UDP) and (key.proto, key.local_port) in allowed:
+        elif key.proto in (constants.IPPROTO_TCP, constants.IPPROTO_UDP) and (key.proto, key.local_port) in allowed:
             verdict = None
     if verdict is None and view.fragment is not None and view.fragment[1]:
         fragments[view.fragment_key()] = now_ns
@@ -369,11 +369,11 @@ def inbound(view: View, settings: Settings, flows: Flows, fragments: Fragments,
 
 def _icmpv6(view: View, flows: Flows, now_ns: int, t: Timeouts) -> Optional[str]:
     kind = view.icmp_type
-    if kind == C.ICMPV6_PACKET_TOO_BIG:
+    if kind == constants.ICMPV6_PACKET_TOO_BIG:
         return None  # RFC 4890 §4.3.1: path MTU discovery must work, whatever the flow
     if kind in _ERRORS_ABOUT_A_FLOW:
         return None if _alive(flows, view.related, now_ns, t) is not None else ICMPV6
-    if kind in (C.ICMPV6_ECHO_REQUEST, C.ICMPV6_ECHO_REPLY):
+    if kind in (constants.ICMPV6_ECHO_REQUEST, constants.ICMPV6_ECHO_REPLY):
         # RFC 4890 §4.3.1: ping keeps working both ways. Replies pass without a
         # flow too: the direct connectivity test's request (RFC 4380 §5.2.9) goes
         # out through the server, so a relay never sees it, yet must let the
@@ -384,9 +384,9 @@ def _icmpv6(view: View, flows: Flows, now_ns: int, t: Timeouts) -> Optional[str]
 
 def _answered(state: int, proto: int, tcp_flags: int) -> int:
     """A flow's state after a packet from the other end."""
-    if proto == C.IPPROTO_UDP:
+    if proto == constants.IPPROTO_UDP:
         return FlowState.UDP_REPLIED
-    if proto == C.IPPROTO_TCP:
+    if proto == constants.IPPROTO_TCP:
         if tcp_flags & TCP_RST:
             return FlowState.TCP_CLOSED
         if tcp_flags & TCP_FIN and state != FlowState.TCP_CLOSED:
@@ -399,16 +399,16 @@ def outbound(view: View, settings: Settings, flows: Flows, now_ns: int) -> None:
     if settings.policy is Policy.OPEN or view.key is None or view.later_fragment:
         return
     key = view.key
-    if key.proto == C.IPPROTO_ICMPV6:
-        if view.icmp_type == C.ICMPV6_ECHO_REQUEST:
+    if key.proto == constants.IPPROTO_ICMPV6:
+        if view.icmp_type == constants.ICMPV6_ECHO_REQUEST:
             flows[key] = Flow(now_ns, FlowState.ICMP_ECHO)
         return  # errors and replies answer something: they start nothing
     flow = _alive(flows, key, now_ns, settings.timeouts)
-    if key.proto == C.IPPROTO_TCP:
+    if key.proto == constants.IPPROTO_TCP:
         state = _sent_tcp(flow.state if flow else None, view.tcp_flags)
         if state is None:
             return
-    elif key.proto == C.IPPROTO_UDP:
+    elif key.proto == constants.IPPROTO_UDP:
         state = flow.state if flow else FlowState.UDP
     else:
         state = FlowState.OTHER

@@ -23,13 +23,19 @@ import struct
 from typing import Iterable, Optional, Tuple, Union
 
 from xdp_teredo.errors import MalformedPacket
-from xdp_teredo.teredo import constants as C
-from xdp_teredo.teredo import packet as P
-from xdp_teredo.teredo.packet import Ipv6Packet, IPv6Like
+from xdp_teredo.teredo import constants
+from xdp_teredo.teredo.packet import (
+    MALFORMED_REASONS,
+    Bytes,
+    IPv6Like,
+    Ipv6Packet,
+    as_ipv6_packet,
+    upper_layer_checksum,
+)
 
-PacketLike = Union[Ipv6Packet, P.Bytes]
+PacketLike = Union[Ipv6Packet, Bytes]
 
-MALFORMED_REASONS = P.MALFORMED_REASONS | frozenset({
+MALFORMED_REASONS = MALFORMED_REASONS | frozenset({
     "not_icmpv6",         # next header is not 58
     "icmpv6_truncated",   # shorter than the message's fixed part
     "icmpv6_checksum",    # checksum over the pseudo-header does not verify
@@ -82,21 +88,21 @@ def build_icmpv6(src: IPv6Like, dst: IPv6Like, icmp_type: int, code: int, body: 
     """A whole IPv6 packet carrying one ICMPv6 message, checksum computed."""
     src, dst = ipaddress.IPv6Address(src), ipaddress.IPv6Address(dst)
     message = _pack(_ICMP_HEADER, icmp_type, code, 0) + bytes(body)
-    checksum = P.upper_layer_checksum(src, dst, C.IPPROTO_ICMPV6, message)
+    checksum = upper_layer_checksum(src, dst, constants.IPPROTO_ICMPV6, message)
     message = message[:2] + struct.pack("!H", checksum) + message[4:]
-    return Ipv6Packet(src=src, dst=dst, next_header=C.IPPROTO_ICMPV6,
+    return Ipv6Packet(src=src, dst=dst, next_header=constants.IPPROTO_ICMPV6,
                       hop_limit=hop_limit, payload=message).to_bytes()
 
 
 def parse_icmpv6(data: PacketLike) -> Icmpv6Message:
     """The ICMPv6 message of an IPv6 packet, after checking its checksum."""
-    packet = P.as_ipv6_packet(data)
-    if packet.next_header != C.IPPROTO_ICMPV6:
+    packet = as_ipv6_packet(data)
+    if packet.next_header != constants.IPPROTO_ICMPV6:
         raise MalformedPacket("not_icmpv6", f"next header {packet.next_header}")
     message = packet.payload
     if len(message) < _ICMP_HEADER.size:
         raise MalformedPacket("icmpv6_truncated", f"{len(message)} bytes")
-    if P.upper_layer_checksum(packet.src, packet.dst, C.IPPROTO_ICMPV6, message) != 0:
+    if upper_layer_checksum(packet.src, packet.dst, constants.IPPROTO_ICMPV6, message) != 0:
         raise MalformedPacket("icmpv6_checksum")
     icmp_type, code, _ = _ICMP_HEADER.unpack_from(message)
     return Icmpv6Message(src=packet.src, dst=packet.dst, hop_limit=packet.hop_limit,
@@ -126,8 +132,8 @@ class NdOption:
 
     def to_bytes(self) -> bytes:
         # The length counts 8-byte units including the 2-byte header; pad with zeros.
-        total = -(-(2 + len(self.data)) // C.ND_OPT_UNIT) * C.ND_OPT_UNIT
-        units = total // C.ND_OPT_UNIT
+        total = -(-(2 + len(self.data)) // constants.ND_OPT_UNIT) * constants.ND_OPT_UNIT
+        units = total // constants.ND_OPT_UNIT
         if units > 0xFF:
             raise ValueError(f"ND option of {len(self.data)} bytes is too long")
         return _pack(_OPTION_HEADER, self.type, units) + self.data.ljust(total - 2, b"\0")
@@ -141,7 +147,7 @@ def parse_nd_options(data: bytes) -> Tuple[NdOption, ...]:
         if len(data) - offset < 2:
             raise MalformedPacket("nd_option_length", "option header cut short")
         option_type, units = data[offset], data[offset + 1]
-        length = units * C.ND_OPT_UNIT
+        length = units * constants.ND_OPT_UNIT
         # RFC 4861: a length of zero invalidates the whole message.
         if length == 0 or offset + length > len(data):
             raise MalformedPacket("nd_option_length",
@@ -170,12 +176,12 @@ class PrefixInformation:
         object.__setattr__(self, "prefix", ipaddress.IPv6Network(self.prefix, strict=False))
 
     def to_option(self) -> NdOption:
-        flags = ((C.ND_PREFIX_FLAG_ON_LINK if self.on_link else 0)
-                 | (C.ND_PREFIX_FLAG_AUTONOMOUS if self.autonomous else 0))
+        flags = ((constants.ND_PREFIX_FLAG_ON_LINK if self.on_link else 0)
+                 | (constants.ND_PREFIX_FLAG_AUTONOMOUS if self.autonomous else 0))
         body = _pack(_PREFIX_INFO, self.prefix.prefixlen, flags, self.valid_lifetime,
                                  self.preferred_lifetime, 0,
                                  self.prefix.network_address.packed)
-        return NdOption(C.ND_OPT_PREFIX_INFORMATION, body)
+        return NdOption(constants.ND_OPT_PREFIX_INFORMATION, body)
 
     @classmethod
     def from_option(cls, option: NdOption) -> "PrefixInformation":
@@ -188,15 +194,15 @@ class PrefixInformation:
         return cls(
             prefix=ipaddress.IPv6Network((ipaddress.IPv6Address(prefix), length),
                                          strict=False),
-            on_link=bool(flags & C.ND_PREFIX_FLAG_ON_LINK),
-            autonomous=bool(flags & C.ND_PREFIX_FLAG_AUTONOMOUS),
+            on_link=bool(flags & constants.ND_PREFIX_FLAG_ON_LINK),
+            autonomous=bool(flags & constants.ND_PREFIX_FLAG_AUTONOMOUS),
             valid_lifetime=valid,
             preferred_lifetime=preferred,
         )
 
 
 def _mtu_option(mtu: int) -> NdOption:
-    return NdOption(C.ND_OPT_MTU, _pack(_MTU_OPTION, mtu))
+    return NdOption(constants.ND_OPT_MTU, _pack(_MTU_OPTION, mtu))
 
 
 # -- Router Solicitation (RFC 4861 §4.1) ------------------------------------------
@@ -205,19 +211,19 @@ def _mtu_option(mtu: int) -> NdOption:
 class RouterSolicitation:
     src: ipaddress.IPv6Address
     dst: ipaddress.IPv6Address
-    hop_limit: int = C.ND_HOP_LIMIT
+    hop_limit: int = constants.ND_HOP_LIMIT
     options: Tuple[NdOption, ...] = ()
 
     __post_init__ = _coerce_addresses
 
     def to_bytes(self) -> bytes:
         body = _RS_FIXED.pack() + b"".join(o.to_bytes() for o in self.options)
-        return build_icmpv6(self.src, self.dst, C.ICMPV6_ROUTER_SOLICITATION, 0, body,
+        return build_icmpv6(self.src, self.dst, constants.ICMPV6_ROUTER_SOLICITATION, 0, body,
                             hop_limit=self.hop_limit)
 
 
-def build_router_solicitation(src: IPv6Like = C.LINK_LOCAL_RESTRICTED,
-                              dst: IPv6Like = C.ALL_ROUTERS, *,
+def build_router_solicitation(src: IPv6Like = constants.LINK_LOCAL_RESTRICTED,
+                              dst: IPv6Like = constants.ALL_ROUTERS, *,
                               source_link_layer: Optional[bytes] = None) -> bytes:
     """The qualification RS (RFC 4380 §5.2.1): link-local source, to ff02::2, hop 255.
 
@@ -226,14 +232,14 @@ def build_router_solicitation(src: IPv6Like = C.LINK_LOCAL_RESTRICTED,
     """
     options = ()
     if source_link_layer is not None:
-        options = (NdOption(C.ND_OPT_SOURCE_LINK_LAYER, bytes(source_link_layer)),)
+        options = (NdOption(constants.ND_OPT_SOURCE_LINK_LAYER, bytes(source_link_layer)),)
     return RouterSolicitation(src=ipaddress.IPv6Address(src),
                               dst=ipaddress.IPv6Address(dst),
                               options=options).to_bytes()
 
 
 def parse_router_solicitation(data: PacketLike) -> RouterSolicitation:
-    message = _expect(data, C.ICMPV6_ROUTER_SOLICITATION, _RS_FIXED.size)
+    message = _expect(data, constants.ICMPV6_ROUTER_SOLICITATION, _RS_FIXED.size)
     return RouterSolicitation(src=message.src, dst=message.dst,
                               hop_limit=message.hop_limit,
                               options=parse_nd_options(message.body[_RS_FIXED.size:]))
@@ -253,7 +259,7 @@ class RouterAdvertisement:
 
     src: ipaddress.IPv6Address
     dst: ipaddress.IPv6Address
-    hop_limit: int = C.ND_HOP_LIMIT
+    hop_limit: int = constants.ND_HOP_LIMIT
     cur_hop_limit: int = 0
     flags: int = 0
     router_lifetime: int = 0
@@ -273,7 +279,7 @@ class RouterAdvertisement:
         body = _pack(_RA_FIXED, self.cur_hop_limit, self.flags, self.router_lifetime,
                               self.reachable_time, self.retrans_timer)
         body += b"".join(o.to_bytes() for o in options)
-        return build_icmpv6(self.src, self.dst, C.ICMPV6_ROUTER_ADVERTISEMENT, 0, body,
+        return build_icmpv6(self.src, self.dst, constants.ICMPV6_ROUTER_ADVERTISEMENT, 0, body,
                             hop_limit=self.hop_limit)
 
 
@@ -296,14 +302,14 @@ def build_router_advertisement(src: IPv6Like, dst: IPv6Like, *,
 
 
 def parse_router_advertisement(data: PacketLike) -> RouterAdvertisement:
-    message = _expect(data, C.ICMPV6_ROUTER_ADVERTISEMENT, _RA_FIXED.size)
+    message = _expect(data, constants.ICMPV6_ROUTER_ADVERTISEMENT, _RA_FIXED.size)
     cur_hop_limit, flags, lifetime, reachable, retrans = _RA_FIXED.unpack_from(message.body)
     prefixes, others = [], []
     mtu = None
     for option in parse_nd_options(message.body[_RA_FIXED.size:]):
-        if option.type == C.ND_OPT_PREFIX_INFORMATION:
+        if option.type == constants.ND_OPT_PREFIX_INFORMATION:
             prefixes.append(PrefixInformation.from_option(option))
-        elif option.type == C.ND_OPT_MTU:
+        elif option.type == constants.ND_OPT_MTU:
             (mtu,) = _MTU_OPTION.unpack_from(option.data)
         else:
             # RFC 4861 §6.1.2: unknown options are ignored, not an error.
@@ -328,17 +334,17 @@ class Echo:
     sequence: int
     data: bytes = b""
     reply: bool = False
-    hop_limit: int = C.DEFAULT_HOP_LIMIT
+    hop_limit: int = constants.DEFAULT_HOP_LIMIT
 
     __post_init__ = _coerce_addresses
 
     def to_bytes(self) -> bytes:
-        icmp_type = C.ICMPV6_ECHO_REPLY if self.reply else C.ICMPV6_ECHO_REQUEST
+        icmp_type = constants.ICMPV6_ECHO_REPLY if self.reply else constants.ICMPV6_ECHO_REQUEST
         body = _pack(_ECHO_FIXED, self.identifier, self.sequence) + bytes(self.data)
         return build_icmpv6(self.src, self.dst, icmp_type, 0, body,
                             hop_limit=self.hop_limit)
 
-    def answer(self, *, hop_limit: int = C.DEFAULT_HOP_LIMIT) -> "Echo":
+    def answer(self, *, hop_limit: int = constants.DEFAULT_HOP_LIMIT) -> "Echo":
         """The reply to this request (RFC 4443 §4.2): same identifier, sequence, data."""
         return Echo(src=self.dst, dst=self.src, identifier=self.identifier,
                     sequence=self.sequence, data=self.data, reply=True,
@@ -346,14 +352,14 @@ class Echo:
 
 
 def build_echo_request(src: IPv6Like, dst: IPv6Like, *, identifier: int, sequence: int,
-                       data: bytes = b"", hop_limit: int = C.DEFAULT_HOP_LIMIT) -> bytes:
+                       data: bytes = b"", hop_limit: int = constants.DEFAULT_HOP_LIMIT) -> bytes:
     return Echo(src=ipaddress.IPv6Address(src), dst=ipaddress.IPv6Address(dst),
                 identifier=identifier, sequence=sequence, data=data,
                 hop_limit=hop_limit).to_bytes()
 
 
 def build_echo_reply(src: IPv6Like, dst: IPv6Like, *, identifier: int, sequence: int,
-                     data: bytes = b"", hop_limit: int = C.DEFAULT_HOP_LIMIT) -> bytes:
+                     data: bytes = b"", hop_limit: int = constants.DEFAULT_HOP_LIMIT) -> bytes:
     return Echo(src=ipaddress.IPv6Address(src), dst=ipaddress.IPv6Address(dst),
                 identifier=identifier, sequence=sequence, data=data, reply=True,
                 hop_limit=hop_limit).to_bytes()
@@ -362,7 +368,7 @@ def build_echo_reply(src: IPv6Like, dst: IPv6Like, *, identifier: int, sequence:
 def parse_echo(data: PacketLike) -> Echo:
     """An echo request or reply; anything else is icmpv6_type."""
     message = parse_icmpv6(data)
-    if message.type not in (C.ICMPV6_ECHO_REQUEST, C.ICMPV6_ECHO_REPLY):
+    if message.type not in (constants.ICMPV6_ECHO_REQUEST, constants.ICMPV6_ECHO_REPLY):
         raise MalformedPacket("icmpv6_type", f"type {message.type}, wanted an echo")
     if message.code != 0:
         raise MalformedPacket("icmpv6_code", f"code {message.code}")
@@ -371,5 +377,5 @@ def parse_echo(data: PacketLike) -> Echo:
     identifier, sequence = _ECHO_FIXED.unpack_from(message.body)
     return Echo(src=message.src, dst=message.dst, identifier=identifier,
                 sequence=sequence, data=message.body[_ECHO_FIXED.size:],
-                reply=message.type == C.ICMPV6_ECHO_REPLY,
+                reply=message.type == constants.ICMPV6_ECHO_REPLY,
                 hop_limit=message.hop_limit)

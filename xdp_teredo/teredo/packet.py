@@ -15,7 +15,7 @@ import struct
 from typing import Union
 
 from xdp_teredo.errors import MalformedPacket
-from xdp_teredo.teredo import constants as C
+from xdp_teredo.teredo import constants
 
 IPv6Like = Union[ipaddress.IPv6Address, str]
 Bytes = Union[bytes, bytearray, memoryview]
@@ -61,7 +61,7 @@ class Ipv6Packet:
 
     def to_bytes(self) -> bytes:
         first_word = (
-            (C.IPV6_VERSION << 28) | (self.traffic_class << 20) | self.flow_label
+            (constants.IPV6_VERSION << 28) | (self.traffic_class << 20) | self.flow_label
         )
         return _HEADER.pack(
             first_word,
@@ -81,22 +81,22 @@ def parse_ipv6(data: Bytes) -> Ipv6Packet:
     is no link-layer padding that could excuse trailing bytes.
     """
     data = bytes(data)
-    if len(data) < C.IPV6_HDR_LEN:
+    if len(data) < constants.IPV6_HDR_LEN:
         raise MalformedPacket("ipv6_truncated", f"{len(data)} bytes")
     first_word, payload_length, next_header, hop_limit, src, dst = _HEADER.unpack_from(data)
-    if first_word >> 28 != C.IPV6_VERSION:
+    if first_word >> 28 != constants.IPV6_VERSION:
         raise MalformedPacket("ipv6_version", f"version {first_word >> 28}")
-    if payload_length != len(data) - C.IPV6_HDR_LEN:
+    if payload_length != len(data) - constants.IPV6_HDR_LEN:
         raise MalformedPacket(
             "ipv6_length",
-            f"header says {payload_length}, {len(data) - C.IPV6_HDR_LEN} present",
+            f"header says {payload_length}, {len(data) - constants.IPV6_HDR_LEN} present",
         )
     return Ipv6Packet(
         src=ipaddress.IPv6Address(src),
         dst=ipaddress.IPv6Address(dst),
         next_header=next_header,
         hop_limit=hop_limit,
-        payload=data[C.IPV6_HDR_LEN:],
+        payload=data[constants.IPV6_HDR_LEN:],
         traffic_class=(first_word >> 20) & 0xFF,
         flow_label=first_word & 0xFFFFF,
     )
@@ -138,19 +138,19 @@ def upper_layer_checksum(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address,
 
 # -- bubbles (RFC 4380 §2.8) --------------------------------------------------------
 
-def build_bubble(src: IPv6Like, dst: IPv6Like, *, hop_limit: int = C.ND_HOP_LIMIT) -> bytes:
+def build_bubble(src: IPv6Like, dst: IPv6Like, *, hop_limit: int = constants.ND_HOP_LIMIT) -> bytes:
     """A bubble: an IPv6 header alone, next header 59 ("no next header").
 
     Hop limit 255 as Miredo sends them; the value has no meaning for a packet that
     is never forwarded as IPv6.
     """
-    return Ipv6Packet(src=src, dst=dst, next_header=C.IPPROTO_NONE,
+    return Ipv6Packet(src=src, dst=dst, next_header=constants.IPPROTO_NONE,
                       hop_limit=hop_limit).to_bytes()
 
 
 def is_bubble(packet: Ipv6Packet) -> bool:
     """RFC 4380 §2.8: next header 59 and payload length 0 (as Miredo's IsBubble)."""
-    return packet.next_header == C.IPPROTO_NONE and not packet.payload
+    return packet.next_header == constants.IPPROTO_NONE and not packet.payload
 
 
 def _check_field(name: str, value: int, bits: int) -> None:

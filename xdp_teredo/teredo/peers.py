@@ -75,19 +75,16 @@ O(log n) amortized; Peer objects are therefore changed only through the list.
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import itertools
 import logging
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Deque, Dict, Iterator, List, Optional, Tuple, Union
+from collections import Counter
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import structlog
 
 from xdp_teredo import log
 from xdp_teredo.teredo import security
-from xdp_teredo.teredo.address import TeredoAddress
 from xdp_teredo.teredo.clock import Clock
 from xdp_teredo.teredo.constants import (
     BUBBLE_MAX_UNANSWERED,
@@ -99,11 +96,28 @@ from xdp_teredo.teredo.constants import (
     PEER_EXPIRY,
     PEER_LIST_MAX,
     PEER_QUEUE_BYTES,
-    PEER_RECENT,
-    TEREDO_PREFIX,
 )
+
 # Miredo's is_ipv4_global_unicast: nothing is ever sent to a mapping outside it.
 from xdp_teredo.teredo.ipv4 import is_global_unicast
+from xdp_teredo.teredo.lazyheap import LazyHeap as _LazyHeap
+from xdp_teredo.teredo.peer_model import (  # noqa: F401 (re-exported: the actions)
+    Action,
+    Deliver,
+    Incoming,
+    Peer,
+    PeerRemoved,
+    PeerTrusted,
+    QueuedPacket,
+    SendDirect,
+    SendDirectBubble,
+    SendEcho,
+    SendIndirectBubble,
+    Unreachable,
+    _ipv4,
+    _ipv6,
+    teredo_parts,
+)
 
 IPv4Address = ipaddress.IPv4Address
 IPv6Address = ipaddress.IPv6Address
@@ -127,231 +141,7 @@ def _debug_enabled() -> bool:
     return not isinstance(structlog.get_config()["logger_factory"], structlog.stdlib.LoggerFactory)
 
 
-# IPv6Address(an IPv6Address) formats it and parses the text again: per packet,
-# that was a good part of the slow path's time. These skip it when the type is right.
-def _ipv6(address) -> IPv6Address:
-    return address if isinstance(address, IPv6Address) else IPv6Address(address)
-
-
-def _ipv4(address) -> IPv4Address:
-    return address if isinstance(address, IPv4Address) else IPv4Address(address)
-
-
-def teredo_parts(address: IPv6Address) -> Optional[Tuple[IPv4Address, IPv4Address, int]]:
-    """(server, mapped IPv4, mapped port) embedded in a Teredo address (§4), else None."""
-    address = _ipv6(address)
-    if address not in TEREDO_PREFIX:  # is_teredo(), without parsing the address again
-        return None
-    decoded = TeredoAddress.from_ipv6(address)
-    return decoded.server, decoded.client, decoded.port
-
-
-# --- actions --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SendDirect:
-    """Encapsulate `packet` to ip:port (the peer's mapping)."""
-
-    peer: IPv6Address
-    ip: IPv4Address
-    port: int
-    packet: bytes
-
-
-@dataclass(frozen=True)
-class SendDirectBubble:
-    """A bubble (§2.8) to `peer`, sent to ip:port."""
-
-    peer: IPv6Address
-    ip: IPv4Address
-    port: int
-
-
-@dataclass(frozen=True)
-class SendIndirectBubble:
-    """A bubble to `peer`, sent to its Teredo server (`server`:3544) to relay (§5.2.6)."""
-
-    peer: IPv6Address
-    server: IPv4Address
-
-
-@dataclass(frozen=True)
-class SendEcho:
-    """An ICMPv6 echo request to `peer` carrying `nonce`, through our server (§5.2.9)."""
-
-    peer: IPv6Address
-    nonce: bytes
-
-
-@dataclass(frozen=True)
-class Deliver:
-    """Hand the decapsulated IPv6 `packet` to the tunnel interface."""
-
-    packet: bytes
-
-
-@dataclass(frozen=True)
-class Unreachable:
-    """`packet` to `peer` cannot be sent; the orchestrator may answer with an
-    ICMPv6 destination unreachable (Miredo: code 3, address unreachable)."""
-
-    peer: IPv6Address
-    packet: bytes
-
-
-@dataclass(frozen=True)
-class PeerTrusted:
-    """`peer` is trusted with mapping ip:port: the fast path may take over."""
-
-    peer: IPv6Address
-    ip: IPv4Address
-    port: int
-
-
-@dataclass(frozen=True)
-class PeerRemoved:
-    """`peer` left the list (reason: expired, evicted, flushed): forget it in BPF too."""
-
-    peer: IPv6Address
-    reason: str
-
-
-Action = Union[SendDirect, SendDirectBubble, SendIndirectBubble, SendEcho, Deliver,
-               Unreachable, PeerTrusted, PeerRemoved]
-
-
-# --- inputs and entries ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A packet the fast path punted, already parsed by the caller.
-
-    source/destination: the IPv6 header's addresses; udp_ip/udp_port: the outer
-    source; packet: the IPv6 packet (what Deliver hands on); bubble: next header
-    59 and no payload (§2.8); echo_nonce: for an ICMPv6 echo reply, the nonce it
-    carries (None otherwise); from_server: the outer source is our server:3544;
-    origin: the origin indication (ip, port), de-obfuscated, if any.
-    """
-
-    source: IPv6Address
-    destination: IPv6Address
-    udp_ip: IPv4Address
-    udp_port: int
-    packet: bytes = b""
-    bubble: bool = False
-    echo_nonce: Optional[bytes] = None
-    from_server: bool = False
-    origin: Optional[Tuple[IPv4Address, int]] = None
-
-
-@dataclass
-class QueuedPacket:
-    packet: bytes
-    incoming: bool
-    # For held incoming packets: the relay they came through (Miredo delivers
-    # them only if the test's answer comes from the same one).
-    udp_ip: Optional[IPv4Address] = None
-    udp_port: Optional[int] = None
-
-
-@dataclass
-class Peer:
-    address: IPv6Address
-    created: float
-    mapped_ip: Optional[IPv4Address] = None
-    mapped_port: Optional[int] = None
-    trusted: bool = False
-    last_rx: Optional[float] = None
-    last_tx: Optional[float] = None  # data, bubbles and echo requests alike
-    # Send times of the bubbles not answered yet (§5.2.6); cleared by any receive.
-    bubbles: List[float] = field(default_factory=list)
-    # Direct connectivity test (§5.2.9): the outstanding nonce, tries sent, when the
-    # next try is due; `echo_failed` once all tries went unanswered.
-    nonce: Optional[bytes] = None
-    echo_tries: int = 0
-    echo_deadline: Optional[float] = None
-    echo_failed: bool = False
-    queue: Deque[QueuedPacket] = field(default_factory=deque)
-    queue_bytes: int = 0
-
-    @property
-    def mapping(self) -> Optional[Tuple[IPv4Address, int]]:
-        if self.mapped_ip is None:
-            return None
-        return self.mapped_ip, self.mapped_port
-
-    @property
-    def bubble_count(self) -> int:
-        return len(self.bubbles)
-
-    def last_activity(self) -> float:
-        return max(t for t in (self.created, self.last_rx, self.last_tx) if t is not None)
-
-    def is_recent(self, now: float) -> bool:
-        """§5.2.3/§5.2.4: received from in the last PEER_RECENT seconds."""
-        return self.last_rx is not None and now - self.last_rx <= PEER_RECENT
-
-
 # --- the list -------------------------------------------------------------------
-
-
-class _LazyHeap:
-    """A min-heap with at most one live entry per address, found in O(log n).
-
-    Entries are (*key, stamp, address); `_live` maps an address to the key and
-    stamp of its live entry, and any other entry of that address is stale.
-    Stamps are unique, so tuples never compare further than the stamp.
-    """
-
-    # Stale entries tolerated beyond the live ones before a rebuild.
-    _SLACK = 64
-
-    def __init__(self):
-        self._heap: list = []
-        self._live: Dict[IPv6Address, Tuple[tuple, int]] = {}
-        self._stamps = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def key(self, address: IPv6Address) -> Optional[tuple]:
-        live = self._live.get(address)
-        return None if live is None else live[0]
-
-    def put(self, address: IPv6Address, key: tuple) -> None:
-        """File `address` under `key` (a no-op if it already is)."""
-        live = self._live.get(address)
-        if live is not None and live[0] == key:
-            return
-        stamp = next(self._stamps)
-        self._live[address] = (key, stamp)
-        heapq.heappush(self._heap, (*key, stamp, address))
-        if len(self._heap) > 2 * len(self._live) + self._SLACK:
-            self._heap = [e for e in self._heap if self._is_live(e)]
-            heapq.heapify(self._heap)
-
-    def discard(self, address: IPv6Address) -> None:
-        self._live.pop(address, None)
-
-    def peek(self) -> Optional[tuple]:
-        """The live entry with the smallest key (None if empty)."""
-        heap = self._heap
-        while heap and not self._is_live(heap[0]):
-            heapq.heappop(heap)
-        return heap[0] if heap else None
-
-    def pop(self) -> Optional[tuple]:
-        entry = self.peek()
-        if entry is not None:
-            heapq.heappop(self._heap)
-            del self._live[entry[-1]]
-        return entry
-
-    def _is_live(self, entry: tuple) -> bool:
-        live = self._live.get(entry[-1])
-        return live is not None and live[1] == entry[-2]
 
 
 class PeerList:

@@ -1,6 +1,6 @@
 """What a Teredo server does with one received datagram (RFC 4380 §5.3.1).
 
-Pure: the orchestrator (xdp_teredo/server.py) hands `ServerPolicy.handle` what it
+Pure: the daemon (xdp_teredo/server/daemon.py) hands `ServerPolicy.handle` what it
 received (the server address it arrived on, the UDP source, the payload) and sends
 what comes back: nothing, a `SendUdp` (from the primary or secondary address), or a
 `SendIpv6` for the raw IPv6 socket. Every datagram ends in exactly one outcome, and
@@ -43,12 +43,20 @@ import ipaddress
 from typing import List, Optional, Tuple, Union
 
 from xdp_teredo.errors import MalformedPacket
-from xdp_teredo.teredo import constants as C
+from xdp_teredo.teredo import constants
 from xdp_teredo.teredo.address import TeredoAddress
-from xdp_teredo.teredo.encap import (AuthHeader, OriginIndication, build_udp_payload,
-                                     parse_udp_payload)
-from xdp_teredo.teredo.icmpv6 import (PrefixInformation, build_router_advertisement, parse_echo,
-                                      parse_router_solicitation)
+from xdp_teredo.teredo.encap import (
+    AuthHeader,
+    OriginIndication,
+    build_udp_payload,
+    parse_udp_payload,
+)
+from xdp_teredo.teredo.icmpv6 import (
+    PrefixInformation,
+    build_router_advertisement,
+    parse_echo,
+    parse_router_solicitation,
+)
 from xdp_teredo.teredo.ipv4 import IPv4Like, as_ipv4, is_global_unicast
 from xdp_teredo.teredo.packet import Ipv6Packet, is_bubble
 from xdp_teredo.teredo.ratelimit import RateLimiter
@@ -56,7 +64,7 @@ from xdp_teredo.teredo.ratelimit import RateLimiter
 # The largest datagram looked at: a whole tunnel-MTU IPv6 packet behind the longest
 # headers allowed (authentication with a 255-byte client id and auth value: 523
 # bytes; origin indication: 8). Everything a server handles is far smaller.
-MAX_DATAGRAM = C.TEREDO_MTU + 4 + 255 + 255 + C.AUTH_NONCE_LEN + 1 + C.ORIGIN_INDICATION_LEN
+MAX_DATAGRAM = constants.TEREDO_MTU + 4 + 255 + 255 + constants.AUTH_NONCE_LEN + 1 + constants.ORIGIN_INDICATION_LEN
 
 # Outcomes that are not drops.
 RS_ANSWERED = "rs_answered"
@@ -120,10 +128,10 @@ class SendIpv6:
 Send = Union[SendUdp, SendIpv6]
 _Decision = Tuple[str, Optional[Send]]
 
-_ALL_ROUTERS = ipaddress.IPv6Address(C.ALL_ROUTERS)
+_ALL_ROUTERS = ipaddress.IPv6Address(constants.ALL_ROUTERS)
 # The rate limiter key prefix of the RAs an address is sent (see _solicitation).
 _RA_BUCKET = "ra"
-_PORT_OBFUSCATED = C.TEREDO_PORT ^ 0xFFFF
+_PORT_OBFUSCATED = constants.TEREDO_PORT ^ 0xFFFF
 
 
 def server_link_local(primary: IPv4Like) -> ipaddress.IPv6Address:
@@ -135,13 +143,13 @@ def server_link_local(primary: IPv4Like) -> ipaddress.IPv6Address:
     captured in our lab), as did Microsoft's servers. Clients do not check it.
     """
     ip = int(as_ipv4(primary))
-    return ipaddress.IPv6Address((0xFE80 << 112) | (C.FLAG_CONE << 48)
+    return ipaddress.IPv6Address((0xFE80 << 112) | (constants.FLAG_CONE << 48)
                                  | (_PORT_OBFUSCATED << 32) | (ip ^ 0xFFFFFFFF))
 
 
 def teredo_prefix_of(server: IPv4Like) -> ipaddress.IPv6Network:
     """2001:0:<server IPv4>::/64, the prefix a server advertises (§5.2.1, §5.3.1)."""
-    return ipaddress.IPv6Network(((C.TEREDO_PREFIX_HI32 << 96) | (int(as_ipv4(server)) << 64), 64))
+    return ipaddress.IPv6Network(((constants.TEREDO_PREFIX_HI32 << 96) | (int(as_ipv4(server)) << 64), 64))
 
 
 def _is_global_ipv6(address: ipaddress.IPv6Address) -> bool:
@@ -152,7 +160,7 @@ def _is_global_ipv6(address: ipaddress.IPv6Address) -> bool:
 
 def _asks_cone_test(link_local: ipaddress.IPv6Address) -> bool:
     """The cone bit in the RS's link-local source (RFC 4380 §5.2.1: fe80::8000:...)."""
-    return bool((int(link_local) >> 48) & C.FLAG_CONE)
+    return bool((int(link_local) >> 48) & constants.FLAG_CONE)
 
 
 class ServerPolicy:
@@ -164,13 +172,13 @@ class ServerPolicy:
     """
 
     def __init__(self, primary: IPv4Like, secondary: IPv4Like, *, limiter: RateLimiter,
-                 native_ipv6: bool = False, mtu: int = C.TEREDO_MTU):
+                 native_ipv6: bool = False, mtu: int = constants.TEREDO_MTU):
         self.primary = as_ipv4(primary)
         self.secondary = as_ipv4(secondary)
         if self.primary == self.secondary:
             raise ValueError("a Teredo server needs two different addresses")
-        if not C.TEREDO_MTU <= mtu <= C.RA_MTU_MAX:
-            raise ValueError(f"RA MTU {mtu} outside {C.TEREDO_MTU}..{C.RA_MTU_MAX}")
+        if not constants.TEREDO_MTU <= mtu <= constants.RA_MTU_MAX:
+            raise ValueError(f"RA MTU {mtu} outside {constants.TEREDO_MTU}..{constants.RA_MTU_MAX}")
         self.limiter = limiter
         self.native_ipv6 = native_ipv6
         self.mtu = mtu
@@ -217,9 +225,9 @@ class ServerPolicy:
             return "malformed", None
         ipv6 = teredo.ipv6
         bubble = is_bubble(ipv6)
-        if not bubble and ipv6.next_header != C.IPPROTO_ICMPV6:
+        if not bubble and ipv6.next_header != constants.IPPROTO_ICMPV6:
             return "data", None
-        is_rs = (not bubble and ipv6.payload[:1] == bytes((C.ICMPV6_ROUTER_SOLICITATION,)))
+        is_rs = (not bubble and ipv6.payload[:1] == bytes((constants.ICMPV6_ROUTER_SOLICITATION,)))
         if is_rs or ipv6.dst == _ALL_ROUTERS or ipv6.dst == self.link_local:
             return self._solicitation(d, ipv6, teredo.auth, is_rs)
         return self._forward(d, ipv6, bubble)
@@ -269,7 +277,7 @@ class ServerPolicy:
                 self.link_local, dst,
                 # RFC 4861 §4.6.2 fields as Miredo sends them: A flag, infinite lifetimes.
                 prefixes=[PrefixInformation(self.prefix)],
-                mtu=self.mtu, retrans_timer=C.RA_RETRANS_TIMER_MS)
+                mtu=self.mtu, retrans_timer=constants.RA_RETRANS_TIMER_MS)
         return ra
 
     def _forward(self, d: Received, ipv6: Ipv6Packet, bubble: bool) -> _Decision:
@@ -278,11 +286,11 @@ class ServerPolicy:
         # A non-Teredo source may be anything, link-local included: Miredo's clients
         # and relays send their indirect bubbles from fe80::ffff:ffff:ffff (or the
         # cone link-local), and §5.3.1 accepts any non-Teredo source towards our clients.
-        if src in C.TEREDO_PREFIX:
+        if src in constants.TEREDO_PREFIX:
             sender = TeredoAddress.from_ipv6(src)
             if not sender.embeds(d.src_ip, d.src_port):
                 return "source_mismatch", None
-        if dst in C.TEREDO_PREFIX:
+        if dst in constants.TEREDO_PREFIX:
             return self._forward_teredo(d, ipv6, bubble, TeredoAddress.from_ipv6(dst))
         if sender is None:
             # §5.3.1: a non-Teredo source is accepted only towards our own clients.
@@ -317,7 +325,7 @@ class ServerPolicy:
         """§5.2.9/§5.3.1: a client's direct connectivity test to a native IPv6 host."""
         if not _is_global_ipv6(ipv6.dst):
             return "destination_not_global", None
-        if bubble or ipv6.payload[:1] != bytes((C.ICMPV6_ECHO_REQUEST,)):
+        if bubble or ipv6.payload[:1] != bytes((constants.ICMPV6_ECHO_REQUEST,)):
             return "native_not_echo_request", None
         refused = self._echo_refusal(ipv6)
         if refused:
@@ -338,10 +346,10 @@ class ServerPolicy:
     @staticmethod
     def _echo_refusal(ipv6: Ipv6Packet) -> Optional[str]:
         """None for a small, valid ICMPv6 echo; otherwise the drop reason."""
-        if ipv6.payload[:1] not in (bytes((C.ICMPV6_ECHO_REQUEST,)),
-                                    bytes((C.ICMPV6_ECHO_REPLY,))):
+        if ipv6.payload[:1] not in (bytes((constants.ICMPV6_ECHO_REQUEST,)),
+                                    bytes((constants.ICMPV6_ECHO_REPLY,))):
             return "icmpv6_not_echo" if ipv6.payload else "malformed"
-        if len(ipv6.payload) > C.SERVER_FORWARD_MAX_PAYLOAD:
+        if len(ipv6.payload) > constants.SERVER_FORWARD_MAX_PAYLOAD:
             return "echo_too_big"
         try:
             parse_echo(ipv6)

@@ -25,15 +25,13 @@ import os
 from typing import Dict, Optional, Tuple
 
 from xdp_teredo.errors import UsageError
-from xdp_teredo.teredo import constants as C
+from xdp_teredo.net.names import DEFAULT_TUNNEL, check_interface_name  # noqa: F401 (used and re-exported)
+from xdp_teredo.teredo import constants
 
 # The file `attach` reads when no --config is given: Miredo's, so that a host that ran
 # Miredo keeps its server (Debian ships one naming teredo-debian.remlab.net).
 DEFAULT_CONFIG_PATH = "/etc/miredo/miredo.conf"
 
-# Miredo's compiled-in default is "miredo"; Debian's miredo.conf and the issue both
-# name it "teredo".
-DEFAULT_TUNNEL = "teredo"
 # Miredo (src/relayd.c): port 0, the kernel picks an unused port (miredo.conf(5),
 # BindPort). A fixed port only helps with firewall rules.
 DEFAULT_BIND_ADDRESS = ipaddress.IPv4Address("0.0.0.0")
@@ -63,20 +61,6 @@ _RELAY_TYPES = {
 # resolve, built-in ones may be skipped (see servers.resolve_servers).
 SOURCE_COMMAND_LINE = "command line"
 SOURCE_BUILTIN = "built-in"
-
-# IFNAMSIZ (16) including the terminating NUL.
-_IFNAMSIZ = 16
-
-
-def check_interface_name(name: str, what: str = "interface name") -> str:
-    """`name` if Linux accepts it as an interface name (dev_valid_name), else UsageError."""
-    if (not isinstance(name, str) or not name or len(name) >= _IFNAMSIZ
-            or name in (".", "..")
-            or any(ch in name for ch in "/:") or any(ch.isspace() for ch in name)):
-        raise UsageError(f"invalid {what}: {name!r} (1-{_IFNAMSIZ - 1} characters, "
-                         "no '/', ':' or white space)")
-    return name
-
 
 # -- one layer of settings ------------------------------------------------------------
 
@@ -158,8 +142,8 @@ def _tunnel(value: str) -> str:
 def _mtu(value: str) -> int:
     # RFC 4380 §5.1.2 sets 1280; an RA may raise it up to 65535 (§5.2.1).
     mtu = _parse_int(value, "InterfaceMTU")
-    if not C.TEREDO_MTU <= mtu <= C.RA_MTU_MAX:
-        raise ValueError(f"InterfaceMTU must be between {C.TEREDO_MTU} and {C.RA_MTU_MAX}, "
+    if not constants.TEREDO_MTU <= mtu <= constants.RA_MTU_MAX:
+        raise ValueError(f"InterfaceMTU must be between {constants.TEREDO_MTU} and {constants.RA_MTU_MAX}, "
                          f"not {mtu}")
     return mtu
 
@@ -268,7 +252,7 @@ class ClientConfig:
     tunnel: str = DEFAULT_TUNNEL
     bind_address: ipaddress.IPv4Address = DEFAULT_BIND_ADDRESS
     bind_port: int = DEFAULT_BIND_PORT
-    mtu: int = C.TEREDO_MTU
+    mtu: int = constants.TEREDO_MTU
     relay_type: str = RELAY_CLIENT
     interface: Optional[str] = None
     user: str = DEFAULT_USER
@@ -326,7 +310,7 @@ def merge(command: Settings, file: Optional[Settings] = None, *,
         tunnel=pick("tunnel", DEFAULT_TUNNEL),
         bind_address=pick("bind_address", DEFAULT_BIND_ADDRESS),
         bind_port=pick("bind_port", DEFAULT_BIND_PORT),
-        mtu=pick("mtu", C.TEREDO_MTU),
+        mtu=pick("mtu", constants.TEREDO_MTU),
         relay_type=pick("relay_type", RELAY_CLIENT),
         interface=pick("interface", None),
         user=pick("user", DEFAULT_USER),
@@ -346,7 +330,7 @@ def load_client_config(command: Settings, config_path: Optional[str] = None, *,
     exists. default_servers defaults to servers.DEFAULT_SERVERS.
     """
     if default_servers is None:
-        from xdp_teredo.servers import DEFAULT_SERVERS
+        from xdp_teredo.client.servers import DEFAULT_SERVERS
         default_servers = DEFAULT_SERVERS
     if config_path is not None:
         file = load_miredo_conf(config_path)

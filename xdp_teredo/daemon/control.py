@@ -1,18 +1,20 @@
-"""The running client's control socket: how `status`, `peers` and `stats` reach it.
+"""The control socket every role serves: how `status`, `peers`, `stats` reach a daemon.
 
-Rendezvous: the abstract unix socket "@xdp-teredo-client-<tunnel>". An abstract
-socket has no file, so nothing is left behind by a killed client, and it belongs
-to a network namespace, which is exactly the scope of a client: `ip netns exec NS
-xdp-teredo status` finds the client of NS even though `ip netns exec` gives each
+Rendezvous: an abstract unix socket per network namespace, named after what the
+daemon owns there: "@xdp-teredo-tunnel-<tunnel>" for a client or a relay (each
+owns one tun device; `tunnel_socket`), "@xdp-teredo-server" for a server. An
+abstract socket has no file, so nothing is left behind by a killed daemon, and it
+belongs to a network namespace, which is exactly a daemon's scope: `ip netns exec
+NS xdp-teredo status` finds the daemon of NS even though `ip netns exec` gives each
 command its own /sys (a pinned map or a file under /run would not be shared, see
-docs/datapath.md). Binding the name is also the lock that keeps a second client
-with the same tunnel name from starting in the same namespace.
+docs/datapath.md). Binding the name is also the lock that keeps a second daemon
+of the same name from starting in the same namespace.
 
 Protocol, one exchange per connection: the asker sends one JSON line
-{"request": NAME}; the client answers one JSON object (the handler's result, or
-{"error": "..."}) and closes. Connections are served from the client's event loop,
-never blocking it: a connection that has not sent its request within
-REQUEST_TIMEOUT seconds is dropped.
+{"request": NAME}; the daemon answers one JSON object (the handler's result, or
+{"error": "..."}) and closes. Connections are served from the daemon's event loop,
+never blocking it: one that has not sent its request within REQUEST_TIMEOUT
+seconds is dropped.
 
 Anyone in the network namespace may ask (abstract sockets have no permissions); the
 answers are what `ip addr` and `ss` show anyway, and nothing can be changed here.
@@ -22,15 +24,14 @@ from __future__ import annotations
 
 import errno
 import json
-import selectors
 import socket
 import time
 from typing import Callable, Dict, Optional
 
-from xdp_teredo.config import DEFAULT_TUNNEL
-from xdp_teredo.errors import RuntimeFailure
+from ..errors import RuntimeFailure
 
-SOCKET_PREFIX = "\0xdp-teredo-client-"
+TUNNEL_PREFIX = "\0xdp-teredo-tunnel-"
+SERVER_SOCKET = "\0xdp-teredo-server"
 # A request is one short line; a client that sends more is not one of ours.
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 1.0
@@ -42,12 +43,12 @@ Handler = Callable[[], object]
 
 
 class NotRunning(RuntimeFailure):
-    """No client listens on the control socket of that tunnel in this namespace."""
+    """Nothing listens on that control socket in this network namespace."""
 
 
-def socket_name(tunnel: str = DEFAULT_TUNNEL) -> str:
-    """The abstract socket name of the client whose tunnel is `tunnel`."""
-    return SOCKET_PREFIX + tunnel
+def tunnel_socket(tunnel: str) -> str:
+    """The socket of the client or relay whose tunnel device is `tunnel`."""
+    return TUNNEL_PREFIX + tunnel
 
 
 def display_name(name: str) -> str:
@@ -56,22 +57,19 @@ def display_name(name: str) -> str:
 
 
 class ControlServer:
-    """The listening side, driven by the owner's selector.
+    """The listening side, served by an EventLoop (attach)."""
 
-    handlers: request name -> zero-argument callable returning a JSON-able object.
-    register(selector) adds the listener; the owner calls handle(key) for every
-    ready key whose data is this server (`owns(key)`), and expire() now and then.
-    """
-
-    def __init__(self, tunnel: str, handlers: Dict[str, Handler], *, clock=time.monotonic):
-        self.name = socket_name(tunnel)
-        self.tunnel = tunnel
+    def __init__(self, name: str, handlers: Dict[str, Handler], *, owner: str,
+                 hint: str = "stop it first"):
+        self.name = name
+        self.owner = owner               # "a Teredo client with tunnel teredo", for errors
+        self.hint = hint
         self.handlers = dict(handlers)
         self.served = 0
         self.refused = 0
-        self._clock = clock
+        self._clock = time.monotonic     # the loop's, once attached
         self._listener: Optional[socket.socket] = None
-        self._selector: Optional[selectors.BaseSelector] = None
+        self._loop = None
         self._pending: Dict[socket.socket, list] = {}   # conn -> [deadline, bytes]
 
     def open(self) -> "ControlServer":
@@ -84,26 +82,19 @@ class ControlServer:
             sock.close()
             if err.errno == errno.EADDRINUSE:
                 raise RuntimeFailure(
-                    f"a Teredo client with tunnel {self.tunnel} is already running in this "
-                    f"network namespace ({display_name(self.name)} is taken): stop it, or "
-                    "use --tunnel NAME") from err
+                    f"{self.owner} is already running in this network namespace "
+                    f"({display_name(self.name)} is taken): {self.hint}") from err
             raise RuntimeFailure(f"cannot open the control socket {display_name(self.name)}: "
                                  f"{err.strerror or err}") from err
         self._listener = sock
         return self
 
-    def register(self, selector: selectors.BaseSelector) -> None:
-        self._selector = selector
-        selector.register(self._listener, selectors.EVENT_READ, self)
-
-    def owns(self, key: selectors.SelectorKey) -> bool:
-        return key.data is self
-
-    def handle(self, key: selectors.SelectorKey) -> None:
-        if key.fileobj is self._listener:
-            self._accept()
-        else:
-            self._read(key.fileobj)
+    def attach(self, loop) -> None:
+        """Serve from `loop` (daemon/loop.py): accepts, requests and their timeouts."""
+        self._loop = loop
+        self._clock = loop.clock.monotonic
+        loop.add_reader(self._listener, self._accept)
+        loop.deadline(self.next_deadline, lambda now: self.expire())
 
     def expire(self) -> None:
         """Drop connections that did not send their request in time."""
@@ -120,11 +111,8 @@ class ControlServer:
         for conn in list(self._pending):
             self._forget(conn)
         if self._listener is not None:
-            if self._selector is not None:
-                try:
-                    self._selector.unregister(self._listener)
-                except (KeyError, ValueError):
-                    pass
+            if self._loop is not None:
+                self._loop.remove_reader(self._listener)
             self._listener.close()
             self._listener = None
 
@@ -134,9 +122,7 @@ class ControlServer:
         while True:
             try:
                 conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # EAGAIN included: nothing more to accept now
                 return
             if len(self._pending) >= MAX_PENDING:
                 self.refused += 1
@@ -144,7 +130,7 @@ class ControlServer:
                 continue
             conn.setblocking(False)
             self._pending[conn] = [self._clock() + REQUEST_TIMEOUT, b""]
-            self._selector.register(conn, selectors.EVENT_READ, self)
+            self._loop.add_reader(conn, lambda c=conn: self._read(c))
 
     def _read(self, conn: socket.socket) -> None:
         entry = self._pending.get(conn)
@@ -175,7 +161,7 @@ class ControlServer:
         else:
             try:
                 reply = handler()
-            except Exception as err:  # a failing handler must not take the client down
+            except Exception as err:  # a failing handler must not take the daemon down
                 reply = {"error": f"{request} failed: {err}"}
         data = json.dumps(reply).encode() + b"\n"
         try:
@@ -190,20 +176,17 @@ class ControlServer:
 
     def _forget(self, conn: socket.socket) -> None:
         self._pending.pop(conn, None)
-        if self._selector is not None:
-            try:
-                self._selector.unregister(conn)
-            except (KeyError, ValueError):
-                pass
+        if self._loop is not None:
+            self._loop.remove_reader(conn)
         conn.close()
 
 
-def query(request: str, tunnel: str = DEFAULT_TUNNEL, *, timeout: float = 3.0):
-    """Ask the client of this network namespace whose tunnel is `tunnel`.
+def query(name: str, request: str, *, timeout: float = 3.0, what: str = "daemon"):
+    """Ask the daemon listening on `name` in this network namespace.
 
-    RuntimeFailure when no such client runs, or when it answers with an error.
+    NotRunning when nothing listens there; RuntimeFailure when it answers with an
+    error or cannot be read. `what` names the daemon in those messages.
     """
-    name = socket_name(tunnel)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     chunks = []
@@ -217,25 +200,24 @@ def query(request: str, tunnel: str = DEFAULT_TUNNEL, *, timeout: float = 3.0):
             chunks.append(chunk)
     except OSError as err:
         if err.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            raise NotRunning(
-                f"no xdp-teredo client with tunnel {tunnel} is running in this network "
-                f"namespace ({display_name(name)} is not listening)") from err
-        raise RuntimeFailure(f"cannot ask the client ({display_name(name)}): "
+            raise NotRunning(f"no {what} is running in this network namespace "
+                             f"({display_name(name)} is not listening)") from err
+        raise RuntimeFailure(f"cannot ask the {what} ({display_name(name)}): "
                              f"{err.strerror or err}") from err
     finally:
         sock.close()
     try:
         reply = json.loads(b"".join(chunks))
     except ValueError as err:
-        raise RuntimeFailure(f"unreadable answer from the client: {err}") from err
+        raise RuntimeFailure(f"unreadable answer from the {what}: {err}") from err
     if isinstance(reply, dict) and set(reply) == {"error"}:
-        raise RuntimeFailure(f"the client says: {reply['error']}")
+        raise RuntimeFailure(f"the {what} says: {reply['error']}")
     return reply
 
 
-def running(tunnel: str = DEFAULT_TUNNEL) -> Optional[dict]:
-    """The status of the client of `tunnel` in this namespace, or None if none runs."""
+def running(name: str, *, what: str = "daemon") -> Optional[dict]:
+    """The status of the daemon on `name`, or None if none runs."""
     try:
-        return query("status", tunnel)
+        return query(name, "status", what=what)
     except NotRunning:
         return None

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Callable, List
 
-from .datapath import kheaders
+from ..datapath import kheaders
 
 # Oldest kernel whose helpers we rely on: bpf_redirect_neigh (5.10) and
 # bpf_skb_adjust_room's ENCAP flags (5.2) and DECAP flags (6.3, feature-probed).

@@ -1,0 +1,196 @@
+"""The client's side of qualification (RFC 4380 §5.2.1, §5.2.5, §5.2.7): carrying
+out what teredo/qualification.py decides.
+
+The Qualification state machine says "send this RS", "the address changed", "the
+MTU changed", "flush the peers", "offline"; this mixin of ClientDaemon does it:
+the RS on the socket, the address on the tunnel and in the data path's config,
+the hook, the peer table. When no server name resolves (no DNS yet, at boot), it
+stays offline and looks the names up again in a thread, so that the loop keeps
+answering `status`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from typing import Optional
+
+from ..errors import RuntimeFailure, UsageError
+from ..teredo import constants, encap, icmpv6
+from ..teredo.qualification import (
+    AddressChanged,
+    FlushPeers,
+    Mapping,
+    MtuChanged,
+    Offline,
+    Qualification,
+    SendRouterSolicitation,
+    State,
+    StateChanged,
+)
+
+IPv6Address = ipaddress.IPv6Address
+
+HINT = ("no Teredo server answered: most public Teredo servers are gone; run "
+        "`xdp-teredo server --bind ADDR` on any host with two consecutive public IPv4 "
+        "addresses and use --server ADDR")
+
+
+class Qualifying:
+    """Mixed into ClientDaemon: the state lives there (qual, servers, tunnel, att...)."""
+
+    @property
+    def address(self) -> Optional[IPv6Address]:
+        mapping = self.qual.mapping if self.qual is not None else None
+        return mapping.address if mapping else None
+
+    def qualification_due(self) -> Optional[float]:
+        return self.qual.timer_at if self.qual is not None else None
+
+    def on_qualification_timer(self, now: float) -> None:
+        self.qualification(self.qual.on_timer(now))
+
+    def start_qualification(self) -> None:
+        now = self.clock.monotonic()
+        resume, self._resume = self._resume, None
+        if not self.servers:
+            if resume is not None:
+                self.address_changed(resume, None)  # nobody to confirm it with
+            # The built-in list did not resolve at all (no DNS yet?): stay offline
+            # and try the names again later.
+            self._resolve_at = now + max(self.timers.restart_delay, 1.0)
+            self.log.warning("no_server_answered", servers=list(self.config.servers),
+                             reason="none of the servers resolved", hint=HINT,
+                             retry_in_s=round(self._resolve_at - now, 1))
+            return
+        self.qual = Qualification(
+            [s.primary for s in self.servers], rng=self._rng,
+            timeout=self.timers.qualification_timeout, tries=self.timers.qualification_tries,
+            refresh_interval=self.timers.refresh_interval,
+            restart_delay=self.timers.restart_delay,
+            restart_delay_max=self.timers.restart_delay_max)
+        if resume is not None:
+            self.qualification(self.qual.resume(now, resume))
+        else:
+            self.qualification(self.qual.start(now))
+
+    # -- resolving the names again, off the loop's thread --
+
+    def resolve_due(self) -> Optional[float]:
+        if self._resolved is not None:
+            return 0.0   # the thread is done: take its answer now
+        return self._resolve_at
+
+    def on_resolve_due(self, now: float) -> None:
+        if self._resolved is not None:
+            found, self._resolved = self._resolved, None
+            self._resolving = None
+            self.servers = found
+            self.start_qualification()
+            return
+        self._resolve_at = None
+        if self._resolving is not None:
+            return
+        from .plan import resolve
+
+        def work():
+            # Threads are fine here: privileges were dropped before the loop started.
+            try:
+                found = resolve(self.config)
+            except UsageError:
+                found = ()
+            self._resolved = found
+            self.loop.wake()
+
+        self._resolving = threading.Thread(target=work, name="resolve-servers", daemon=True)
+        self._resolving.start()
+
+    # -- the Qualification's actions --
+
+    def qualification(self, actions: list) -> None:
+        """Carry out what the Qualification asked, in order."""
+        if any(isinstance(a, StateChanged) and a.new is State.QUALIFIED for a in actions) \
+                and not any(isinstance(a, AddressChanged) for a in actions):
+            # Qualified with the mapping we resumed (a restart): the address stayed.
+            mapping = self.qual.mapping
+            self.log.info("qualified", address=str(mapping.address), server=str(mapping.server),
+                          mapped=f"{mapping.mapped_ip}:{mapping.mapped_port}",
+                          nat=self.behind_nat(mapping), mtu=mapping.mtu,
+                          tunnel=self.tunnel.name, resumed=True)
+        for action in actions:
+            if isinstance(action, SendRouterSolicitation):
+                # §5.2.1: from the restricted link-local to all-routers, with an
+                # authentication header that carries only the nonce (as Miredo).
+                rs = icmpv6.build_router_solicitation(
+                    constants.LINK_LOCAL_CONE if action.cone else constants.LINK_LOCAL_RESTRICTED)
+                payload = encap.build_udp_payload(rs, auth=encap.AuthHeader(nonce=action.nonce))
+                self.send(payload, action.server, constants.TEREDO_PORT, "rs_sent")
+            elif isinstance(action, StateChanged):
+                self.since = self.clock.monotonic()
+                self.since_wall = time.time()
+            elif isinstance(action, AddressChanged):
+                self.address_changed(action.old, action.new)
+            elif isinstance(action, MtuChanged):
+                self.mtu_changed(action)
+            elif isinstance(action, FlushPeers):
+                self.carry_out(self.peers.flush())
+                # Entries the data path learned by itself are not in the PeerList:
+                # they were trusted on the old address as much as the others.
+                self.sync.clear()
+            elif isinstance(action, Offline):
+                self.log.warning("no_server_answered", servers=[str(s) for s in self.servers],
+                                 next_server=str(action.next_server), hint=HINT,
+                                 retry_in_s=round(action.retry_at - self.clock.monotonic(), 1))
+            # SetTimer: the loop reads qual.timer_at. ServerLost: qualification.py
+            # logged it (no_reply_from_server / lost_connectivity).
+
+    def address_changed(self, old: Optional[Mapping], new: Optional[Mapping]) -> None:
+        try:
+            if new is None:
+                self.tunnel.clear_address()
+                self.configure_datapath()
+                self.hook.down()
+                return
+            if self.tunnel.address is None:
+                self.tunnel.set_address(new.address)
+            else:
+                self.tunnel.replace_address(self.tunnel.address, new.address)
+            if new.mtu != self.tunnel.mtu:
+                self.tunnel.set_mtu(new.mtu)
+            self.configure_datapath()
+            self.hook.up(new.address, self.tunnel.link_local, new.mtu)
+        except RuntimeFailure as err:
+            # Netlink refused (someone removed the tunnel?): say so; the next
+            # refresh or requalification tries again.
+            self.counters["address_apply_failed"] += 1
+            self.log.error("address_apply_failed", error=str(err))
+            return
+        if old is None:
+            self.log.info("qualified", address=str(new.address), server=str(new.server),
+                          mapped=f"{new.mapped_ip}:{new.mapped_port}", nat=self.behind_nat(new),
+                          mtu=new.mtu, tunnel=self.tunnel.name)
+
+    def mtu_changed(self, action: MtuChanged) -> None:
+        try:
+            self.tunnel.set_mtu(action.new)
+            self.configure_datapath()
+            self.hook.up(action.mapping.address, self.tunnel.link_local, action.new)
+        except (RuntimeFailure, ValueError) as err:
+            self.counters["address_apply_failed"] += 1
+            self.log.error("mtu_apply_failed", error=str(err), mtu=action.new)
+
+    def configure_datapath(self) -> None:
+        from ..datapath.maps import Config
+
+        mapping = self.qual.mapping if self.qual is not None else None
+        self.att.configure(Config(
+            local_ipv4=self.local[0], local_port=self.local[1],
+            teredo_address=mapping.address if mapping else IPv6Address("::"),
+            # Until qualified every Teredo packet goes to the slow path (rx/tx_disabled).
+            enabled=mapping is not None, learn_peers=True,
+            peer_timeout=constants.PEER_RECENT, mtu=self.tunnel.mtu))
+
+    def behind_nat(self, mapping: Mapping) -> bool:
+        """Whether a NAT sits between us and the server: it saw another address/port."""
+        return (mapping.mapped_ip, mapping.mapped_port) != tuple(self.local)

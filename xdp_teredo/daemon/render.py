@@ -1,0 +1,150 @@
+"""What `status`, `peers`, `stats` and `counters` show: the daemons' answers (dicts
+and rows, served as JSON by the control socket) and the CLI's text for them.
+
+Both tunnel roles (client and relay) answer `peers` with the same rows: the BPF
+peer table first (the fast path's view, with its counters), then the peers the
+control plane is still resolving (bubbles sent, a connectivity test running).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, List, Optional
+
+from ..errors import TeredoError
+from ..teredo import guard
+from ..teredo.peers import teredo_parts
+
+
+def _age(now_ns: int, then_ns: int) -> Optional[float]:
+    return round((now_ns - then_ns) / 1e9, 3) if then_ns else None
+
+
+def peer_rows(entries: Iterable, pending: Iterable, *, now_ns: int, now: float,
+              is_relay_peer: Callable[[object], bool]) -> List[dict]:
+    """`xdp-teredo peers --json`: the BPF entries, then the PeerList's peers that
+    are not in the table. is_relay_peer(address): the peer is a native host behind
+    a relay (a client's view; a relay's peers are all Teredo clients)."""
+    from ..datapath.layout import PeerFlag
+
+    rows, seen = [], set()
+    for entry in entries:
+        seen.add(entry.address)
+        rows.append({
+            "address": str(entry.address),
+            "mapped": f"{entry.mapped_ipv4}:{entry.mapped_port}",
+            "trusted": entry.trusted,
+            "learned": bool(entry.flags & PeerFlag.LEARNED),
+            "relay": bool(entry.flags & PeerFlag.RELAY),
+            "last_rx_s": _age(now_ns, entry.last_rx_ns),
+            "last_tx_s": _age(now_ns, entry.last_tx_ns),
+            "rx_packets": entry.rx_packets, "tx_packets": entry.tx_packets,
+            "rx_bytes": entry.rx_bytes, "tx_bytes": entry.tx_bytes,
+            "in_datapath": True,
+        })
+    for peer in pending:
+        if peer.address in seen:
+            continue
+        rows.append({
+            "address": str(peer.address),
+            "mapped": f"{peer.mapped_ip}:{peer.mapped_port}" if peer.mapping else None,
+            "trusted": peer.trusted, "learned": False,
+            "relay": is_relay_peer(peer.address),
+            "last_rx_s": round(now - peer.last_rx, 3) if peer.last_rx is not None else None,
+            "last_tx_s": round(now - peer.last_tx, 3) if peer.last_tx is not None else None,
+            "rx_packets": 0, "tx_packets": 0, "rx_bytes": 0, "tx_bytes": 0,
+            "in_datapath": False,
+            "queued": len(peer.queue), "bubbles": peer.bubble_count,
+            "testing": peer.nonce is not None, "unreachable": peer.echo_failed,
+        })
+    return rows
+
+
+def native_peer(address) -> bool:
+    """A client's peer that is not a Teredo address: a host behind a relay (§5.2.9)."""
+    return not teredo_parts(address)
+
+
+def inbound(settings: guard.Settings, maps, counters) -> dict:
+    """The guard in `status`: policy, allowed ports, live flows, and what the slow
+    path refused (the fast path's refusals are `stats`' guard_* reasons)."""
+    info = settings.describe()
+    if maps is not None:
+        try:
+            info.update(maps.summary())
+        except (TeredoError, OSError) as err:
+            info["error"] = str(err)
+    info["slow_path_dropped"] = {v: counters[f"drop_{v}"] for v in guard.VERDICTS
+                                 if counters[f"drop_{v}"]}
+    return info
+
+
+# -- the CLI's text ------------------------------------------------------------------------
+
+_CLIENT_KEYS = ("state", "address", "server", "mapped", "nat", "since", "tunnel",
+                "interface", "local", "xdp", "decap", "peers", "pid", "user")
+_RELAY_KEYS = ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tunnel",
+               "peers", "pending", "pid", "started")
+
+
+def status_lines(info: dict) -> List[str]:
+    """`xdp-teredo status` for a client or a relay."""
+    relay = info.get("role") == "relay"
+    lines = [f"{key:<10} {'-' if info.get(key) is None else info.get(key)}"
+             for key in (_RELAY_KEYS if relay else _CLIENT_KEYS)]
+    if relay:
+        lines += [f"{'hook':<10} {h['interface']}: {h['hook']} ({h['why']})"
+                  for h in info.get("hooks", [])]
+    inbound_info = info.get("inbound")
+    if inbound_info:
+        allowed = ", ".join(inbound_info.get("allowed") or []) or "nothing"
+        line = inbound_info.get("policy", "-")
+        if line == "stateful":
+            line += f" (allowed: {allowed}; {inbound_info.get('flows', 0)} flows open)"
+        lines.append(f"{'inbound':<10} {line}")
+    return lines
+
+
+def peer_lines(rows: List[dict]) -> List[str]:
+    """`xdp-teredo peers`: one line per peer."""
+    lines = [f"{'address':<40} {'mapped':<22} {'trust':<9} {'rx age':>8} {'tx age':>8} "
+             f"{'rx pkts':>9} {'tx pkts':>9}"]
+    for row in rows:
+        trust = "learned" if row.get("learned") else "trusted" if row["trusted"] else "pending"
+        ages = [("-" if row[k] is None else f"{row[k]:.1f}s") for k in ("last_rx_s", "last_tx_s")]
+        lines.append(f"{row['address']:<40} {row['mapped'] or '-':<22} {trust:<9} "
+                     f"{ages[0]:>8} {ages[1]:>8} {row['rx_packets']:>9} {row['tx_packets']:>9}")
+    return lines
+
+
+def stats_lines(snapshot: dict, source: str, show_all: bool = False) -> List[str]:
+    """`xdp-teredo stats`: the data path's counters by kind, one line per reason."""
+    from ..datapath.layout import Kind, Reason
+
+    titles = {Kind.OK: "fast path", Kind.PASS: "slow path (left to the stack / control plane)",
+              Kind.DROP: "dropped"}
+    width = max(len(r.key) for r in Reason)
+    lines, hidden = [f"instance {source}"], 0
+    for kind, title in titles.items():
+        rows = [r for r in Reason if r.kind == kind]
+        shown = [r for r in rows if show_all or snapshot[r.key]["packets"]
+                 or r in (Reason.DECAPSULATED, Reason.ENCAPSULATED)]
+        hidden += len(rows) - len(shown)
+        lines.append(f"{title}\n  {'reason':<{width}}  {'packets':>12}  {'bytes':>14}")
+        lines += [f"  {r.key:<{width}}  {snapshot[r.key]['packets']:>12}  "
+                  f"{snapshot[r.key]['bytes']:>14}" for r in shown]
+        if not shown:
+            lines.append("  (none)")
+    if hidden:
+        lines.append(f"({hidden} more reasons at 0: --all lists them)")
+    return lines
+
+
+def stats_json(snapshot: dict, source: str) -> dict:
+    """`xdp-teredo stats --json`: reason -> packets at the top level (plain integers,
+    as scripts compare them), bytes apart."""
+    from ..datapath.layout import Reason
+
+    out = {"instance": source}
+    out.update({r.key: snapshot[r.key]["packets"] for r in Reason})
+    out["bytes"] = {r.key: snapshot[r.key]["bytes"] for r in Reason}
+    return out
