@@ -233,3 +233,26 @@ def test_stalled_connections_are_swept():
     assert not server._connections and ours.fileno() == -1
     theirs.close()
     server._loop.close()
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist():
+    import json
+    import pathlib
+    import re
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\bxdp_teredo_[a-z_]+", e)}
+    server = {"received": 1, "rate_limited": 0, "dropped": {"malformed": 0}}
+    offered = set()
+    for seen in (_client_observation(),
+                 metrics.Observation(role="server", state="serving",
+                                     states=("starting", "serving"), state_since=0.0,
+                                     slow_path=Counters(), server=server)):
+        _, families = _scrape(seen)
+        offered |= {s.name for f in families.values() for s in f.samples}
+    assert used and used <= offered, used - offered
+    for needed in ("xdp_teredo_datapath_packets_total", "xdp_teredo_slow_path_events_total",
+                   "xdp_teredo_peers", "xdp_teredo_state", "xdp_teredo_server_sent_total"):
+        assert needed in used

@@ -107,6 +107,7 @@ class Daemon:
         self.keep_datapath = False
         self.serving_now = False
         self.metrics = None         # daemon/metrics.MetricsServer, with --metrics
+        self.state_wall = self.started_wall   # when the skeleton's state last changed
 
     # -- what a role writes --
 
@@ -130,7 +131,7 @@ class Daemon:
 
         serving = "serving" if self.serving_now else "starting"
         return Observation(role=self.role, state=serving, states=("starting", "serving"),
-                           state_since=self.started_wall, slow_path=self.counters)
+                           state_since=self.state_wall, slow_path=self.counters)
 
     def privileged_user(self) -> Optional[str]:
         """The user to become after set-up, keeping CAP_NET_ADMIN; None: stay."""
@@ -199,6 +200,7 @@ class Daemon:
 
     def serve(self) -> None:
         self.serving_now = True
+        self.state_wall = time.time()
         self.serving()
         self.loop.run()
 
