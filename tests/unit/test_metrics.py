@@ -256,3 +256,25 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist():
     for needed in ("xdp_teredo_datapath_packets_total", "xdp_teredo_slow_path_events_total",
                    "xdp_teredo_peers", "xdp_teredo_state", "xdp_teredo_server_sent_total"):
         assert needed in used
+
+
+@pytest.mark.parametrize("command", [
+    ["attach", "eth0", "--server", "192.0.2.1"],
+    ["relay", "--ipv4-iface", "eth0", "--ipv6-iface", "eth1"],
+    ["server", "--bind", "192.0.2.1"],
+])
+def test_every_role_takes_metrics_and_a_bad_value_is_one_line_exit_2(command, monkeypatch):
+    from click.testing import CliRunner
+
+    from xdp_teredo import cli as cli_mod
+
+    # Nothing may start: the value is checked before any role is set up.
+    for target in ("xdp_teredo.client.attach", "xdp_teredo.relay.relay",
+                   "xdp_teredo.server.serve"):
+        monkeypatch.setattr(target, lambda *a, **k: pytest.fail("started"))
+    res = CliRunner().invoke(cli_mod.cli, [*command, "--metrics", "localhost:9417"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == ["xdp-teredo: error: --metrics 'localhost:9417': 'localhost' is not "
+                     "an IP address"]
+    assert "--metrics HOST:PORT" in CliRunner().invoke(cli_mod.cli, [command[0], "--help"]).output
