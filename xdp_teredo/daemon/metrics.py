@@ -273,9 +273,17 @@ class MetricsServer:
         family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
         host = self.address.host
         if not host:
-            # Every address, IPv4 included, through one dual-stack socket.
-            family, host = socket.AF_INET6, "::"
-        sock = socket.socket(family, socket.SOCK_STREAM)
+            # Every address, IPv4 included, through one dual-stack socket (IPv4
+            # only on a kernel without IPv6).
+            family, host = (socket.AF_INET6, "::") if socket.has_ipv6 else \
+                (socket.AF_INET, "0.0.0.0")
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as err:
+            if host != "::":
+                raise RuntimeFailure(f"--metrics {self.address}: {err.strerror or err}") from err
+            family, host = socket.AF_INET, "0.0.0.0"
+            sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             # A restart must not wait for the old connections' TIME_WAIT; a port
             # another socket listens on is still refused (EADDRINUSE) on Linux.
