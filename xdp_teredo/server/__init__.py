@@ -20,11 +20,12 @@ from .plan import (
 )
 
 
-def serve(config: ServerConfig) -> int:
-    """`xdp-teredo server`: serve until SIGINT or SIGTERM; 0 on a clean stop."""
+def serve(config: ServerConfig, *, metrics=None) -> int:
+    """`xdp-teredo server`: serve until SIGINT or SIGTERM; 0 on a clean stop.
+    `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
     from .daemon import ServerDaemon
 
-    return run(ServerDaemon(config))
+    return run(ServerDaemon(config), metrics=metrics)
 
 
 def query_status(timeout: float = 2.0) -> dict:
