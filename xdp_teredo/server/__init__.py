@@ -16,12 +16,15 @@ from .plan import (
     DEFAULT_SOURCE_PPS,
     ServerConfig,
     config_from_options,
+    preflight,
     server_addresses,
 )
 
 
 def serve(config: ServerConfig) -> int:
-    """`xdp-teredo server`: serve until SIGINT or SIGTERM; 0 on a clean stop."""
+    """`xdp-teredo server`: preflight, then serve until SIGINT or SIGTERM; 0 on a
+    clean stop."""
+    preflight(config)
     from .daemon import ServerDaemon
 
     return run(ServerDaemon(config))
