@@ -22,6 +22,8 @@ import pytest
 from xdp_teredo.daemon import privileges as priv
 from xdp_teredo.errors import UsageError
 
+from tests.conftest import require_tool, skip_or_fail
+
 ADDRESS = "2001:0:c000:201:0:cfc6:3fff:fd74"
 ADDRESS2 = "2001:0:c000:201:0:cfc6:3fff:fd00"
 USER = "nobody"
@@ -105,13 +107,12 @@ def _child(keep_arg: str) -> None:
 
 @pytest.fixture
 def netns(require_root):
-    if not shutil.which("ip"):
-        pytest.skip("iproute2 (ip) not installed")
+    require_tool("ip")
     try:
         import pwd
         pwd.getpwnam(USER)
     except KeyError:
-        pytest.skip(f"no user {USER!r} on this machine")
+        skip_or_fail(f"no user {USER!r} on this machine")
     name = f"xt-priv-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

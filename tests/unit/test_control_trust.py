@@ -17,6 +17,8 @@ import pytest
 from xdp_teredo.daemon import control
 from xdp_teredo.errors import RuntimeFailure
 
+from tests.conftest import skip_or_fail
+
 from .control_support import Served
 
 NOBODY = 65534
@@ -25,7 +27,7 @@ NOBODY = 65534
 @pytest.fixture
 def as_root():
     if os.geteuid() != 0:
-        pytest.skip("needs root to play another uid (os.setuid in a child)")
+        skip_or_fail("needs root to play another uid (os.setuid in a child)")
 
 
 def _child(uid, body):

@@ -16,6 +16,8 @@ from xdp_teredo.errors import RuntimeFailure, UsageError
 from xdp_teredo.relay import plan as relay_plan
 from xdp_teredo.server import plan as server_plan
 
+from tests.conftest import skip_or_fail
+
 
 def _ok(name):
     return lambda *a, **k: pf.Check(name, True, "fine")
@@ -73,7 +75,7 @@ def test_interface_checks():
 def test_an_interface_down_is_the_users_mistake():
     """In a new network namespace, lo is down (a forked child unshares; needs root)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to make a network namespace (unshare)")
+        skip_or_fail("needs root to make a network namespace (unshare)")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
