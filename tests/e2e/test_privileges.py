@@ -22,8 +22,6 @@ import pytest
 from xdp_teredo.daemon import privileges as priv
 from xdp_teredo.errors import UsageError
 
-from tests.conftest import require_tool, skip_or_fail
-
 ADDRESS = "2001:0:c000:201:0:cfc6:3fff:fd74"
 ADDRESS2 = "2001:0:c000:201:0:cfc6:3fff:fd00"
 USER = "nobody"
@@ -107,6 +105,8 @@ def _child(keep_arg: str) -> None:
 
 @pytest.fixture
 def netns(require_root):
+    from tests.conftest import require_tool, skip_or_fail  # not at the top: a child runs this file
+
     require_tool("ip")
     try:
         import pwd

@@ -29,7 +29,6 @@ from xdp_teredo.teredo import constants as C
 from xdp_teredo.teredo import icmpv6
 from xdp_teredo.teredo import packet as P
 
-from tests.conftest import require_path, require_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -207,6 +206,8 @@ def routes(ns: str, dev: str = NAME):
 
 @pytest.fixture
 def netns(require_root):
+    from tests.conftest import require_tool  # not at the top: this file is a driver too
+
     require_tool("ip")
     name = f"xt-tun-{os.getpid()}-{next(_counter)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -451,6 +452,8 @@ MIREDO_HOOK = "/etc/miredo/client-hook"
 
 def test_debians_miredo_hook_works_with_our_environment(ns, tunnel):
     """A Miredo user's hook keeps working: run Debian's own client-hook through Hook."""
+    from tests.conftest import require_path
+
     require_path(MIREDO_HOOK, "miredo is not installed; `make test` installs it")
     result = tunnel("hook", path=MIREDO_HOOK, state_name="up", address=ADDRESS,
                     link_local=C.LINK_LOCAL_RESTRICTED, mtu=1280)
