@@ -206,3 +206,15 @@ def test_peer_credentials_of_a_socketpair_are_ours():
     finally:
         a.close()
         b.close()
+
+
+def test_a_name_bound_but_not_listening_by_a_trusted_uid_is_not_running():
+    name = _name()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(name)  # ours, between bind() and listen(): nothing answers yet
+    try:
+        with pytest.raises(control.NotRunning, match="is not listening"):
+            control.query(name, "status")
+        assert control.holder(name) == (os.getpid(), os.geteuid())
+    finally:
+        sock.close()

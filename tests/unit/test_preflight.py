@@ -35,15 +35,27 @@ def test_a_user_without_capabilities_is_told_to_use_root_exit_2(as_user):
     assert not check.ok and check.blame == pf.USER
     with pytest.raises(UsageError) as caught:
         pf.require([lambda: check])
-    assert str(caught.value) == ("xdp-teredo attach needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN); "
-                                 "this is uid 1000: run it as root (sudo)")
+    assert str(caught.value) == ("xdp-teredo attach needs root (CAP_NET_ADMIN, CAP_BPF or "
+                                 "CAP_SYS_ADMIN); this is uid 1000: run it as root (sudo)")
 
 
 def test_root_without_capabilities_is_the_machine_exit_1(monkeypatch):
     monkeypatch.setattr(pf, "_effective_capabilities", lambda: 1 << pf.CAP_NET_ADMIN)
     monkeypatch.setattr(pf.os, "geteuid", lambda: 0)
-    with pytest.raises(RuntimeFailure, match="runs as root without CAP_SYS_ADMIN: run it where"):
+    with pytest.raises(RuntimeFailure, match="runs as root without CAP_BPF or CAP_SYS_ADMIN: "
+                                             "run it where"):
         pf.require([lambda: pf.capabilities(who="xdp-teredo relay")])
+
+
+@pytest.mark.parametrize("bits, ok", [
+    ((pf.CAP_NET_ADMIN, pf.CAP_BPF), True),          # a hardened unit: no CAP_SYS_ADMIN
+    ((pf.CAP_NET_ADMIN, pf.CAP_SYS_ADMIN), True),    # a kernel before CAP_BPF
+    ((pf.CAP_BPF, pf.CAP_SYS_ADMIN), False),
+    ((pf.CAP_NET_ADMIN,), False),
+])
+def test_either_cap_bpf_or_cap_sys_admin_loads_programs(monkeypatch, bits, ok):
+    monkeypatch.setattr(pf, "_effective_capabilities", lambda: sum(1 << b for b in bits))
+    assert pf.capabilities().ok is ok
 
 
 def test_require_stops_at_the_first_failure():
