@@ -104,3 +104,33 @@ def test_an_interface_that_is_down_is_exit_2_before_anything_is_touched(make_lab
         assert says in _one_line_error(res)
         assert time.monotonic() - started < 5
     assert cs.leftovers(lab, "public") == cs.NOTHING_LEFT
+
+
+# Another tool's XDP program (a plain XDP_PASS named like nothing of ours), attached
+# in generic mode; netlink attachments outlive the process that made them.
+FOREIGN_XDP = r"""
+import sys
+from bcc import BPF
+from xdp_teredo.datapath import kheaders
+kheaders.export()
+b = BPF(text="int other_tool(struct xdp_md *ctx) { return XDP_PASS; }")
+b.attach_xdp(sys.argv[1], b.load_func("other_tool", BPF.XDP), BPF.XDP_FLAGS_SKB_MODE)
+"""
+
+
+def test_another_tools_xdp_program_is_exit_2_naming_it(make_lab, require_bcc):
+    lab = make_lab("public")
+    lab.run("public", sys.executable, "-c", FOREIGN_XDP, "eth0", timeout=60)
+    try:
+        for argv, way_out in ((["attach", "eth0", "--server", cs.SERVER], "--xdp-mode off"),
+                              (["relay", "--ipv4-iface", "eth0", "--ipv6-iface", "eth0"],
+                               "--path tc")):
+            res = cs.cli(lab, "public", *argv, timeout=30)
+            assert res.returncode == 2, (res.stdout, res.stderr)
+            line = _one_line_error(res)
+            assert "eth0 already runs another XDP program (other_tool, id " in line, line
+            assert way_out in line
+        # Still there, untouched.
+        assert "prog/xdp id" in lab.run("public", "ip", "link", "show", "dev", "eth0").stdout
+    finally:
+        lab.run("public", "ip", "link", "set", "dev", "eth0", "xdpgeneric", "off", check=False)
