@@ -146,6 +146,9 @@ def bpf_syscall() -> Check:
     fd = libc.syscall(nr_bpf, 0, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
+        if err == errno.EPERM and os.geteuid() != 0:
+            return Check("bpf syscall", False, f"the bpf() system call fails: {os.strerror(err)}",
+                         "run it as root (sudo)", blame=USER)
         return Check("bpf syscall", False, f"the bpf() system call fails: {os.strerror(err)}",
                      "this kernel, or a seccomp/LSM policy, refuses BPF (check "
                      "kernel.unprivileged_bpf_disabled, the container's seccomp profile)")
