@@ -265,9 +265,10 @@ def _hidden_seconds(name: str, help_text: str):
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
 @click.option("--restart-safe", is_flag=True, default=False,
-              help="On SIGHUP (or a crash) leave the fast path running, and adopt a "
-                   "running one at start: restarts and upgrades lose no packet "
-                   "(docs/reliability.md). SIGTERM still removes everything.")
+              help="SIGHUP hands over: leave the fast path running for the next "
+                   "instance and exit 0 (an upgrade loses no packet). Without it SIGHUP "
+                   "stops like SIGTERM. A crash or SIGKILL always leaves the fast path, "
+                   "and every start adopts it (docs/reliability.md).")
 @click.option("--peer-max", type=int, default=None, hidden=True,
               help="Capacity of the BPF peer table (tests fill a tiny one).")
 @_inbound_options("stateful", "this host")
