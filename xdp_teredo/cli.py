@@ -383,10 +383,13 @@ def detach(interface, tunnel) -> None:
 @_stats_interval_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
+@click.option("--user", default="nobody", show_default=True, metavar="USER",
+              help="Run as USER after set-up, keeping CAP_NET_ADMIN only (root: stay root, "
+                   "and pin the maps).")
 @_inbound_options("open", "the Teredo clients it serves")
 @handles_errors
 def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
-          stats_interval, show_status, inbound, allow) -> None:
+          stats_interval, show_status, user, inbound, allow) -> None:
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
@@ -409,7 +412,21 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
     sys.exit(teredo_relay.relay(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
-        stats_interval=stats_interval, inbound=inbound_settings)))
+        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user))))
+
+
+def _relay_user(user: str) -> str:
+    """--user, checked before anything is touched (UsageError, exit 2)."""
+    import pwd
+
+    from .errors import UsageError
+
+    if user != "root":
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f"no such user: {user!r} (--user)") from None
+    return user
 
 
 def main() -> None:
