@@ -91,6 +91,12 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self._resolve_at: Optional[float] = None
         self._resolving = None
         self._resolved: Optional[tuple] = None  # set by the resolving thread
+        # While no server name resolves: which failed and why, how often we tried,
+        # when we last said so (qualify.py); why `status` says offline.
+        self.unresolved = plan.unresolved
+        self.resolve_tries = 0
+        self._resolve_logged_at: Optional[float] = None
+        self.offline_reason: Optional[str] = None
         self._echo_sequence = 0
         # Restart safety: the mapping a previous instance left installed (resumed
         # when serving starts).
@@ -468,6 +474,8 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         tunnel = self.tunnel
         return {
             "state": state,
+            # Why offline: no server name resolved yet, or no server answered.
+            "reason": self.offline_reason if state == State.OFFLINE.value else None,
             "address": str(mapping.address) if mapping else None,
             "server": str(self.qual.server) if self.qual is not None else None,
             "mapped": f"{mapping.mapped_ip}:{mapping.mapped_port}" if mapping else None,
@@ -481,6 +489,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
             "interface": self.plan.nic.name,
             "local": f"{self.local[0]}:{self.local[1]}" if self.local else None,
             "servers": [str(s) for s in self.servers],
+            "resolve_tries": self.resolve_tries,
             "xdp": self.att.xdp_attached if self.att else None,
             # Where incoming Teredo is decapsulated: "xdp" or "tc" (--xdp-mode off).
             "decap": self.att.ingress if self.att else None,
