@@ -99,6 +99,22 @@ def _stats_interval_option(fn):
                         help="Log the counters every SECONDS (0: never).")(fn)
 
 
+def _metrics_option(fn):
+    """--metrics, shared by attach, relay and server (daemon/metrics.py, docs/metrics.md)."""
+    return click.option("--metrics", "metrics", default=None, metavar="HOST:PORT",
+                        help="Serve Prometheus metrics on HOST:PORT (/metrics): "
+                             "127.0.0.1:9417, [::1]:9417, :9417 for every address.")(fn)
+
+
+def _metrics_address(value):
+    """The checked --metrics value, or None (UsageError, exit 2, on a bad one)."""
+    if value is None:
+        return None
+    from .daemon.metrics import parse_address
+
+    return parse_address(value)
+
+
 # The server's defaults appear in --help; the modules are light (no bcc, no pyroute2).
 from . import server as _teredo_server  # noqa: E402
 from .client.config import XDP_MODES  # noqa: E402
@@ -123,11 +139,12 @@ from .client.config import XDP_MODES  # noqa: E402
               show_default=True,
               help="Addresses tracked by the rate limiter (least recent evicted).")
 @_stats_interval_option
+@_metrics_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the server running in this network namespace.")
 @handles_errors
 def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_bps,
-           max_sources, stats_interval, show_status) -> None:
+           max_sources, stats_interval, metrics, show_status) -> None:
     """Run a Teredo server (RFC 4380 §5.3) on two consecutive public IPv4 addresses."""
     from .errors import UsageError
 
@@ -136,10 +153,11 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
         return
     if not bind:
         raise UsageError("--bind ADDR is required (the server's primary public IPv4 address)")
+    metrics_address = _metrics_address(metrics)
     sys.exit(_teredo_server.serve(_teredo_server.config_from_options(
         bind, bind2, native_ipv6=native_ipv6, source_pps=source_pps, source_bps=source_bps,
         global_pps=global_pps, global_bps=global_bps, max_sources=max_sources,
-        stats_interval=stats_interval)))
+        stats_interval=stats_interval), metrics=metrics_address))
 
 
 @cli.command()
@@ -272,6 +290,7 @@ def _hidden_seconds(name: str, help_text: str):
 @click.option("--peer-max", type=int, default=None, hidden=True,
               help="Capacity of the BPF peer table (tests fill a tiny one).")
 @_inbound_options("stateful", "this host")
+@_metrics_option
 @_hidden_seconds("--refresh-interval", "Seconds between maintenance RSs (RFC: 30).")
 @_hidden_seconds("--qualification-timeout", "Seconds to wait for an RA (RFC: 4).")
 @_hidden_seconds("--restart-delay", "Seconds offline before trying again (Miredo: 100).")
@@ -280,13 +299,14 @@ def _hidden_seconds(name: str, help_text: str):
 @handles_errors
 def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_path,
            restart_safe, peer_max, refresh_interval, qualification_timeout, restart_delay,
-           peer_expiry, sync_interval, inbound, allow) -> None:
+           peer_expiry, sync_interval, inbound, allow, metrics) -> None:
     """Give this host IPv6 over Teredo through IFACE (until SIGINT/SIGTERM)."""
     from . import client as teredo_client
     from .client import config as client_config
     from .client.plan import Timers
 
     inbound_settings = _inbound_settings(inbound, allow, "stateful")
+    metrics_address = _metrics_address(metrics)
 
     settings = client_config.command_line(
         servers=servers, tunnel=tunnel, bind_port=bind_port, interface=interface,
@@ -299,7 +319,7 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
     extra = {"peer_max": peer_max} if peer_max is not None else {}
     extra["inbound"] = inbound_settings
     sys.exit(teredo_client.attach(settings, config_path, timers, restart_safe=restart_safe,
-                                  **extra))
+                                  metrics=metrics_address, **extra))
 
 
 @cli.command()
@@ -381,6 +401,7 @@ def detach(interface, tunnel) -> None:
               help="Where the maps are pinned for `xdp-teredo stats` [env XDP_TEREDO_PIN_ROOT; "
                    "default /sys/fs/bpf/xdp-teredo].")
 @_stats_interval_option
+@_metrics_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
 @click.option("--user", default="nobody", show_default=True, metavar="USER",
@@ -389,7 +410,7 @@ def detach(interface, tunnel) -> None:
 @_inbound_options("open", "the Teredo clients it serves")
 @handles_errors
 def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
-          stats_interval, show_status, user, inbound, allow) -> None:
+          stats_interval, metrics, show_status, user, inbound, allow) -> None:
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
@@ -409,10 +430,12 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
     if stats_interval < 0:
         raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
     inbound_settings = _inbound_settings(inbound, allow, "open")
+    metrics_address = _metrics_address(metrics)
     sys.exit(teredo_relay.relay(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
-        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user))))
+        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user)),
+        metrics=metrics_address))
 
 
 def _relay_user(user: str) -> str:

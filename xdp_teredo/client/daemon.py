@@ -503,6 +503,13 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
             "interface_up": self.interface_up,
         }
 
+    def observe(self):
+        seen = super().observe()
+        seen.state = self.qual.state.value if self.qual is not None else State.OFFLINE.value
+        seen.states = tuple(s.value for s in State)
+        seen.state_since = self.since_wall
+        return seen
+
     def counter_table(self) -> dict:
         table = super().counter_table()
         table["ra_ignored"] = dict(self.qual.ignored) if self.qual is not None else {}

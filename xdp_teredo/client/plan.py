@@ -126,11 +126,29 @@ def prepare(settings: cfg.Settings, config_path: Optional[str] = None,
             pwd.getpwnam(config.user)
         except KeyError:
             raise UsageError(f"no such user: {config.user!r} (--user)") from None
+    preflight(config)
     nic = find_nic(config.interface, config.bind_address)
     unresolved: list = []
     servers = resolve(config, resolver, unresolved)
     return Plan(config=config, nic=nic, servers=servers, timers=timers,
                 unresolved=tuple(unresolved))
+
+
+def preflight(config: cfg.ClientConfig) -> None:
+    """What attach needs of the machine and of IFACE, checked before anything is
+    compiled or touched (and before any name is resolved): root, BPF, tun, IFACE up,
+    no XDP program of another tool on it (unless --xdp-mode off, which puts none
+    there). One line, exit 2 or 1 (daemon/preflight.py); well under a second as a
+    user, whose first check fails."""
+    from ..daemon import preflight as pf
+
+    checks = [lambda: pf.capabilities(who="xdp-teredo attach"), pf.bpf_syscall, pf.tun,
+              lambda: pf.interface(config.interface)]
+    if config.xdp_mode != "off":
+        checks.append(lambda: pf.foreign_xdp(
+            config.interface, avoid="detach it (ip link set dev NAME xdp off), or use "
+                                    "--xdp-mode off (decapsulate in tc)"))
+    pf.require(checks)
 
 
 def resolve(config: cfg.ClientConfig, resolver=None, unresolved: Optional[list] = None

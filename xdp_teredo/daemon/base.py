@@ -21,6 +21,8 @@ What run() guarantees for every role, in this order:
    if set-up fails half-way, the teardown removes exactly what was made.
 3. privileges are dropped (if the role asks) once everything that needs root is done.
 4. the event loop serves until a signal or `stop()`.
+   With `metrics` (--metrics HOST:PORT), the Prometheus listener is opened
+   between set-up and the drop, and served from the loop (daemon/metrics.py says why).
 5. the control socket closes first (nobody is told "running" any more), then the
    teardown runs in reverse, every step tried; what it could not remove is one
    RuntimeFailure (exit 1), as is `self.failed` (a fatal error while serving).
@@ -105,6 +107,8 @@ class Daemon:
         # serving, the client's --restart-safe SIGHUP): the next start adopts it.
         self.keep_datapath = False
         self.serving_now = False
+        self.metrics = None         # daemon/metrics.MetricsServer, with --metrics
+        self.state_wall = self.started_wall   # when the skeleton's state last changed
 
     # -- what a role writes --
 
@@ -120,6 +124,15 @@ class Daemon:
 
     def status(self) -> dict:
         raise NotImplementedError
+
+    def observe(self):
+        """What --metrics shows (daemon/metrics.py, Observation): read at each scrape,
+        on the loop. A role adds its state, its data path, its peers."""
+        from .metrics import Observation
+
+        serving = "serving" if self.serving_now else "starting"
+        return Observation(role=self.role, state=serving, states=("starting", "serving"),
+                           state_since=self.state_wall, slow_path=self.counters)
 
     def privileged_user(self) -> Optional[str]:
         """The user to become after set-up, keeping CAP_NET_ADMIN; None: stay."""
@@ -163,6 +176,19 @@ class Daemon:
     def checkpoint(self) -> None:
         self.loop.checkpoint()
 
+    def open_metrics(self, address) -> None:
+        """The Prometheus listener (as root: any port), served from the loop; closed
+        by the teardown. RuntimeFailure (exit 1) if the address is taken."""
+        from . import metrics
+
+        server = metrics.MetricsServer(address, metrics.registry_for(self.observe),
+                                       monotonic=self.clock.monotonic, log=self.log)
+        server.open()
+        self.teardown.push_always(f"metrics listener {address}", server.close)
+        server.attach(self.loop)
+        self.metrics = server
+        self.log.info("metrics_listening", address=str(address), port=server.port)
+
     def drop_privileges(self) -> None:
         from . import privileges
 
@@ -175,6 +201,7 @@ class Daemon:
 
     def serve(self) -> None:
         self.serving_now = True
+        self.state_wall = time.time()
         self.serving()
         self.loop.run()
 
@@ -205,8 +232,10 @@ class Daemon:
         return round(self.clock.monotonic() - self.started, 3)
 
 
-def run(daemon: Daemon) -> int:
+def run(daemon: Daemon, *, metrics=None) -> int:
     """Set up, drop privileges, serve until a signal, remove everything.
+
+    `metrics`: a daemon.metrics.MetricsAddress to serve Prometheus metrics on.
 
     0 after a clean stop (a signal during set-up included); RuntimeFailure when the
     teardown left something behind or the daemon failed while serving. Set-up
@@ -221,6 +250,10 @@ def run(daemon: Daemon) -> int:
         try:
             daemon.setup()
             daemon.checkpoint()
+            if metrics is not None:
+                # After set-up (a second daemon is told by set-up's own lock, the
+                # control socket), before the drop (no thread yet, any port).
+                daemon.open_metrics(metrics)
             daemon.drop_privileges()
             daemon.checkpoint()
             daemon.serve()

@@ -2,6 +2,7 @@
 
     loop = EventLoop(clock)
     loop.add_reader(sock, on_readable)            # called with no argument
+    loop.add_writer(conn, on_writable)            # idem, while conn can be written
     loop.every(5.0, sync)                         # periodic, first run after 5 s
     loop.deadline(lambda: qual.timer_at, on_due)  # whatever the provider says next
     loop.run()                                    # until loop.stop(reason)
@@ -81,7 +82,12 @@ class EventLoop:
     def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
 
+    def add_writer(self, fileobj, callback: Callable[[], None]) -> None:
+        """Call callback() while fileobj can be written to (a reply being sent)."""
+        self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
+
     def remove_reader(self, fileobj) -> None:
+        """Stop watching fileobj (a reader or a writer)."""
         try:
             self.selector.unregister(fileobj)
         except (KeyError, ValueError):

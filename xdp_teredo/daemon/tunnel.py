@@ -234,6 +234,17 @@ class TunnelDaemon(Daemon):
         """The data path's counters, as datapath.stats.read() returns them."""
         return self.att.stats()
 
+    def observe(self):
+        """--metrics: the skeleton's view, plus the data path's verdicts and the peers."""
+        seen = super().observe()
+        if self.att is not None:
+            seen.datapath = self.att.stats()
+        seen.peers = {"datapath": len(self.att.peers) if self.att is not None else 0,
+                      "pending": sum(1 for p in self.peers if not p.trusted)
+                      if self.peers is not None else 0}
+        seen.peer_list_drops = self.peers.drops if self.peers is not None else None
+        return seen
+
     def inbound_status(self, settings) -> dict:
         maps = self.prog.guard if self.prog is not None else None
         return render.inbound(self.guard.settings if self.guard is not None else settings,

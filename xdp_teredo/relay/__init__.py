@@ -6,14 +6,16 @@
 """
 
 from ..daemon.base import run
-from .plan import DEFAULT_TUNNEL, RelayConfig
+from .plan import DEFAULT_TUNNEL, RelayConfig, preflight
 
 
-def relay(config: RelayConfig) -> int:
-    """`xdp-teredo relay`: set up, relay until SIGINT/SIGTERM, remove everything."""
+def relay(config: RelayConfig, *, metrics=None) -> int:
+    """`xdp-teredo relay`: preflight, set up, relay until SIGINT/SIGTERM, remove
+    everything. `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    preflight(config)
     from .daemon import RelayDaemon
 
-    return run(RelayDaemon(config))
+    return run(RelayDaemon(config), metrics=metrics)
 
 
 __all__ = ["DEFAULT_TUNNEL", "RelayConfig", "relay"]

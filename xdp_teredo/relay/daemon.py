@@ -269,6 +269,12 @@ class RelayDaemon(TunnelDaemon):
 
     # -- what the control socket serves -------------------------------------------------
 
+    def observe(self):
+        seen = super().observe()
+        seen.state = "relaying" if self.att is not None else "starting"
+        seen.states = ("starting", "relaying")
+        return seen
+
     def status(self) -> dict:
         return {
             "role": "relay",

@@ -16,15 +16,18 @@ from .plan import (
     DEFAULT_SOURCE_PPS,
     ServerConfig,
     config_from_options,
+    preflight,
     server_addresses,
 )
 
 
-def serve(config: ServerConfig) -> int:
-    """`xdp-teredo server`: serve until SIGINT or SIGTERM; 0 on a clean stop."""
+def serve(config: ServerConfig, *, metrics=None) -> int:
+    """`xdp-teredo server`: preflight, then serve until SIGINT or SIGTERM; 0 on a
+    clean stop. `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    preflight(config)
     from .daemon import ServerDaemon
 
-    return run(ServerDaemon(config))
+    return run(ServerDaemon(config), metrics=metrics)
 
 
 def query_status(timeout: float = 2.0) -> dict:

@@ -127,6 +127,11 @@ class ServerDaemon(Daemon):
             # the client's own retries (§5.2.1, §5.2.6, §5.2.9) are there for.
             self.counters["send_failed"] += 1
 
+    def observe(self):
+        seen = super().observe()
+        seen.server = self.policy.counters()
+        return seen
+
     def status(self) -> dict:
         counters = self.policy.counters()
         counters["send_failed"] = self.counters["send_failed"]
