@@ -2,7 +2,9 @@
 
 `prepare` turns the command line and a miredo.conf into a Plan: the interface and
 the IPv4 address Teredo runs from, the servers (resolved), the user, the timers.
-A bad input is a UsageError here, before anything is compiled or created.
+A bad input is a UsageError here, before anything is compiled or created; a name
+that cannot resolve *yet* (no DNS at boot) is not a bad input: the client starts
+offline and retries it (servers.TemporaryFailure, client/qualify.py).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Plan:
     peer_max: int = constants.PEER_LIST_MAX
     # The inbound guard (--inbound, --allow; docs/security.md): stateful by default.
     inbound: guard.Settings = guard.Settings()
+    # Names that did not resolve at start ((name, reason)): retried while offline.
+    unresolved: Tuple[Tuple[str, str], ...] = ()
 
 
 # -- before anything is touched ----------------------------------------------------------
@@ -124,8 +128,10 @@ def prepare(settings: cfg.Settings, config_path: Optional[str] = None,
             raise UsageError(f"no such user: {config.user!r} (--user)") from None
     preflight(config)
     nic = find_nic(config.interface, config.bind_address)
-    servers = resolve(config, resolver)
-    return Plan(config=config, nic=nic, servers=servers, timers=timers)
+    unresolved: list = []
+    servers = resolve(config, resolver, unresolved)
+    return Plan(config=config, nic=nic, servers=servers, timers=timers,
+                unresolved=tuple(unresolved))
 
 
 def preflight(config: cfg.ClientConfig) -> None:
@@ -145,8 +151,10 @@ def preflight(config: cfg.ClientConfig) -> None:
     pf.require(checks)
 
 
-def resolve(config: cfg.ClientConfig, resolver=None) -> Tuple[TeredoServer, ...]:
-    """servers.servers_for, with every name looked up at once.
+def resolve(config: cfg.ClientConfig, resolver=None, unresolved: Optional[list] = None
+            ) -> Tuple[TeredoServer, ...]:
+    """servers.servers_for, with every name looked up at once; the names skipped for
+    now (a temporary failure, or a built-in name) go on `unresolved` (name, reason).
 
     The built-in list has a dozen names, most of them gone; with DNS unreachable
     (at boot, in a namespace) each lookup waits for the resolver's timeout, and
@@ -162,7 +170,7 @@ def resolve(config: cfg.ClientConfig, resolver=None) -> Tuple[TeredoServer, ...]
     names = [n for n in dict.fromkeys((*config.servers, config.server2)) if n]
     names = [n for n in names if not _is_ipv4_literal(n)]
     if len(names) <= 1:
-        return servers_for(config, resolver=resolver)
+        return servers_for(config, resolver=resolver, unresolved=unresolved)
 
     def one(name):
         try:
@@ -179,7 +187,7 @@ def resolve(config: cfg.ClientConfig, resolver=None) -> Tuple[TeredoServer, ...]
             raise answer
         return answer
 
-    return servers_for(config, resolver=answered)
+    return servers_for(config, resolver=answered, unresolved=unresolved)
 
 
 def _is_ipv4_literal(name: str) -> bool:

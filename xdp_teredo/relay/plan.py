@@ -40,6 +40,8 @@ class RelayConfig:
     # The inbound guard for the clients it serves (docs/security.md): open by
     # default, a relay carries whatever its clients asked for and more.
     inbound: guard.Settings = guard.Settings(policy=guard.Policy.OPEN)
+    # Who the relay becomes after set-up (daemon/privileges.py); "root": stay.
+    user: str = "nobody"
 
 
 @dataclass(frozen=True)
