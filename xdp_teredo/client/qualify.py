@@ -144,6 +144,7 @@ class Qualifying:
                                  retry_in_s=round(action.retry_at - self.clock.monotonic(), 1))
             # SetTimer: the loop reads qual.timer_at. ServerLost: qualification.py
             # logged it (no_reply_from_server / lost_connectivity).
+        self.publish_status()   # systemd's STATUS= (daemon/notify.py), if it changed
 
     def address_changed(self, old: Optional[Mapping], new: Optional[Mapping]) -> None:
         try:

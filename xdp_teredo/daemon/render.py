@@ -86,6 +86,28 @@ _RELAY_KEYS = ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tun
                "peers", "pending", "pid", "started")
 
 
+def status_summary(info: dict) -> str:
+    """One line of a role's status, for systemd's STATUS= (daemon/notify.py)."""
+    role = info.get("role", "client")
+    if role == "server":
+        return (f"serving: {info.get('primary')} and {info.get('secondary')}, "
+                f"UDP port {info.get('port')}, prefix {info.get('prefix')}")
+    if role == "relay":
+        return (f"{info.get('state', 'relaying')}: {info.get('ipv4')}:{info.get('port')} on "
+                f"{info.get('ipv4_iface')}, 2001::/32 to {info.get('ipv6_iface')}; "
+                f"{info.get('peers', 0)} peers")
+    state, iface = info.get("state") or "offline", info.get("interface")
+    if state == "qualified":
+        return (f"qualified: {info.get('address')} via server {info.get('server')} on "
+                f"{iface} (mapped {info.get('mapped')})")
+    if state == "qualifying":
+        return f"qualifying: with server {info.get('server')} on {iface}"
+    why = info.get("offline_reason") or info.get("reason") or (
+        "no Teredo server name resolved yet, retrying" if info.get("server") is None
+        else f"no server answered, retrying (next: {info.get('server')})")
+    return f"{state}: {why} on {iface}"
+
+
 def status_lines(info: dict) -> List[str]:
     """`xdp-teredo status` for a client or a relay."""
     relay = info.get("role") == "relay"
