@@ -52,6 +52,15 @@ class Notifier:
             # stop the event loop; that notification is lost, the next one may go.
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                                        | socket.SOCK_NONBLOCK)
+            # Connected now, as root: a role that drops privileges keeps its right to
+            # send (the permission is checked here). If the socket is not there yet,
+            # each send tries the name again.
+            self._connected = False
+            try:
+                self._sock.connect(_address(self.socket_name))
+                self._connected = True
+            except OSError as err:
+                self.last_error = str(err)
 
     @classmethod
     def from_environ(cls, environ: Optional[MutableMapping[str, str]] = None, *,
@@ -93,7 +102,10 @@ class Notifier:
             return False
         message = "\n".join(a.replace("\n", " ") for a in assignments).encode()
         try:
-            self._sock.sendto(message, _address(self.socket_name))
+            if self._connected:
+                self._sock.send(message)
+            else:
+                self._sock.sendto(message, _address(self.socket_name))
         except OSError as err:
             self.failed += 1
             self.last_error = str(err)
