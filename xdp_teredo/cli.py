@@ -56,10 +56,15 @@ def cli(log_format: str, verbose: int, quiet: int) -> None:
 @json_option
 @handles_errors
 def decode(address: str, as_json: bool) -> None:
-    """Say what a Teredo address (2001::/32) contains."""
+    """Say what a Teredo address (2001::/32) contains.
+
+    Exit 2, with one line, for anything that is not a Teredo address someone could
+    use: outside 2001::/32, or a server or client that is not a unicast IPv4
+    address (2001:: would be server 0.0.0.0).
+    """
     from .teredo.address import TeredoAddress
 
-    info = TeredoAddress.parse(address).describe()
+    info = TeredoAddress.parse_usable(address).describe()
     if as_json:
         _emit_json(info)
         return
