@@ -10,6 +10,13 @@ import shutil
 
 import pytest
 
+from xdp_teredo.lab.netns import tool_path
+
+# Tests call ip, tc, sysctl, ss, conntrack and miredo by name, and require_tool
+# looks them up: with a PATH that lacks /usr/sbin (CI may run so) they would be
+# "not installed" and their tests would skip. Extended once, for every tier.
+os.environ["PATH"] = tool_path()
+
 
 def _why_no_root():
     return None if os.geteuid() == 0 else "needs root (CAP_BPF/CAP_NET_ADMIN)"
