@@ -40,10 +40,6 @@ EXIT_STATUS = [
     ("3", "status only: the daemon runs but is not qualified (or not relaying)."),
 ]
 
-COMPLETION = ("Shell completion comes from the command itself; for bash: "
-              'eval "$(_XDP_TEREDO_COMPLETE=bash_source xdp-teredo)" '
-              "(zsh_source and fish_source for those shells).")
-
 
 def _escape(text: str) -> str:
     """Text for roff: backslashes, and a leading dot or quote that would be a request."""
@@ -101,7 +97,6 @@ def _page(name: str, command: click.Command, ctx: click.Context,
                 continue
             lines += [".TP", f".BR {PROG}\\-{_escape(sub)} (1)",
                       _escape(cmd.get_short_help_str(limit=200))]
-        lines += [".SH SHELL COMPLETION", _escape(COMPLETION)]
     lines.append(".SH EXIT STATUS")
     for code, meaning in EXIT_STATUS:
         lines += [".TP", f".B {code}", _escape(meaning)]

@@ -108,10 +108,39 @@ def status_summary(info: dict) -> str:
     return f"{state}: {why} on {iface}"
 
 
-def status_lines(info: dict) -> List[str]:
-    """`xdp-teredo status` for a client or a relay."""
+# `status` on a terminal: the state in colour, as `systemctl status` does: there,
+# working; on the way; not working.
+STATE_COLOURS = {"qualified": "green", "relaying": "green", "qualifying": "yellow",
+                 "starting": "yellow", "offline": "red"}
+
+
+def colour_wanted(stream, environ) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything
+    (https://no-color.org)."""
+    if environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def _state(value, colour: bool) -> str:
+    text = "-" if value is None else str(value)
+    if not colour:
+        return text
+    import click
+
+    return click.style(text, fg=STATE_COLOURS.get(text, "red"), bold=True)
+
+
+def status_lines(info: dict, colour: bool = False) -> List[str]:
+    """`xdp-teredo status` for a client or a relay; the state in colour if asked."""
     relay = info.get("role") == "relay"
-    lines = [f"{key:<10} {'-' if info.get(key) is None else info.get(key)}"
+    lines = [f"{key:<10} "
+             + (_state(info.get(key), colour) if key == "state" else
+                ('-' if info.get(key) is None else str(info.get(key))))
              for key in (_RELAY_KEYS if relay else _CLIENT_KEYS)]
     if relay:
         lines += [f"{'hook':<10} {h['interface']}: {h['hook']} ({h['why']})"
