@@ -40,6 +40,29 @@ class Manager:
                 return message
         raise AssertionError(f"no {assignment} within {timeout} s; got {self.got}")
 
+    def wait_for_status(self, start: str, timeout: float = 10.0) -> str:
+        """The first STATUS= line (from now, or already received) that starts so."""
+        for message in self.got:
+            for line in message.split("\n"):
+                if line.startswith("STATUS=" + start):
+                    return line
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.wait_for_any(deadline - time.monotonic())
+            for line in message.split("\n"):
+                if line.startswith("STATUS=" + start):
+                    return line
+        raise AssertionError(f"no STATUS={start}... within {timeout} s; got {self.got}")
+
+    def wait_for_any(self, timeout: float) -> str:
+        self.sock.settimeout(max(0.01, timeout))
+        try:
+            message = self.sock.recv(4096).decode()
+        except socket.timeout:
+            return ""
+        self.got.append(message)
+        return message
+
     def close(self):
         self.sock.close()
 
@@ -98,3 +121,61 @@ def test_a_failed_start_never_says_ready(make_lab, manager):
     assert "cannot bind UDP" in stopping, stopping
     assert second.wait(timeout=10) != 0
     assert not any("READY=1" in m for m in manager.got), manager.got
+
+
+# -- a client in the lab: READY=1 once it has started qualifying (not once qualified:
+# a unit must not hang at boot when no server answers), STATUS= follows the state.
+
+def _client(lab, manager, *args, log):
+    from tests.e2e import client_support as cs
+
+    cs.nic_without_encap_offloads(lab, "client1")
+    return lab.spawn("client1", "env", f"NOTIFY_SOCKET={manager.path}", "WATCHDOG_USEC=2000000",
+                     *cs.CLI, "--log-format", "json", "attach", "eth0", *cs.FAST, *args,
+                     log=log)
+
+
+@pytest.fixture(scope="module")
+def client_lab(make_module_lab):
+    from tests.conftest import require_tool
+    from tests.e2e import client_support as cs
+
+    require_tool("ethtool")
+    lab = make_module_lab("server", "client1")
+    server = lab.spawn("server", *cs.CLI, "--log-format", "json", "server", "--bind", cs.SERVER,
+                       log="xdp-teredo-server.log")
+    server.wait_for_output(r'"event": "server_started"', timeout=10)
+    return lab
+
+
+def test_client_ready_then_qualified_in_status(client_lab, manager):
+    from tests.e2e import client_support as cs
+
+    proc = _client(client_lab, manager, "--server", cs.SERVER, log="client-notify.log")
+    ready = manager.wait_for("READY=1", timeout=cs.QUALIFY_TIMEOUT)
+    # Dropped to nobody by now: the socket, connected as root, still takes our pings.
+    assert '"event": "privileges_dropped"' in proc.output()
+    assert any(line.startswith("STATUS=") and "on eth0" in line for line in ready.split("\n"))
+    qualified = manager.wait_for_status("qualified: 2001:0:c000:201:", timeout=20)
+    assert f"via server {cs.SERVER} on eth0 (mapped " in qualified
+    code, info = cs.status(client_lab, "client1")
+    assert code == 0 and info["address"] in qualified
+    manager.wait_for("WATCHDOG=1", timeout=3)
+    os.kill(proc.pid, signal.SIGTERM)
+    manager.wait_for("STOPPING=1", timeout=10)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_client_ready_without_any_server_answering(client_lab, manager):
+    """No server answers (192.0.2.3 is nobody): READY=1 all the same, and STATUS=
+    says offline; `systemctl start` would not hang."""
+    from tests.e2e import client_support as cs
+
+    proc = _client(client_lab, manager, "--server", "192.0.2.3", log="client-notify-offline.log")
+    manager.wait_for("READY=1", timeout=cs.QUALIFY_TIMEOUT)
+    offline = manager.wait_for_status("offline: no server answered", timeout=20)
+    assert "192.0.2.3" in offline and "on eth0" in offline
+    assert cs.status(client_lab, "client1")[0] == 3
+    os.kill(proc.pid, signal.SIGTERM)
+    manager.wait_for("STOPPING=1", timeout=10)
+    assert proc.wait(timeout=30) == 0
