@@ -38,6 +38,8 @@ class Manager:
             self.got.append(message)
             if assignment in message.split("\n"):
                 return message
+            if "STOPPING=1" in message.split("\n"):
+                break   # it gave up: no point waiting for the rest
         raise AssertionError(f"no {assignment} within {timeout} s; got {self.got}")
 
     def wait_for_status(self, start: str, timeout: float = 10.0) -> str:
@@ -176,6 +178,86 @@ def test_client_ready_without_any_server_answering(client_lab, manager):
     offline = manager.wait_for_status("offline: no server answered", timeout=20)
     assert "192.0.2.3" in offline and "on eth0" in offline
     assert cs.status(client_lab, "client1")[0] == 3
+    os.kill(proc.pid, signal.SIGTERM)
+    manager.wait_for("STOPPING=1", timeout=10)
+    assert proc.wait(timeout=30) == 0
+
+
+# -- the units' CapabilityBoundingSet= and NoNewPrivileges=, without systemd: the
+# same restrictions applied by setpriv(1) around the real role. Enough for the role
+# to get to READY=1 (and the client to qualify and drop to nobody) is the claim.
+
+def _bounded(unit: str) -> list:
+    """setpriv's argv for the unit's capability bounding set and no_new_privs."""
+    import configparser
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str
+    parser.read(os.path.join(root, "systemd", unit))
+    service = parser["Service"]
+    caps = ",".join("+" + c.lower().removeprefix("cap_")
+                    for c in service["CapabilityBoundingSet"].split())
+    argv = ["setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all"]
+    if service.get("NoNewPrivileges") == "yes":
+        argv.append("--no-new-privs")
+    return argv
+
+
+def test_the_server_runs_with_its_units_capabilities(make_lab, manager):
+    from tests.conftest import require_tool
+
+    require_tool("setpriv")
+    lab = make_lab("server")
+    proc = lab.spawn("server", "env", f"NOTIFY_SOCKET={manager.path}",
+                     *_bounded("xdp-teredo-server.service"), sys.executable, "-m",
+                     "xdp_teredo.cli", "--log-format", "json", "server", "--bind", PRIMARY,
+                     log="server-bounded.log")
+    manager.wait_for("READY=1")
+    status = proc.output()
+    assert "native_ipv6_unavailable" not in status, "CAP_NET_RAW is in the set: raw IPv6 works"
+    with open(f"/proc/{proc.pid}/status") as f:
+        bounding = [l for l in f if l.startswith("CapBnd:")][0].split()[1]
+    assert int(bounding, 16) == 1 << 13, bounding      # CAP_NET_RAW only
+    os.kill(proc.pid, signal.SIGTERM)
+    manager.wait_for("STOPPING=1")
+    assert proc.wait(timeout=10) == 0
+
+
+def test_the_client_runs_with_its_units_capabilities(client_lab, manager):
+    from tests.conftest import require_tool
+    from tests.e2e import client_support as cs
+
+    require_tool("setpriv")
+    cs.nic_without_encap_offloads(client_lab, "client1")
+    proc = client_lab.spawn(
+        "client1", "env", f"NOTIFY_SOCKET={manager.path}", *_bounded("xdp-teredo@.service"),
+        *cs.CLI, "--log-format", "json", "attach", "eth0", "--server", cs.SERVER, *cs.FAST,
+        log="client-bounded.log")
+    manager.wait_for("READY=1", timeout=cs.QUALIFY_TIMEOUT)
+    manager.wait_for_status("qualified: ", timeout=20)
+    assert '"event": "privileges_dropped"' in proc.output()
+    os.kill(proc.pid, signal.SIGTERM)
+    manager.wait_for("STOPPING=1", timeout=10)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_the_relay_says_ready_with_its_units_capabilities(make_lab, manager):
+    """READY=1 once attached, STATUS=relaying, under the unit's bounding set."""
+    from tests.conftest import require_tool
+
+    require_tool("setpriv")
+    lab = make_lab("relay", "v6host")   # eth1 is the link to v6host
+    entry = os.path.join(os.path.dirname(sys.executable), "xdp-teredo")
+    proc = lab.spawn("relay", "env", f"NOTIFY_SOCKET={manager.path}", "WATCHDOG_USEC=2000000",
+                     *_bounded("xdp-teredo-relay.service"), entry, "--log-format", "json",
+                     "relay", "--ipv4-iface", "eth0", "--ipv6-iface", "eth1",
+                     log="relay-notify.log")
+    ready = manager.wait_for("READY=1", timeout=60)
+    assert '"event": "relay_started"' in proc.output()
+    assert any(line.startswith("STATUS=relaying: ") and "on eth0, 2001::/32 to eth1; 0 peers"
+               in line for line in ready.split("\n")), ready
+    manager.wait_for("WATCHDOG=1", timeout=3)
     os.kill(proc.pid, signal.SIGTERM)
     manager.wait_for("STOPPING=1", timeout=10)
     assert proc.wait(timeout=30) == 0
