@@ -75,6 +75,21 @@ class Qualifying:
         else:
             self.qualification(self.qual.start(now))
 
+    def status_line(self) -> str:
+        """systemd's STATUS= (daemon/notify.py), from the qualification alone: it is
+        read at every change and every few seconds, and status() also walks the
+        guard's flow map."""
+        from ..daemon.render import status_summary
+
+        qual = self.qual
+        mapping = qual.mapping if qual is not None else None
+        return status_summary({
+            "state": qual.state.value if qual is not None else State.OFFLINE.value,
+            "address": str(mapping.address) if mapping else None,
+            "server": str(qual.server) if qual is not None else None,
+            "mapped": f"{mapping.mapped_ip}:{mapping.mapped_port}" if mapping else None,
+            "interface": self.plan.nic.name})
+
     # -- resolving the names again, off the loop's thread --
 
     def resolve_due(self) -> Optional[float]:

@@ -23,8 +23,8 @@ What run() guarantees for every role, in this order:
 4. the event loop serves until a signal or `stop()`; under systemd (notify.py)
    READY=1 is sent once `serving()` returned, STATUS= mirrors `status_line()`, and
    the loop sends WATCHDOG=1 if the unit has WatchdogSec=.
-5. STOPPING=1, then the control socket closes first (nobody is told "running" any more), then the
-   teardown runs in reverse, every step tried; what it could not remove is one
+5. STOPPING=1; the control socket closes first (nobody is told "running" any
+   more), then the teardown runs in reverse, every step tried; what it could not remove is one
    RuntimeFailure (exit 1), as is `self.failed` (a fatal error while serving).
 """
 
@@ -132,7 +132,9 @@ class Daemon:
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (`systemctl status`): the state and the
-        address, e.g. "qualified: 2001:0:... via server 192.0.2.1 on eth0"."""
+        address, e.g. "qualified: 2001:0:... via server 192.0.2.1 on eth0". Read at
+        every publish_status() and every STATUS_REFRESH seconds: a role whose
+        status() is costly (it walks BPF maps) writes a cheaper one."""
         from .render import status_summary
 
         return status_summary(self.status())

@@ -93,9 +93,9 @@ def status_summary(info: dict) -> str:
         return (f"serving: {info.get('primary')} and {info.get('secondary')}, "
                 f"UDP port {info.get('port')}, prefix {info.get('prefix')}")
     if role == "relay":
-        return (f"{info.get('state', 'relaying')}: {info.get('ipv4')}:{info.get('port')} on "
-                f"{info.get('ipv4_iface')}, 2001::/32 to {info.get('ipv6_iface')}; "
-                f"{info.get('peers', 0)} peers")
+        line = (f"{info.get('state', 'relaying')}: {info.get('ipv4')}:{info.get('port')} on "
+                f"{info.get('ipv4_iface')}, 2001::/32 to {info.get('ipv6_iface')}")
+        return line + (f"; {info['peers']} peers" if info.get("peers") is not None else "")
     state, iface = info.get("state") or "offline", info.get("interface")
     if state == "qualified":
         return (f"qualified: {info.get('address')} via server {info.get('server')} on "
