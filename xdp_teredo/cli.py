@@ -327,7 +327,10 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
 @handles_errors
 def status(tunnel, as_json: bool) -> None:
     """State of the client (or relay) of this network namespace. Exit 0 only when
-    qualified (a relay: relaying); 3: running but not there; 1: nothing runs."""
+    qualified (a relay: relaying); 3: running but not there; 1: nothing runs.
+
+    The state is in colour only when stdout is a terminal and NO_COLOR is not set.
+    """
     from . import client as teredo_client
     from .daemon import render
 
