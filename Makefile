@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: demo lab-deps setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench
+.PHONY: demo lab-deps setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench man
 
 setup:
 	bash tools/setup.sh
@@ -51,6 +51,11 @@ bench-datapath: setup
 # Regenerate bpf/lib/shared.h from the Python source of truth (constants.py, layout.py).
 gen-header:
 	$(PY) tools/gen_shared_header.py
+
+# Regenerate the man pages (docs/man/man1/) from the click help; tests/unit/test_man_pages.py
+# fails when the committed ones differ.
+man:
+	$(PY) tools/gen_man.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -18,13 +18,15 @@ import shutil
 
 import pytest
 
+from xdp_teredo.lab.netns import tool_path
+
+# Tests call ip, tc, sysctl, ss, conntrack and miredo by name, and require_tool
+# looks them up: with a PATH that lacks /usr/sbin (CI may run so) they would be
+# "not installed" and their tests would skip. Extended once, for every tier.
+os.environ["PATH"] = tool_path()
+
 REQUIRE_ALL_ENV = "XDP_TEREDO_REQUIRE_ALL"
 REQUIRE_ALL = os.environ.get(REQUIRE_ALL_ENV, "") not in ("", "0")
-
-# Tools live in /usr/sbin on Debian (ethtool, miredo, conntrack), which a user's PATH
-# (or sudo's secure_path, or a CI runner's) may lack.
-TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin",
-                             "/sbin", "/usr/local/bin", "/usr/bin", "/bin"])
 
 
 def skip_or_fail(reason: str, *, allow_module_level: bool = False):
@@ -97,7 +99,7 @@ def require_bcc(require_root):
 
 def require_tool(name: str) -> str:
     """The absolute path of `name` (PATH, then the sbin directories), or skip_or_fail."""
-    path = shutil.which(name, path=TOOL_PATH)
+    path = shutil.which(name)
     if not path:
         skip_or_fail(f"{name} not installed; `make test` installs it")
     return path

@@ -47,7 +47,11 @@ def _emit_json(obj) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
 def cli(log_format: str, verbose: int, quiet: int) -> None:
-    """Teredo (RFC 4380) with its packet path in the kernel (XDP and tc)."""
+    """Teredo (RFC 4380) with its packet path in the kernel (XDP and tc).
+
+    Shell completion: eval "$(_XDP_TEREDO_COMPLETE=bash_source xdp-teredo)" in
+    ~/.bashrc (zsh_source, fish_source for those shells).
+    """
     log.configure(log_format, verbose - quiet)
 
 
@@ -56,10 +60,15 @@ def cli(log_format: str, verbose: int, quiet: int) -> None:
 @json_option
 @handles_errors
 def decode(address: str, as_json: bool) -> None:
-    """Say what a Teredo address (2001::/32) contains."""
+    """Say what a Teredo address (2001::/32) contains.
+
+    Exit 2, with one line, for anything that is not a Teredo address someone could
+    use: outside 2001::/32, or a server or client that is not a unicast IPv4
+    address (2001:: would be server 0.0.0.0).
+    """
     from .teredo.address import TeredoAddress
 
-    info = TeredoAddress.parse(address).describe()
+    info = TeredoAddress.parse_usable(address).describe()
     if as_json:
         _emit_json(info)
         return
@@ -88,6 +97,17 @@ def check(as_json: bool) -> None:
             click.echo(line)
         click.echo("ready: attach can work here" if ok else "not ready: fix the failed checks above")
     sys.exit(0 if ok else 1)
+
+
+def _interfaces(ctx, param, incomplete: str):
+    """Shell completion of an interface name: the devices of this network namespace."""
+    import os
+
+    try:
+        names = sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        return []
+    return [n for n in names if n.startswith(incomplete)]
 
 
 def _rate_option(name: str, default: float, help_text: str):
@@ -266,7 +286,7 @@ def _hidden_seconds(name: str, help_text: str):
 
 
 @cli.command(cls=_OneLineUsage)
-@click.argument("interface", metavar="IFACE")
+@click.argument("interface", metavar="IFACE", shell_complete=_interfaces)
 @click.option("--server", "servers", multiple=True, metavar="ADDR",
               help="Teredo server (name or IPv4), repeatable, tried in order.  "
                    "[default: the config file's ServerAddress, else the built-in list]")
@@ -328,7 +348,10 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
 @handles_errors
 def status(tunnel, as_json: bool) -> None:
     """State of the client (or relay) of this network namespace. Exit 0 only when
-    qualified (a relay: relaying); 3: running but not there; 1: nothing runs."""
+    qualified (a relay: relaying); 3: running but not there; 1: nothing runs.
+
+    The state is in colour only when stdout is a terminal and NO_COLOR is not set.
+    """
     from . import client as teredo_client
     from .daemon import render
 
@@ -336,8 +359,11 @@ def status(tunnel, as_json: bool) -> None:
     if as_json:
         _emit_json(info)
     else:
-        for line in render.status_lines(info):
-            click.echo(line)
+        import os
+
+        colour = render.colour_wanted(sys.stdout, os.environ)
+        for line in render.status_lines(info, colour=colour):
+            click.echo(line, color=colour)
     ready = "relaying" if info.get("role") == "relay" else "qualified"
     sys.exit(0 if info.get("state") == ready else 3)
 
@@ -360,7 +386,7 @@ def peers(tunnel, as_json: bool) -> None:
 
 
 @cli.command(cls=_OneLineUsage)
-@click.argument("interface", metavar="IFACE")
+@click.argument("interface", metavar="IFACE", shell_complete=_interfaces)
 @_tunnel_option
 @handles_errors
 def detach(interface, tunnel) -> None:
@@ -377,9 +403,9 @@ def detach(interface, tunnel) -> None:
 # --- relay (RFC 4380 §5.4): self-contained; the heavy imports happen when it runs.
 
 @cli.command()
-@click.option("--ipv4-iface", metavar="IF4",
+@click.option("--ipv4-iface", metavar="IF4", shell_complete=_interfaces,
               help="The device on the IPv4 internet, where Teredo clients reach the relay.")
-@click.option("--ipv6-iface", metavar="IF6",
+@click.option("--ipv6-iface", metavar="IF6", shell_complete=_interfaces,
               help="The device on the native IPv6 network the relay serves 2001::/32 to "
                    "(may be IF4).")
 @click.option("--bind", metavar="ADDR",

@@ -83,6 +83,21 @@ class Qualifying:
         else:
             self.qualification(self.qual.start(now))
 
+    def status_line(self) -> str:
+        """systemd's STATUS= (daemon/notify.py), from the qualification alone: it is
+        read at every change and every few seconds, and status() also walks the
+        guard's flow map."""
+        from ..daemon.render import status_summary
+
+        qual = self.qual
+        mapping = qual.mapping if qual is not None else None
+        return status_summary({
+            "state": qual.state.value if qual is not None else State.OFFLINE.value,
+            "address": str(mapping.address) if mapping else None,
+            "server": str(qual.server) if qual is not None else None,
+            "mapped": f"{mapping.mapped_ip}:{mapping.mapped_port}" if mapping else None,
+            "interface": self.plan.nic.name})
+
     # -- resolving the names again, off the loop's thread --
 
     def _names_unresolved(self, now: float) -> None:
@@ -179,6 +194,7 @@ class Qualifying:
                                  retry_in_s=round(action.retry_at - self.clock.monotonic(), 1))
             # SetTimer: the loop reads qual.timer_at. ServerLost: qualification.py
             # logged it (no_reply_from_server / lost_connectivity).
+        self.publish_status()   # systemd's STATUS= (daemon/notify.py), if it changed
 
     def address_changed(self, old: Optional[Mapping], new: Optional[Mapping]) -> None:
         try:

@@ -303,7 +303,9 @@ def local_address(address, option: str = "--bind") -> Check:
 
 def _veth_and_clsact() -> List[Check]:
     """Try veth and clsact in a throwaway namespace, so the host is untouched."""
-    ip, tc = shutil.which("ip"), shutil.which("tc")
+    # iproute2 is in /sbin on Debian: found even with a PATH without it (cron, CI).
+    sbin = os.environ.get("PATH", os.defpath) + ":/usr/sbin:/sbin"
+    ip, tc = shutil.which("ip", path=sbin), shutil.which("tc", path=sbin)
     if not ip or not tc:
         fail = Check("iproute2", False, "ip/tc not found", "apt-get install iproute2")
         return [fail]

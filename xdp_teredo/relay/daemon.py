@@ -197,6 +197,16 @@ class RelayDaemon(TunnelDaemon):
         return {"decapsulated": fast["decapsulated"]["packets"],
                 "encapsulated": fast["encapsulated"]["packets"], **self.counters}
 
+    def status_line(self) -> str:
+        """systemd's STATUS= (daemon/notify.py). No peer count: counting the BPF
+        table walks up to --max-peers keys, and this is read every few seconds."""
+        from ..daemon.render import status_summary
+
+        return status_summary({
+            "role": "relay", "state": "relaying" if self.att is not None else "starting",
+            "ipv4": str(self.address) if self.address else None, "port": self.config.port,
+            "ipv4_iface": self.config.ipv4_iface, "ipv6_iface": self.config.ipv6_iface})
+
     # -- deadlines ---------------------------------------------------------------------
 
     def peer_timers(self, now: float) -> None:
