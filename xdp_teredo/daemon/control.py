@@ -46,6 +46,7 @@ import time
 from typing import Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
 
 from ..errors import RuntimeFailure
+from .loop import release
 
 TUNNEL_PREFIX = "\0xdp-teredo-tunnel-"
 SERVER_SOCKET = "\0xdp-teredo-server"
@@ -236,9 +237,7 @@ class ControlServer:
         for conn in list(self._pending):
             self._forget(conn)
         if self._listener is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._listener)
-            self._listener.close()
+            release(self._loop, self._listener)
             self._listener = None
 
     # -- internals --
@@ -311,9 +310,7 @@ class ControlServer:
 
     def _forget(self, conn: socket.socket) -> None:
         self._pending.pop(conn, None)
-        if self._loop is not None:
-            self._loop.remove_reader(conn)
-        conn.close()
+        release(self._loop, conn)
 
 
 def query(name: str, request: str, *, timeout: float = 3.0, what: str = "daemon",
