@@ -246,7 +246,8 @@ def flows(procs: dict, timeout: float = 60.0) -> list:
 def outage(flow: dict, since: float) -> float:
     """Seconds from `since` until the flow answered again for good: the arrival of the
     first reply to a request sent after the last unanswered one. 0 if nothing sent
-    from a second before `since` on was lost; infinite if it never answered again.
+    from a second before `since` on was lost, or if the flow was back before `since`;
+    infinite if it never answered again.
 
     The second before: a request in flight through a relay when it dies is lost
     by that death."""
@@ -257,7 +258,7 @@ def outage(flow: dict, since: float) -> float:
     last_lost_at = max(t for t, _ in lost)
     sent_at = {seq: t for seq, t in flow["sent"]}
     later = [t for seq, t, _src in flow["replies"] if sent_at.get(seq, 0) > last_lost_at]
-    return min(later) - since if later else float("inf")
+    return max(0.0, min(later) - since) if later else float("inf")
 
 
 def failover(all_flows: list, since: float) -> float:

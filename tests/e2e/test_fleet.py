@@ -1,0 +1,46 @@
+"""`make fleet-demo` (tools/fleet_demo.py): a relay fleet behind BGP (BIRD) and ECMP
+survives the SIGKILL of its busiest relay within 5 s, with traffic on >= 2 relays."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import require_tool
+from xdp_teredo.lab import netns
+
+pytestmark = pytest.mark.e2e
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_fleet_demo_fails_over_within_5_s_with_traffic_on_two_relays(require_bcc):
+    for tool in ("bird", "birdc", "ethtool"):
+        require_tool(tool)
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fleet_demo.py"),
+                          "--max-failover", "5"],
+                         capture_output=True, text=True, timeout=420, cwd=ROOT)
+    out = res.stdout
+    assert res.returncode == 0, out[-4000:] + res.stderr[-4000:]
+    steps = re.findall(r"^\[(\d+)/(\d+)\]", out, re.M)
+    assert steps and steps[-1][0] == steps[-1][1], "every step ran"
+    # core learnt 2001::/32 from the three relays over BGP and installed ECMP.
+    assert len(re.findall(r"relay\d\s+BGP\s+---\s+up\s+\S+\s+Established", out)) == 3
+    before, after = out.split("SIGKILL", 1)
+    assert len(re.findall(r"nexthop via 2001:db8:3:\d::1 dev to-relay\d", before)) == 3
+    assert len(re.findall(r"nexthop via 2001:db8:3:\d::1 dev to-relay\d", after)) == 2
+    # The relay announces through its table while it serves; its crash took the route.
+    assert "2001::/32 dev teredo proto 144" in before
+    assert re.search(r"table 100 .*removed by the kernel\)\n\s+\(empty\)", after)
+    # Traffic on at least two relays, and the must-show figure.
+    spread = re.search(r"traffic seen on (\d) of 3 relays", out)
+    assert spread and int(spread.group(1)) >= 2
+    took = re.search(r"^failover: ([\d.]+) s$", out, re.M)
+    assert took and float(took.group(1)) <= 5.0
+    # Nothing of the lab is left.
+    prefixes = set(re.findall(r"(xt-[0-9a-f]{6}-)", out))
+    assert prefixes
+    for prefix in prefixes:
+        assert netns.list_netns(prefix) == []
