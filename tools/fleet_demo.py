@@ -108,11 +108,18 @@ def run(args) -> int:
             raise TeredoError(f"traffic on {len(busy)} relay(s); the fleet should spread it")
 
         victim = max(counts, key=lambda r: counts[r]["encapsulated"])
-        demo.step(f"SIGKILL {victim} (the busiest) during a steady ping every 0.1 s on every flow")
-        procs = fl.steady(STEADY_BEFORE + STEADY_AFTER)
+        what = "SIGKILL" if args.how == "kill" else "Silence"
+        demo.step(f"{what} {victim} (the busiest) during a steady ping every 0.1 s on every flow")
+        procs = fl.steady(STEADY_BEFORE + args.after)
         time.sleep(STEADY_BEFORE)
-        killed_at = fl.kill(victim)
-        demo.say(f"$ kill -KILL {fl.relays[victim].process.pid}    ({victim})")
+        if args.how == "kill":
+            pid = fl.relays[victim].process.pid
+            killed_at = fl.kill(victim)
+            demo.say(f"$ kill -KILL {pid}    ({victim}'s xdp-teredo relay)")
+        else:
+            killed_at = fl.silence(victim)
+            demo.say(f"core now drops everything to and from {victim} (ip6tables): a host "
+                     "that died without a word; only the BGP hold timer (3 s) notices")
         fl.wait_next_hops(len(lab.relay_roles) - 1, timeout=10)
         demo.say(f"core withdrew {victim}'s path {time.time() - killed_at:.2f} s after the kill "
                  "(at most this: polled)")
@@ -122,7 +129,8 @@ def run(args) -> int:
         affected = sum(1 for _r, f in all_flows if fleet.outage(f, killed_at) > 0)
         took = fleet.failover(all_flows, killed_at)
         demo.say(f"{affected} of {len(all_flows)} flows lost replies; the last one answered "
-                 f"again {took:.2f} s after the kill")
+                 f"again {took:.2f} s after the kill; slowest reply after it "
+                 f"{fleet.slowest_reply(all_flows, killed_at) * 1000:.0f} ms")
         print(f"failover: {took:.2f} s", flush=True)
         if took > args.max_failover:
             raise TeredoError(f"failover {took:.2f} s > {args.max_failover:g} s")
@@ -132,11 +140,12 @@ def run(args) -> int:
         demo.say(bird.birdc(lab, fl.router, "show", "route").rstrip())
         demo.say("$ ip -6 route show 2001::/32    (on core)")
         demo.say(lab.run("core", "ip", "-6", "route", "show", "2001::/32").stdout.rstrip())
-        demo.say(f"$ ip -6 route show table {fleet.ANNOUNCE_TABLE}    (on {victim}: gone with "
-                 "its tun, removed by the kernel)")
-        demo.say(lab.run(victim, "ip", "-6", "route", "show", "table",
-                         str(fleet.ANNOUNCE_TABLE)).stdout.rstrip() or "(empty)")
-        _spread(demo, fl, [r for r in lab.relay_roles if r != victim])
+        if args.how == "kill":
+            demo.say(f"$ ip -6 route show table {fleet.ANNOUNCE_TABLE}    (on {victim}: gone "
+                     "with its tun, removed by the kernel)")
+            demo.say(lab.run(victim, "ip", "-6", "route", "show", "table",
+                             str(fleet.ANNOUNCE_TABLE)).stdout.rstrip() or "(empty)")
+        _spread(demo, fl, [r for r in lab.relay_roles if r != victim or args.how != "kill"])
 
         demo.step("Tear down")
     except (TeredoError, OSError) as err:
@@ -171,6 +180,11 @@ def main(argv=None) -> int:
                     help="who plays client1 (behind one NAT)")
     ap.add_argument("--client2", choices=roles.IMPLEMENTATIONS, default="xdp-teredo",
                     help="who plays client2 (behind two NATs)")
+    ap.add_argument("--how", choices=("kill", "silence"), default="kill",
+                    help="kill: SIGKILL the relay process (default); silence: the relay host "
+                         "stops answering (core drops its packets), only BGP's hold timer tells")
+    ap.add_argument("--after", type=float, default=STEADY_AFTER, metavar="S",
+                    help=f"seconds of steady ping after the kill (default {STEADY_AFTER:g})")
     ap.add_argument("--max-failover", type=float, default=5.0, metavar="S",
                     help="fail if the flows take longer than this to work again (default 5)")
     ap.add_argument("-v", "--verbose", action="store_true")

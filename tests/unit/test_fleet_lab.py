@@ -51,6 +51,13 @@ def test_failover_is_the_worst_flow_and_baseline_needs_every_flow_before_the_kil
     assert not fleet.baseline_ok([("client1", _flow(TIMES, set(range(30, 60))))], KILL)
 
 
+def test_the_slowest_reply_counts_from_a_second_before_the_kill():
+    flow = _flow(TIMES, set(range(60)))
+    flow["replies"][25][1] += 0.3          # held by a relay bubbling its client
+    flow["replies"][2][1] += 5.0           # long before the kill: not counted
+    assert fleet.slowest_reply([("client1", flow)], KILL) == pytest.approx(0.31)
+
+
 def _configs():
     return {
         "relay": bird.relay_config("192.0.2.20", "2001:db8:3:1::1", "2001:db8:3:1::ff", 100),

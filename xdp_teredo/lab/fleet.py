@@ -220,6 +220,17 @@ class Fleet:
                                      log=f"{role}-steady-{time.monotonic_ns()}.log")
                 for role in self.lab.clients}
 
+    def silence(self, role: str) -> float:
+        """Relay host `role` falls silent, as a host that died without a word: core
+        drops everything to and from it (BGP keepalives included), its links stay up.
+        Only the BGP hold timer notices. The wall time."""
+        now = time.time()
+        for chain, direction in (("INPUT", "-i"), ("OUTPUT", "-o"), ("FORWARD", "-i"),
+                                 ("FORWARD", "-o")):
+            self.lab.run("core", "ip6tables", "-w", "-I", chain, direction, f"to-{role}",
+                         "-j", "DROP")
+        return now
+
     def kill(self, role: str) -> float:
         """SIGKILL the relay of `role` (a crash: no teardown of its own); the wall time."""
         proc = self.relays[role].process
@@ -264,6 +275,17 @@ def outage(flow: dict, since: float) -> float:
 def failover(all_flows: list, since: float) -> float:
     """The longest outage of any flow: how long until every flow worked again."""
     return max((outage(flow, since) for _role, flow in all_flows), default=0.0)
+
+
+def slowest_reply(all_flows: list, since: float) -> float:
+    """The longest round trip of a request sent from a second before `since` on: a
+    reply held while a new relay bubbles its client is late, not lost."""
+    rtts = []
+    for _role, flow in all_flows:
+        sent_at = {seq: t for seq, t in flow["sent"]}
+        rtts += [t - sent_at[seq] for seq, t, _src in flow["replies"]
+                 if sent_at.get(seq, 0) >= since - 1.0]
+    return max(rtts, default=0.0)
 
 
 def baseline_ok(all_flows: list, until: float) -> bool:
