@@ -121,15 +121,15 @@ def run(args) -> int:
             demo.say(f"core now drops everything to and from {victim} (ip6tables): a host "
                      "that died without a word; only the BGP hold timer (3 s) notices")
         fl.wait_next_hops(len(lab.relay_roles) - 1, timeout=10)
-        demo.say(f"core withdrew {victim}'s path {time.time() - killed_at:.2f} s after the kill "
-                 "(at most this: polled)")
+        demo.say(f"core withdrew {victim}'s path {time.time() - killed_at:.2f} s after the "
+                 f"{'kill' if args.how == 'kill' else 'silence began'} (at most this: polled)")
         all_flows = fleet.flows(procs)
         if not fleet.baseline_ok(all_flows, killed_at):
             raise TeredoError("not every flow answered before the kill")
         affected = sum(1 for _r, f in all_flows if fleet.outage(f, killed_at) > 0)
         took = fleet.failover(all_flows, killed_at)
         demo.say(f"{affected} of {len(all_flows)} flows lost replies; the last one answered "
-                 f"again {took:.2f} s after the kill; slowest reply after it "
+                 f"again {took:.2f} s after the {args.how}; slowest reply after it "
                  f"{fleet.slowest_reply(all_flows, killed_at) * 1000:.0f} ms")
         print(f"failover: {took:.2f} s", flush=True)
         if took > args.max_failover:

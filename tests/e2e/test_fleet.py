@@ -16,11 +16,11 @@ pytestmark = pytest.mark.e2e
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_fleet_demo_fails_over_within_5_s_with_traffic_on_two_relays(require_bcc):
+def _fleet_demo(*args) -> str:
     for tool in ("bird", "birdc", "ethtool"):
         require_tool(tool)
     res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fleet_demo.py"),
-                          "--max-failover", "5"],
+                          "--max-failover", "5", *args],
                          capture_output=True, text=True, timeout=420, cwd=ROOT)
     out = res.stdout
     assert res.returncode == 0, out[-4000:] + res.stderr[-4000:]
@@ -44,3 +44,18 @@ def test_fleet_demo_fails_over_within_5_s_with_traffic_on_two_relays(require_bcc
     assert prefixes
     for prefix in prefixes:
         assert netns.list_netns(prefix) == []
+    return out
+
+
+def test_fleet_demo_fails_over_within_5_s_with_traffic_on_two_relays(require_bcc):
+    """What `make fleet-demo` runs."""
+    out = _fleet_demo()
+    assert re.search(r"client1 \(xdp-teredo\): 2001:0:", out)
+
+
+def test_fleet_demo_with_a_miredo_client(require_bcc):
+    """Miredo's client behind one NAT, ours behind two: the same fleet serves both."""
+    require_tool("miredo")
+    out = _fleet_demo("--client1", "miredo")
+    assert re.search(r"client1 \(miredo\): 2001:0:", out)
+    assert re.search(r"client2 \(xdp-teredo\): 2001:0:", out)
