@@ -39,6 +39,10 @@ def _spread(demo: Demo, fl: fleet.Fleet, roles_: list) -> dict:
     return counts
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     demo = Demo(steps=9, verbose=args.verbose)
     print("xdp-teredo fleet demo: several relays announce 2001::/32 over BGP (BIRD), a router\n"
@@ -46,8 +50,7 @@ def run(args) -> int:
     t0 = time.monotonic()
     lab = fleet.FleetLab(relays=args.relays)
     fl = fleet.Fleet(lab)
-    # Ctrl-C and SIGTERM end in the same teardown.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM ends in Ctrl-C's teardown
     try:
         demo.step(f"Build the lab: IPv4 internet, NATed clients, a server, {args.relays} relays, "
                   "an IPv6 router 'core', native hosts")

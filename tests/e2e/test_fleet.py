@@ -59,3 +59,35 @@ def test_fleet_demo_with_a_miredo_client(require_bcc):
     out = _fleet_demo("--client1", "miredo")
     assert re.search(r"client1 \(miredo\): 2001:0:", out)
     assert re.search(r"client2 \(xdp-teredo\): 2001:0:", out)
+
+
+def _announced(lab) -> str:
+    """Table 100 of the relay host ("" also when the kernel has no such table yet)."""
+    return lab.run("relay", "ip", "-6", "route", "show", "table", "100", "proto", "144",
+                   check=False).stdout
+
+
+@pytest.mark.lab_hosts("relay", "v6host")
+def test_the_announcement_lives_exactly_as_long_as_the_relay(lab, require_bcc):
+    """--announce-table: the route is there while the relay serves; a clean stop
+    removes it; a SIGKILL removes it too (the kernel, with the tun: docs/scaling.md)."""
+    import json
+    import signal
+
+    from xdp_teredo.lab import roles
+
+    assert _announced(lab) == ""
+    relay = roles.start_relay(lab, "xdp-teredo", "relay", "--announce-table", "100")
+    assert _announced(lab).startswith("2001::/32 dev teredo ")
+    status = json.loads(roles.cli(lab, "relay", "relay", "--status").stdout)
+    assert status["announce"] == {"table": 100, "prefix": "2001::/32", "proto": 144,
+                                  "published": True}
+    assert relay.process.stop() == 0            # SIGTERM: the teardown withdraws
+    assert _announced(lab) == ""
+    assert '"announcement in table 100"' not in relay.process.output()   # no cleanup_failed
+
+    relay = roles.start_relay(lab, "xdp-teredo", "relay", "--announce-table", "100")
+    assert _announced(lab).startswith("2001::/32 dev teredo ")
+    os.kill(relay.process.pid, signal.SIGKILL)
+    relay.process.wait(timeout=10)
+    assert _announced(lab) == ""
