@@ -19,6 +19,8 @@ of nothing, so staying in the anycast would blackhole every new (client, native
 host) pair routed to it, with no end. Withdrawn, its native traffic moves to the
 other relays, which cost each moved client one bubble exchange; clients that still
 send to it are decapsulated by its orphaned data path until they switch.
+This holds while the relay's tun is not persistent (today: never); a relay that
+keeps its tun across a crash must leave the withdrawal to its supervisor.
 
 The route is replaced, not added, so a leftover of ours (a persistent tun kept by
 a restart) never makes the next start fail; `proto` 144 marks it as ours, for
