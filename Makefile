@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: demo lab-deps setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench man
+.PHONY: demo fleet-demo lab-deps setup test test-unit test-bpf test-e2e test-deps clean bench-datapath gen-header bench man
 
 setup:
 	bash tools/setup.sh
@@ -18,6 +18,11 @@ test-deps: setup
 # network namespaces, step by step; everything is removed again at the end.
 demo: lab-deps
 	$(PY) tools/demo.py
+
+# A fleet of relays behind BGP anycast (BIRD) and ECMP; one is SIGKILLed and the
+# demo prints `failover: N s`; docs/scaling.md. Everything is removed at the end.
+fleet-demo: lab-deps
+	$(PY) tools/fleet_demo.py $(FLEET_ARGS)
 
 # The whole suite, every tier: unit (no root), bpf (BPF_PROG_TEST_RUN), e2e (namespaces).
 # XDP_TEREDO_REQUIRE_ALL=1: here everything must run, so a test that would skip (no

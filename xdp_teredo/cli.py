@@ -428,6 +428,10 @@ def detach(interface, tunnel) -> None:
                    "default /sys/fs/bpf/xdp-teredo].")
 @_stats_interval_option
 @_metrics_option
+@click.option("--announce-table", type=int, default=None, metavar="N",
+              help="While relaying, keep the route 2001::/32 (via the tunnel, proto 144) in "
+                   "kernel routing table N, for a routing daemon to announce "
+                   "(docs/scaling.md).")
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
 @click.option("--user", default="nobody", show_default=True, metavar="USER",
@@ -436,7 +440,7 @@ def detach(interface, tunnel) -> None:
 @_inbound_options("open", "the Teredo clients it serves")
 @handles_errors
 def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
-          stats_interval, metrics, show_status, user, inbound, allow) -> None:
+          stats_interval, metrics, announce_table, show_status, user, inbound, allow) -> None:
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
@@ -457,11 +461,15 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
         raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
     inbound_settings = _inbound_settings(inbound, allow, "open")
     metrics_address = _metrics_address(metrics)
+    if announce_table is not None:
+        from .relay.announce import check_table
+
+        check_table(announce_table)
     sys.exit(teredo_relay.relay(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
-        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user)),
-        metrics=metrics_address))
+        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user),
+        announce_table=announce_table), metrics=metrics_address))
 
 
 def _relay_user(user: str) -> str:

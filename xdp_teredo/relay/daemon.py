@@ -39,7 +39,7 @@ from ..teredo import constants, encap, guard
 from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.ratelimit import Limits
-from . import egress
+from . import announce, egress
 from . import plan as rp
 
 IPv4Address = ipaddress.IPv4Address
@@ -66,6 +66,7 @@ class RelayDaemon(TunnelDaemon):
         self.icmp_address: Optional[IPv6Address] = None
         self.bubble_address = rp.bubble_source(rng)
         self.egress = egress.Egress(self)
+        self.announcement: Optional[announce.Announcement] = None   # --announce-table
         self.loop.deadline(self.peers.next_deadline, self.peer_timers)
         self.loop.every(egress.CHECK_INTERVAL, self.egress.refresh)
         self.loop.every(SWEEP_INTERVAL, self._sweep_learned)
@@ -121,6 +122,10 @@ class RelayDaemon(TunnelDaemon):
         self.teardown.push("data path", self.att.detach, keep=self.att.release)
         self.start_peer_sync(self.att.peers)
         self.listen()
+        if cfg.announce_table is not None:
+            self.announcement = announce.Announcement.open(cfg.announce_table,
+                                                           self.tunnel.ifindex)
+            self.teardown.push_always("announcement socket", self.announcement.close)
 
     # -- privileges and crashes ---------------------------------------------------------
 
@@ -182,13 +187,18 @@ class RelayDaemon(TunnelDaemon):
         self.prog.slow_path.write(RELAY_LIMITS)
 
     def serving(self) -> None:
+        if self.announcement is not None:
+            # Attached and listening: tell the routing daemon (relay/announce.py).
+            self.announcement.publish()
+            self.teardown.push_always(f"announcement in table {self.announcement.table}",
+                                      self.announcement.withdraw)
         status = self.status()
         self.log.info("relay_started", ipv4=status["ipv4"], port=status["port"],
                       ipv4_iface=status["ipv4_iface"], ipv6_iface=status["ipv6_iface"],
                       tunnel=status["tunnel"],
                       hooks={h["interface"]: h["hook"] for h in status["hooks"]},
                       xdp_targets=[e["interface"] for e in status["egress"] if e["xdp_target"]],
-                      pin_dir=status["pin_dir"])
+                      pin_dir=status["pin_dir"], announce=status["announce"])
 
     def stopped_fields(self) -> dict:
         if self.att is None:
@@ -307,4 +317,5 @@ class RelayDaemon(TunnelDaemon):
             "started": iso(self.started_wall),
             "uptime_s": self.uptime(),
             "inbound": self.inbound_status(self.config.inbound),
+            "announce": self.announcement.describe() if self.announcement else None,
         }

@@ -37,6 +37,7 @@ class RelayConfig:
     learn: bool = True                     # the data path learns §5.4.2 clients itself
     pin_root: Optional[str] = None         # default: datapath.stats.DEFAULT_PIN_ROOT
     stats_interval: float = 0.0
+    announce_table: Optional[int] = None   # relay/announce.py: 2001::/32 there while serving
     # The inbound guard for the clients it serves (docs/security.md): open by
     # default, a relay carries whatever its clients asked for and more.
     inbound: guard.Settings = guard.Settings(policy=guard.Policy.OPEN)
