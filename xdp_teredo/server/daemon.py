@@ -105,15 +105,15 @@ class ServerDaemon(Daemon):
         ifindex, name = _device_of(self.config.primary, self.config.secondary)
         mode = self.config.xdp_mode
         if mode == "auto":
-            # XDP_TX on a veth reaches its peer only when the peer has XDP or GRO
-            # (the same condition as a redirect into it: redirect.py); generic XDP
-            # sends through the stack's transmit path, which always works.
+            # On a veth, native XDP_TX hands the RA to the peer's XDP ring, which needs
+            # XDP or GRO on the peer (redirect.py) and, in our lab even with GRO on,
+            # lost most RAs once the ring filled (docs/server.md); generic XDP sends
+            # through the stack's transmit path and lost none. A NIC: native.
             check = check_egress(ifindex, name)
-            if check.kind == "veth" and check.takes_redirects is False:
-                mode = "generic"
-                self.log.info("server_xdp_generic", reason=check.explain())
-            else:
-                mode = "native"
+            mode = "generic" if check.kind == "veth" else "native"
+            if mode == "generic":
+                self.log.info("server_xdp_generic", device=name,
+                              reason="a veth: XDP_TX there depends on its peer")
         pin_root = self.config.pin_root or dp_stats.DEFAULT_PIN_ROOT
         detach_stale(ifindex, pin_root=pin_root)
         self.xdp_prog = ServerDatapath.compile_isolated()
