@@ -20,17 +20,21 @@ demo: lab-deps
 	$(PY) tools/demo.py
 
 # The whole suite, every tier: unit (no root), bpf (BPF_PROG_TEST_RUN), e2e (namespaces).
+# XDP_TEREDO_REQUIRE_ALL=1: here everything must run, so a test that would skip (no
+# root, no bcc, no Miredo, a missing tool) fails with its reason (tests/conftest.py).
+REQUIRE_ALL := XDP_TEREDO_REQUIRE_ALL=1
+
 test: test-deps
-	$(PYTEST) tests
+	$(REQUIRE_ALL) $(PYTEST) tests
 
 test-unit: setup
 	$(PYTEST) tests/unit
 
 test-bpf: test-deps
-	$(PYTEST) tests/bpf
+	$(REQUIRE_ALL) $(PYTEST) tests/bpf
 
 test-e2e: test-deps
-	$(PYTEST) tests/e2e
+	$(REQUIRE_ALL) $(PYTEST) tests/e2e
 
 # Not a test: xdp-teredo, Miredo and the plain path side by side, in the lab, plus
 # BPF ns/packet, the relay at 100,000 peers, peer admission rate and memory;

@@ -290,9 +290,10 @@ def _hidden_seconds(name: str, help_text: str):
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
 @click.option("--restart-safe", is_flag=True, default=False,
-              help="On SIGHUP (or a crash) leave the fast path running, and adopt a "
-                   "running one at start: restarts and upgrades lose no packet "
-                   "(docs/reliability.md). SIGTERM still removes everything.")
+              help="SIGHUP hands over: leave the fast path running for the next "
+                   "instance and exit 0 (an upgrade loses no packet). Without it SIGHUP "
+                   "stops like SIGTERM. A crash or SIGKILL always leaves the fast path, "
+                   "and every start adopts it (docs/reliability.md).")
 @click.option("--peer-max", type=int, default=None, hidden=True,
               help="Capacity of the BPF peer table (tests fill a tiny one).")
 @_inbound_options("stateful", "this host")
@@ -410,10 +411,13 @@ def detach(interface, tunnel) -> None:
 @_metrics_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
+@click.option("--user", default="nobody", show_default=True, metavar="USER",
+              help="Run as USER after set-up, keeping CAP_NET_ADMIN only (root: stay root, "
+                   "and pin the maps).")
 @_inbound_options("open", "the Teredo clients it serves")
 @handles_errors
 def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
-          stats_interval, metrics, show_status, inbound, allow) -> None:
+          stats_interval, metrics, show_status, user, inbound, allow) -> None:
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
@@ -437,7 +441,22 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
     sys.exit(teredo_relay.relay(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
-        stats_interval=stats_interval, inbound=inbound_settings), metrics=metrics_address))
+        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user)),
+        metrics=metrics_address))
+
+
+def _relay_user(user: str) -> str:
+    """--user, checked before anything is touched (UsageError, exit 2)."""
+    import pwd
+
+    from .errors import UsageError
+
+    if user != "root":
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f"no such user: {user!r} (--user)") from None
+    return user
 
 
 def main() -> None:

@@ -225,12 +225,12 @@ def _one_line_error(res) -> str:
     return lines[0]
 
 
-def test_bind_errors_of_the_machine_are_one_line_and_exit_1(make_lab):
+def test_bind_errors_are_one_line_exit_2_for_a_wrong_address_1_for_a_taken_one(make_lab):
     lab = make_lab("server")
-    # An address the host does not have.
+    # An address the host does not have: the user's mistake, found by the preflight.
     res = lab.run("server", *_cli("server", "--bind", "198.51.100.200"), check=False)
-    assert res.returncode == 1
-    assert "Cannot assign requested address" in _one_line_error(res)
+    assert res.returncode == 2
+    assert "--bind 198.51.100.200: not an address of this host" in _one_line_error(res)
     # An address another server already holds.
     _start_server(lab, "--bind", PRIMARY)
     res = lab.run("server", *_cli("server", "--bind", PRIMARY), check=False)

@@ -103,7 +103,8 @@ class Daemon:
         self.started = self.clock.monotonic()
         # A fatal error met while serving (the tunnel deleted under us): exit 1.
         self.failed: Optional[str] = None
-        # Leave the fast path running at the teardown (the client's restart-safe stop).
+        # Leave the fast path running at the teardown (crash-only: a crash while
+        # serving, the client's --restart-safe SIGHUP): the next start adopts it.
         self.keep_datapath = False
         self.serving_now = False
         self.metrics = None         # daemon/metrics.MetricsServer, with --metrics

@@ -91,6 +91,8 @@ def status_lines(info: dict) -> List[str]:
     relay = info.get("role") == "relay"
     lines = [f"{key:<10} {'-' if info.get(key) is None else info.get(key)}"
              for key in (_RELAY_KEYS if relay else _CLIENT_KEYS)]
+    if info.get("reason"):
+        lines.insert(1, f"{'reason':<10} {info['reason']}")   # why offline
     if relay:
         lines += [f"{'hook':<10} {h['interface']}: {h['hook']} ({h['why']})"
                   for h in info.get("hooks", [])]

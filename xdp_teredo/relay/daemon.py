@@ -34,7 +34,7 @@ from typing import Optional
 from ..daemon.base import iso
 from ..daemon.control import tunnel_socket
 from ..daemon.tunnel import TunnelDaemon
-from ..errors import MalformedPacket
+from ..errors import MalformedPacket, RuntimeFailure
 from ..teredo import constants, encap, guard
 from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
@@ -75,8 +75,9 @@ class RelayDaemon(TunnelDaemon):
     # -- set-up -------------------------------------------------------------------------
 
     def setup(self) -> None:
+        from ..datapath import adopt
         from ..datapath import stats as dp_stats
-        from ..datapath.relay import RelayDatapath, detach_stale
+        from ..datapath.relay import RelayDatapath
         from ..net.tunnel import Tunnel
         from ..net.udp import TeredoSocket
 
@@ -91,8 +92,9 @@ class RelayDaemon(TunnelDaemon):
         self.open_control(tunnel_socket(cfg.tunnel),
                           f"a Teredo client or relay with tunnel {cfg.tunnel}",
                           "stop it, or use --tunnel NAME")
-        detach_stale({self.ipv4.ifindex, self.ipv6.ifindex}, pin_root=pin_root,
-                     pin_ifindex=self.ipv4.ifindex)
+        # Crash-only: a killed relay's programs keep forwarding for the clients they
+        # know while this one compiles, on their maps, and then adopts them.
+        running = self._running_datapath(pin_root)
         self.tunnel = Tunnel.create(cfg.tunnel, mtu=constants.TEREDO_MTU)
         self.teardown.push("tunnel", self.tunnel.close)
         # 2001::/32 into the tun: what the fast path leaves reaches the control plane.
@@ -100,13 +102,65 @@ class RelayDaemon(TunnelDaemon):
         self.sock = TeredoSocket(self.address, cfg.port)
         self.teardown.push_always("socket", self.sock.close)
         self.checkpoint()
-        self.prog = RelayDatapath.compile_isolated(peer_max=cfg.max_peers)
+        maps = adopt.open_maps(running) if running is not None else {}
+        try:
+            self.prog = RelayDatapath.compile_isolated(peer_max=cfg.max_peers, maps=maps)
+        finally:
+            for m in maps.values():
+                m.close()
         self.teardown.push_always("BPF programs", self.prog.close)
         self.checkpoint()
-        self.att = self.egress.attach(pin_root)
-        self.teardown.push("data path", self.att.detach)
+        # Pins under the bpffs could not be removed once we are not root: a relay
+        # that drops root pins nothing (the control socket serves `stats`).
+        self.att = self.egress.attach(pin_root, running,
+                                      pin="auto" if self._stays_root() else False)
+        if not self._stays_root() and cfg.pin_root:
+            self.log.warning("maps_not_pinned", pin_root=cfg.pin_root,
+                             reason=f"the relay runs as {cfg.user} after set-up: pins need "
+                                    "--user root; `xdp-teredo stats` asks the control socket")
+        self.teardown.push("data path", self.att.detach, keep=self.att.release)
         self.start_peer_sync(self.att.peers)
         self.listen()
+
+    # -- privileges and crashes ---------------------------------------------------------
+
+    def _stays_root(self) -> bool:
+        return self.config.user == "root" or os.geteuid() != 0
+
+    def privileged_user(self) -> Optional[str]:
+        """The relay gives up root like the client (daemon/privileges.py) and keeps
+        only CAP_NET_ADMIN (required_capabilities): its teardown detaches the XDP and
+        tc programs and deletes the tunnel and its route (netlink). Nothing else
+        needs privilege once set up: the UDP socket on port 3544 is bound, the maps
+        (peers, devmap, config, guard) are fds opened as root, the slow path reads
+        and writes the tun's fd and sends on the socket; no raw socket (its ICMPv6
+        errors go into the tun), no file to open."""
+        return None if self._stays_root() else self.config.user
+
+    def crashed(self) -> None:
+        # Crash-only: the data path keeps carrying the clients it knows; the next
+        # relay adopts it (or, once set-up adopted it, it stays as it was found).
+        if self.serving_now or (self.att is not None and self.att.adopted):
+            self.keep_datapath = True
+
+    def _running_datapath(self, pin_root: str):
+        """What a killed relay left on our devices (adopt.RunningRelay), or None;
+        anything of ours there that cannot be adopted (half of it, mixed maps) is
+        removed: a relay's state is soft, its clients are learned again."""
+        from ..datapath import adopt
+        from ..datapath.relay import detach_stale
+
+        devices = {self.ipv4.ifindex, self.ipv6.ifindex}
+        try:
+            running = adopt.find_relay(devices)
+        except RuntimeFailure as err:
+            self.log.warning("datapath_not_adoptable", error=str(err), action="replaced")
+            running = None
+        if running is not None:
+            self.log.info("relay_datapath_found", **running.describe())
+            return running
+        detach_stale(devices, pin_root=pin_root, pin_ifindex=self.ipv4.ifindex)
+        return None
 
     def configure_datapath(self) -> None:
         """Configuration, guard and limits, before anything is attached: the
@@ -235,6 +289,8 @@ class RelayDaemon(TunnelDaemon):
             "bubble_source": str(self.bubble_address),
             "icmp_source": str(self.icmp_address) if self.icmp_address else None,
             "pin_dir": self.att.pin_dir if self.att else None,
+            "adopted": bool(self.att is not None and self.att.adopted),
+            "user": self.user,
             "peers": len(self.att.peers) if self.att else 0,
             "pending": sum(1 for p in self.peers if not p.trusted),
             "pid": os.getpid(),

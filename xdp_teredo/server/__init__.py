@@ -19,13 +19,15 @@ from .plan import (
     XDP_MODES,
     ServerConfig,
     config_from_options,
+    preflight,
     server_addresses,
 )
 
 
 def serve(config: ServerConfig, *, metrics=None) -> int:
-    """`xdp-teredo server`: serve until SIGINT or SIGTERM; 0 on a clean stop.
-    `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    """`xdp-teredo server`: preflight, then serve until SIGINT or SIGTERM; 0 on a
+    clean stop. `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    preflight(config)
     from .daemon import ServerDaemon
 
     return run(ServerDaemon(config), metrics=metrics)

@@ -52,6 +52,24 @@ class ServerConfig:
     pin_root: Optional[str] = None
 
 
+def preflight(config: ServerConfig) -> None:
+    """What the server needs, checked before any socket is opened: CAP_NET_RAW for
+    the raw IPv6 socket of --native-ipv6 (the default), and both addresses on an
+    interface of this host that is up. One line, exit 2 or 1 (daemon/preflight.py).
+    Without --native-ipv6 a server needs no privilege (UDP 3544 is not a
+    privileged port)."""
+    from ..daemon import preflight as pf
+
+    checks = []
+    if config.native_ipv6:
+        checks.append(lambda: pf.capabilities(
+            {"CAP_NET_RAW": pf.CAP_NET_RAW}, who="xdp-teredo server --native-ipv6",
+            fix="run it as root (sudo), or with --no-native-ipv6"))
+    checks += [lambda: pf.local_address(config.primary, "--bind"),
+               lambda: pf.local_address(config.secondary, "--bind2")]
+    pf.require(checks)
+
+
 def server_addresses(bind: str, bind2: Optional[str] = None):
     """(primary, secondary) from the command line, or UsageError naming the problem.
 
