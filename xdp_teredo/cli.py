@@ -158,13 +158,19 @@ from .client.config import XDP_MODES  # noqa: E402
               default=_teredo_server.DEFAULT_MAX_SOURCES,
               show_default=True,
               help="Addresses tracked by the rate limiter (least recent evicted).")
+@click.option("--xdp-mode", type=click.Choice(list(_teredo_server.XDP_MODES)), default="auto",
+              show_default=True,
+              help="Answer Router Solicitations in XDP on the addresses' device: "
+                   "native, generic, auto (native, else generic, else none), off.")
+@_rate_option("--xdp-ra-pps", _teredo_server.DEFAULT_XDP_RA_PPS,
+              "RAs/s the XDP fast path sends in all (0: no limit).")
 @_stats_interval_option
 @_metrics_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the server running in this network namespace.")
 @handles_errors
 def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_bps,
-           max_sources, stats_interval, metrics, show_status) -> None:
+           max_sources, xdp_mode, xdp_ra_pps, stats_interval, metrics, show_status) -> None:
     """Run a Teredo server (RFC 4380 §5.3) on two consecutive public IPv4 addresses."""
     from .errors import UsageError
 
@@ -177,7 +183,8 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
     sys.exit(_teredo_server.serve(_teredo_server.config_from_options(
         bind, bind2, native_ipv6=native_ipv6, source_pps=source_pps, source_bps=source_bps,
         global_pps=global_pps, global_bps=global_bps, max_sources=max_sources,
-        stats_interval=stats_interval), metrics=metrics_address))
+        stats_interval=stats_interval, xdp_mode=xdp_mode, xdp_ra_pps=xdp_ra_pps),
+        metrics=metrics_address))
 
 
 @cli.command()
