@@ -292,9 +292,10 @@ def test_a_teredo_peer_is_bubbled_then_trusted_installed_and_flushed(client):
     sent = client.sock.take()
     # §5.2.6: a direct bubble to its mapping, an indirect one through its server.
     assert [(ip, port) for _, ip, port in sent] == [PEER_MAPPED, (PEER_SERVER, K.TEREDO_PORT)]
-    for payload, _, _ in sent:
+    # The direct one from our address; the indirect one from our challenge.
+    for (payload, _, _), source in zip(sent, (ours, client.peers.challenge(PEER))):
         bubble = P.parse_ipv6(payload)
-        assert P.is_bubble(bubble) and (bubble.src, bubble.dst) == (ours, PEER)
+        assert P.is_bubble(bubble) and (bubble.src, bubble.dst) == (source, PEER)
     # The peer answers with a bubble from its mapping: trusted, installed, flushed.
     client.on_datagram(P.build_bubble(PEER, ours), *PEER_MAPPED)
     entry = client.att.peers.get(PEER)

@@ -322,9 +322,11 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         if self.address is None:
             self.counters.drop("rx_not_qualified")
             return
-        if ipv6.dst != self.address and not ipv6.dst.is_multicast:
+        if ipv6.dst != self.address and not ipv6.dst.is_multicast \
+                and not (ipv6.dst.is_link_local and is_bubble(ipv6)):
             # Another node's traffic (an old address of ours after a mapping
-            # change, or garbage): the kernel would not take it either.
+            # change, or garbage): the kernel would not take it either. A bubble
+            # to a link-local address may answer our challenge (peers.py).
             self.counters.drop("rx_not_our_address")
             return
         echo_nonce = None
