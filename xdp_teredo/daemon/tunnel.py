@@ -213,9 +213,14 @@ class TunnelDaemon(Daemon):
                 flags = self.trust_flags(action.peer)
                 self.sync.install(action.peer, action.ip, action.port, flags)
                 self.counters["peer_trusted"] += 1
+                parts = peerlist.teredo_parts(action.peer)
+                proven = parts is not None and parts[1:] != (action.ip, action.port)
+                if proven:
+                    # Its address embeds another mapping: trusted on proof (peers.py).
+                    self.counters["peer_trusted_other_mapping"] += 1
                 self.sync.note("peer_trusted", peer=str(action.peer),
                                mapped=f"{action.ip}:{action.port}",
-                               relay=bool(flags & PeerFlag.RELAY))
+                               relay=bool(flags & PeerFlag.RELAY), other_mapping=proven or None)
             elif isinstance(action, peerlist.PeerRemoved):
                 self.sync.remove(action.peer)
                 if action.reason == "expired":
