@@ -5,7 +5,8 @@ fails still leaves an honest page.
 
 What is asserted:
 - wherever our client is the NAT'd end: ping both ways, through a peer of either
-  implementation or through either relay;
+  implementation or through either relay (but a first contact from behind a
+  symmetric NAT to a Miredo client, which Miredo cannot take: only "back");
 - our client behind two symmetric NATs and our public client: ping and TCP both ways;
 - a Miredo client behind two remapping ("open") NATs reaches the native host
   through our relay, both ways (the issue's first observation);
@@ -176,7 +177,13 @@ def test_cell(row_lab, column):
     interop.write_doc()
     nat_impl, kind = column.split("-")[0], ("relay" if "relay" in column else "peer")
     if nat_impl == "ours":
-        assert outcome["ping_there"] and outcome["ping_back"], outcome
+        assert outcome["ping_back"], outcome
+        # Behind a symmetric NAT, a first contact to a Miredo 1.2.6 client cannot
+        # work: it trusts only its embedded mapping or answers to its own bubbles,
+        # and its answers go to our server-side mapping, which the NAT keeps for
+        # the server (docs/interop.md). Any other far end: both ways.
+        if not (row == "symmetric" and column == "ours-miredo"):
+            assert outcome["ping_there"], outcome
     if row == "symmetric" and column == "ours-ours":
         assert all(outcome[c] for c in ("ping_there", "ping_back", "tcp_there", "tcp_back")), outcome
         # The public client trusted the NAT'd one where it really sends from.

@@ -204,7 +204,39 @@ def qualify(c, mapped=MAPPED):
     c.start_qualification()
     nonce = _rs_nonce(c.sock.take())
     c.on_datagram(_ra(nonce, mapped), SERVER, K.TEREDO_PORT)
+    _take_nat_probe(c)
     return c.address
+
+
+def _take_nat_probe(c) -> bytes:
+    """The one RS to the server's secondary address that qualification is followed
+    by (teredo/nat_type.py): taken off the socket, its nonce returned."""
+    sent = c.sock.take()
+    probes = [p for p in sent if p[1:] == (c.nat_probe.server, K.TEREDO_PORT)]
+    assert len(probes) == 1, sent
+    for other in sent:
+        if other not in probes:
+            c.sock.sent.append(other)
+    return encap.parse_udp_payload(probes[0][0]).auth.nonce
+
+
+def test_the_nat_type_comes_from_the_secondary_address_s_view(client):
+    client.start_qualification()
+    nonce = _rs_nonce(client.sock.take())
+    client.on_datagram(_ra(nonce), SERVER, K.TEREDO_PORT)
+    assert client.nat_probe.server == IPv4("192.0.2.2")          # the primary plus one
+    assert client.status()["nat_type"] == "probing"
+    probe_nonce = _take_nat_probe(client)
+    # Another mapping for the secondary address: a symmetric NAT. Not an RA for the
+    # qualification (which would have refused its nonce).
+    client.on_datagram(_ra(probe_nonce, (MAPPED[0], MAPPED[1] + 3), server=SERVER),
+                       IPv4("192.0.2.2"), K.TEREDO_PORT)
+    status = client.status()
+    assert status["nat_type"] == "symmetric" and status["nat_detail"]["sequential"]
+    assert status["mapped"] == f"{MAPPED[0]}:{MAPPED[1]}" and not client.qual.ignored
+    # Once per mapping: a refresh with the same mapping sends no new probe.
+    client.qualification(client.qual.refresh_now(client.clock.monotonic()))
+    assert all(ip == SERVER for _, ip, _ in client.sock.take())
 
 
 def _ipv6(src, dst, payload=b"data", next_header=17):
