@@ -157,13 +157,13 @@ class Qualifying:
             return
         mapped = (mapping.mapped_ip, mapping.mapped_port)
         probe = self.nat_probe
-        if probe is not None and probe.mapped == mapped and probe.server_primary == mapping.server:
+        if probe is not None and (probe.mapped, probe.primary) == (mapped, mapping.server):
             return
         secondary = next((s.secondary for s in self.servers if s.primary == mapping.server), None)
         if secondary is None:
             return
-        probe = NatProbe(tuple(self.local), mapped, secondary, self.clock.monotonic(), rng=self._rng)
-        probe.server_primary = mapping.server
+        probe = NatProbe(tuple(self.local), mapped, secondary, self.clock.monotonic(),
+                         primary_server=mapping.server, rng=self._rng)
         self.nat_probe = probe
         rs = icmpv6.build_router_solicitation(constants.LINK_LOCAL_RESTRICTED)
         payload = encap.build_udp_payload(rs, auth=encap.AuthHeader(nonce=probe.nonce))

@@ -88,9 +88,11 @@ class NatProbe:
     answer or the timeout)."""
 
     def __init__(self, local, mapped, secondary_server: IPv4Address, now: float, *,
+                 primary_server: Optional[IPv4Address] = None,
                  rng: Optional[security.Rng] = None, timeout: float = PROBE_TIMEOUT):
         self.local, self.mapped = local, mapped
         self.server = IPv4Address(secondary_server)
+        self.primary = primary_server   # the server whose view `mapped` is
         self.nonce = security.generate_nonce(rng)
         self.deadline = now + timeout
         self.secondary: Optional[Tuple[IPv4Address, int]] = None

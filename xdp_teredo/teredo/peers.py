@@ -320,7 +320,7 @@ class PeerList:
             # Not a bubble: our server may be a relay as well; go on.
 
         parts = teredo_parts(src)
-        if pkt.bubble and parts is not None and dst == self.challenge(src):
+        if pkt.bubble and dst.is_link_local and parts is not None and dst == self.challenge(src):
             return actions + self._answered_challenge(src, parts, udp, now)
 
         if src.is_link_local:
