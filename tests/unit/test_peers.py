@@ -560,3 +560,21 @@ def test_echo_test_never_more_than_3_requests_per_nonce(steps):
         for a, b in zip(times, times[1:]):
             assert b - a >= ECHO_TIMEOUT - 1e-9  # the code compares now >= a + 2.0
     assert len(sent) <= 1    # a failed test is never restarted while the entry lives
+
+
+def test_a_direct_bubble_from_a_link_local_source_is_answered_where_it_came_from():
+    """Miredo's bubbles (and a relay's) come from a keyed link-local address; a client
+    answers with source and destination swapped, to the UDP source: the only way a
+    peer behind a symmetric NAT learns we exist at the mapping its bubble opened."""
+    _, peers = make()
+    challenge = IPv6("fe80::1234:5678:9abc:def0")
+    udp = (IPv4("198.51.100.99"), 61000)
+    bubble = Incoming(source=challenge, destination=OUR_ADDRESS, udp_ip=udp[0], udp_port=udp[1],
+                      packet=b"", bubble=True)
+    assert peers.on_incoming(bubble) == [SendDirectBubble(challenge, *udp)]
+    assert len(peers) == 0
+    # Data from a link-local source is still dropped; a relay answers nothing.
+    data = Incoming(source=challenge, destination=OUR_ADDRESS, udp_ip=udp[0], udp_port=udp[1],
+                    packet=b"x")
+    assert peers.on_incoming(data) == [] and peers.drops["link_local_source"] == 1
+    assert PeerList(FakeClock(), relay=True).on_incoming(bubble) == []

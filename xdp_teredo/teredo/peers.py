@@ -28,7 +28,8 @@ Receiving (§5.2.3 client, §5.4.2 relay), `on_incoming`:
 - from our server with an origin indication (or, like Miredo, a bubble with a
   Teredo source and none): an indirect bubble; answer it with a direct bubble to
   the origin; a bubble goes no further.
-- link-local source: dropped (Miredo: lets no forged RA reach the kernel).
+- link-local source: dropped (Miredo: lets no forged RA reach the kernel); a
+  client answers a bubble from one (a challenge) to where it came from.
 - trusted peer whose mapping is the UDP source: deliver (the peer answered:
   bubble counters reset, queue flushed).
 - echo reply carrying the nonce of the peer's outstanding test: trusted with the
@@ -324,6 +325,15 @@ class PeerList:
             return actions + self._answered_challenge(src, parts, udp, now)
 
         if src.is_link_local:
+            if pkt.bubble and not self.relay and not dst.is_link_local \
+                    and is_global_unicast(udp[0]):
+                # A direct bubble from a link-local source (Miredo's and relays'
+                # challenges): answered with source and destination swapped, to
+                # where it came from, as an indirect one is (§5.2.3). A peer behind
+                # a symmetric NAT reaches us only so: its bubble opened that mapping,
+                # and our answer proves our address to it. One bubble for one, at
+                # most the slow path's per-source rate (docs/security.md).
+                return actions + [SendDirectBubble(src, udp[0], udp[1])]
             return actions + self._drop("link_local_source")
 
         peer = self.peers.get(src)
