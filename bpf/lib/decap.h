@@ -115,7 +115,9 @@ static __always_inline int rx_check_headers(struct cursor *c, __u32 l3_len,
 /*
  * Whom to believe (RFC 4380 §5.2.3): a trusted peer whose mapped address and port
  * are the UDP source, or a source address that embeds exactly that UDP source.
- * A relay only believes the latter (§5.4.2). A peer that is in the table but not
+ * A relay too: §5.4.2 asks for the latter, but the control plane trusts a client
+ * at another mapping only on proof (an answer to its challenge, teredo/peers.py:
+ * a NAT that remapped the port, a symmetric NAT), and only then is the entry there. A peer that is in the table but not
  * trusted yet belongs to the control plane, which is queueing packets for it and
  * waiting for this very answer (§5.2.4): it must see the packet.
  *
@@ -129,10 +131,14 @@ static __always_inline int rx_source_verdict(const struct teredo_peer *peer, con
 	int matches = peer && peer->mapped_ipv4 == v->ip->saddr &&
 		      peer->mapped_port == v->udp->source;
 
+	/* A relay's peers are Teredo clients, whatever its table holds. */
+	int foreign = (cfg_flags & TEREDO_CFG_RELAY) &&
+		      v->ip6->saddr.s6_addr32[0] != bpf_htonl(TEREDO_PREFIX_HI32);
+
 	*refresh = 0;
 	if (peer && !(peer->flags & TEREDO_PEER_TRUSTED))
 		return TEREDO_R_RX_UNTRUSTED_PEER;
-	if (!embeds && (!peer || (cfg_flags & TEREDO_CFG_RELAY)))
+	if (!embeds && (!peer || foreign))
 		return TEREDO_R_RX_UNKNOWN_PEER;
 	if (!embeds && !matches)
 		return TEREDO_R_RX_MAPPING_MISMATCH;

@@ -40,8 +40,9 @@ static __always_inline int ipv6_is_teredo(const struct in6_addr *a)
  */
 static __always_inline int relay_decap_verdict(const struct rx_view *v, int source)
 {
-	/* In relay mode "unknown peer" means exactly: the IPv6 source is not a Teredo
-	 * address embedding the UDP source. §5.4.2: "MUST be discarded". */
+	/* "Unknown peer": no entry, and the IPv6 source is not a Teredo address
+	 * embedding the UDP source. §5.4.2: "MUST be discarded". (A client proven at
+	 * another mapping has an entry: a mismatch there goes to the control plane.) */
 	if (source == TEREDO_R_RX_UNKNOWN_PEER)
 		return TEREDO_R_RELAY_SOURCE_MISMATCH;
 	if (source != TEREDO_R_DECAPSULATED)

@@ -99,7 +99,8 @@ def rx(frame: bytes, cfg: Config, peers: Dict[ipaddress.IPv6Address, PeerEntry])
                and peer.mapped_port == struct.unpack("!H", sport)[0])
     if peer is not None and not peer.trusted:
         return RxVerdict(R.RX_UNTRUSTED_PEER)
-    if not embeds and (peer is None or cfg.relay):
+    foreign = cfg.relay and src[:4] != b"\x20\x01\x00\x00"
+    if not embeds and (peer is None or foreign):
         return RxVerdict(R.RX_UNKNOWN_PEER)
     if not embeds and not matches:
         return RxVerdict(R.RX_MAPPING_MISMATCH)

@@ -164,3 +164,64 @@ def test_stop_kills_a_process_that_ignores_sigterm(lab):
 def test_run_failure_names_the_command(lab):
     with pytest.raises(RuntimeFailure, match=r"ip -n xt-.*-public link set nosuchif up"):
         netns.link_up(lab["public"].netns, "nosuchif")
+
+
+# One socket, one datagram to each address; the echo server prints whom it saw
+# (its answers may not come back through a symmetric NAT: not waited for).
+_FROM_ONE_SOCKET = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(2)
+for dst in sys.argv[2:]:
+    s.sendto(b"x", (dst, %d))
+""" % ECHO_PORT
+
+
+def _mappings_seen(lab, role: str, local_port: int, dsts) -> list:
+    echo = _udp_echo(lab, "server", "0.0.0.0", count=len(dsts))
+    lab.run(role, "python3", "-c", _FROM_ONE_SOCKET, local_port, *map(str, dsts))
+    assert echo.wait(timeout=5) == 0
+    return [tuple(d["peer"]) for d in _json_lines(echo.output()) if d["event"] == "datagram"]
+
+
+def test_nat_kinds(make_lab):
+    """firewalled and open keep the port towards every remote (a cone mapping);
+    symmetric (--random-fully) gives each remote another port."""
+    lab = make_lab("server", "client1", "client2", nat={"nat1": "symmetric", "nat2a": "open"})
+    assert lab.nat_kinds == {"nat1": "symmetric", "nat2a": "open", "nat2b": "firewalled"}
+    both = lab["server"].ipv4[:2]
+    sym = _mappings_seen(lab, "client1", 40001, both)
+    assert len({port for _, port in sym}) == 2, sym
+    cone = _mappings_seen(lab, "client2", 40002, both)
+    assert {port for _, port in cone} == {40002}, cone
+    with pytest.raises(UsageError):
+        Lab({"client1"}, nat={"nat1": "full-cone"})
+    with pytest.raises(UsageError):
+        Lab({"client1"}, nat={"server": "open"})
+
+
+def test_open_nat_remaps_after_an_unsolicited_packet(make_lab):
+    """The issue's observation: a remote's packet to the mapping, accepted by a NAT
+    with no firewall, takes the tuple; our next flow to that remote gets another port."""
+    lab = make_lab("server", "client1", nat={"nat1": "open"})
+    server = lab["server"].ipv4[0]
+    first = _mappings_seen(lab, "client1", 40003, [lab["server"].ipv4[1]])
+    assert first == [(str(lab["client1"].public_ipv4), 40003)]
+    # The server's address sends unsolicited to 198.51.100.1:40003 from the echo port.
+    lab.run("server", "python3", "-c",
+            "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f"s.bind(('{server}', {ECHO_PORT})); s.sendto(b'x', (sys.argv[1], 40003))",
+            str(lab["client1"].public_ipv4))
+    again = _mappings_seen(lab, "client1", 40003, [server])
+    assert again[0][1] != 40003, again
+
+
+def test_two_clients_share_one_lan_behind_one_nat(make_lab):
+    lab = make_lab("server", "client3a", "client3b")
+    assert lab["client3a"].public_ipv4 == lab["client3b"].public_ipv4
+    # Same LAN: each reaches the other directly ...
+    assert lab.ping("client3a", str(lab["client3b"].ipv4[0]), deadline=3).ok
+    # ... and both go out through nat3.
+    seen = _mappings_seen(lab, "client3a", 40004, [lab["server"].ipv4[0]])
+    assert seen[0][0] == str(lab["nat3"].ipv4[0])

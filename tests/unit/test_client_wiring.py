@@ -204,7 +204,39 @@ def qualify(c, mapped=MAPPED):
     c.start_qualification()
     nonce = _rs_nonce(c.sock.take())
     c.on_datagram(_ra(nonce, mapped), SERVER, K.TEREDO_PORT)
+    _take_nat_probe(c)
     return c.address
+
+
+def _take_nat_probe(c) -> bytes:
+    """The one RS to the server's secondary address that qualification is followed
+    by (teredo/nat_type.py): taken off the socket, its nonce returned."""
+    sent = c.sock.take()
+    probes = [p for p in sent if p[1:] == (c.nat_probe.server, K.TEREDO_PORT)]
+    assert len(probes) == 1, sent
+    for other in sent:
+        if other not in probes:
+            c.sock.sent.append(other)
+    return encap.parse_udp_payload(probes[0][0]).auth.nonce
+
+
+def test_the_nat_type_comes_from_the_secondary_address_s_view(client):
+    client.start_qualification()
+    nonce = _rs_nonce(client.sock.take())
+    client.on_datagram(_ra(nonce), SERVER, K.TEREDO_PORT)
+    assert client.nat_probe.server == IPv4("192.0.2.2")          # the primary plus one
+    assert client.status()["nat_type"] == "probing"
+    probe_nonce = _take_nat_probe(client)
+    # Another mapping for the secondary address: a symmetric NAT. Not an RA for the
+    # qualification (which would have refused its nonce).
+    client.on_datagram(_ra(probe_nonce, (MAPPED[0], MAPPED[1] + 3), server=SERVER),
+                       IPv4("192.0.2.2"), K.TEREDO_PORT)
+    status = client.status()
+    assert status["nat_type"] == "symmetric" and status["nat_detail"]["sequential"]
+    assert status["mapped"] == f"{MAPPED[0]}:{MAPPED[1]}" and not client.qual.ignored
+    # Once per mapping: a refresh with the same mapping sends no new probe.
+    client.qualification(client.qual.refresh_now(client.clock.monotonic()))
+    assert all(ip == SERVER for _, ip, _ in client.sock.take())
 
 
 def _ipv6(src, dst, payload=b"data", next_header=17):
@@ -292,9 +324,10 @@ def test_a_teredo_peer_is_bubbled_then_trusted_installed_and_flushed(client):
     sent = client.sock.take()
     # §5.2.6: a direct bubble to its mapping, an indirect one through its server.
     assert [(ip, port) for _, ip, port in sent] == [PEER_MAPPED, (PEER_SERVER, K.TEREDO_PORT)]
-    for payload, _, _ in sent:
+    # The direct one from our address; the indirect one from our challenge.
+    for (payload, _, _), source in zip(sent, (ours, client.peers.challenge(PEER))):
         bubble = P.parse_ipv6(payload)
-        assert P.is_bubble(bubble) and (bubble.src, bubble.dst) == (ours, PEER)
+        assert P.is_bubble(bubble) and (bubble.src, bubble.dst) == (source, PEER)
     # The peer answers with a bubble from its mapping: trusted, installed, flushed.
     client.on_datagram(P.build_bubble(PEER, ours), *PEER_MAPPED)
     entry = client.att.peers.get(PEER)

@@ -313,18 +313,54 @@ def test_teredo_source_matching_udp_source_trusted_and_delivered():
     assert peers.on_incoming(from_peer(bubble=True)) == []
 
 
-def test_teredo_source_not_matching_udp_source_dropped():
+def test_teredo_source_not_matching_udp_source_dropped_and_challenged():
+    """Not delivered; a challenge goes through the peer's server (never to the UDP
+    source), rate-limited as bubbles (§5.2.6)."""
     _, peers = make()
-    assert peers.on_incoming(from_peer(port=PEER_PORT + 1)) == []
-    assert peers.on_incoming(from_peer(ip=IPv4("203.0.113.21"))) == []
-    assert peers.drops["teredo_source_mismatch"] == 2 and len(peers) == 0
+    first = peers.on_incoming(from_peer(port=PEER_PORT + 1))
+    assert first == [SendIndirectBubble(PEER, PEER_SERVER)]
+    assert first[0].source == peers.challenge(PEER) and first[0].source.is_link_local
+    assert peers.on_incoming(from_peer(ip=IPv4("203.0.113.21"))) == []   # 2 s apart
+    assert peers.drops["teredo_source_mismatch"] == 2
+    assert not peers.get(PEER).trusted
 
 
 def test_trusted_peer_from_another_address_not_delivered():
     _, peers = make()
     trust(peers)
-    assert peers.on_incoming(from_peer(port=1)) == []
+    assert peers.on_incoming(from_peer(port=1)) == [SendIndirectBubble(PEER, PEER_SERVER)]
     assert peers.get(PEER).mapping == (PEER_IP, PEER_PORT)
+
+
+def test_a_peer_answering_our_challenge_is_trusted_at_its_other_mapping():
+    """RFC 6081 §4.3's case (Miredo's CheckBubble): a bubble addressed to our
+    challenge proves the sender got our bubble; trusted where it sends from, and a
+    bubble of ours goes there so that it trusts us back."""
+    clock, peers = make()
+    other = (IPv4("198.51.100.99"), 61000)
+    answer = Incoming(source=PEER, destination=peers.challenge(PEER), udp_ip=other[0],
+                      udp_port=other[1], packet=b"", bubble=True)
+    assert peers.on_incoming(answer) == [PeerTrusted(PEER, *other), SendDirectBubble(PEER, *other)]
+    assert peers.get(PEER).mapping == other and peers.proven == 1
+    # From there on its data is delivered; from the embedded mapping it is not.
+    assert peers.on_incoming(from_peer(ip=other[0], port=other[1], packet=b"hi")) == [Deliver(b"hi")]
+    # A wrong challenge proves nothing.
+    _, fresh = make()
+    forged = Incoming(source=PEER, destination=IPv6("fe80::1"), udp_ip=other[0],
+                      udp_port=other[1], packet=b"", bubble=True)
+    assert fresh.on_incoming(forged) == [SendIndirectBubble(PEER, PEER_SERVER)]
+    assert not fresh.get(PEER).trusted
+
+
+def test_relay_takes_proof_only_from_clients_it_bubbled():
+    peers = PeerList(FakeClock(), relay=True)
+    other = (IPv4("198.51.100.99"), 61000)
+    answer = Incoming(source=PEER, destination=peers.challenge(PEER), udp_ip=other[0],
+                      udp_port=other[1], packet=b"", bubble=True)
+    assert peers.on_incoming(answer) == [] and peers.drops["relay_unknown_peer"] == 1
+    sent = peers.on_outgoing(PEER, b"data")
+    assert all(a.source == peers.challenge(PEER) for a in sent)
+    assert peers.on_incoming(answer) == [PeerTrusted(PEER, *other), SendDirect(PEER, *other, b"data")]
 
 
 def test_link_local_source_dropped():
@@ -524,3 +560,21 @@ def test_echo_test_never_more_than_3_requests_per_nonce(steps):
         for a, b in zip(times, times[1:]):
             assert b - a >= ECHO_TIMEOUT - 1e-9  # the code compares now >= a + 2.0
     assert len(sent) <= 1    # a failed test is never restarted while the entry lives
+
+
+def test_a_direct_bubble_from_a_link_local_source_is_answered_where_it_came_from():
+    """Miredo's bubbles (and a relay's) come from a keyed link-local address; a client
+    answers with source and destination swapped, to the UDP source: the only way a
+    peer behind a symmetric NAT learns we exist at the mapping its bubble opened."""
+    _, peers = make()
+    challenge = IPv6("fe80::1234:5678:9abc:def0")
+    udp = (IPv4("198.51.100.99"), 61000)
+    bubble = Incoming(source=challenge, destination=OUR_ADDRESS, udp_ip=udp[0], udp_port=udp[1],
+                      packet=b"", bubble=True)
+    assert peers.on_incoming(bubble) == [SendDirectBubble(challenge, *udp)]
+    assert len(peers) == 0
+    # Data from a link-local source is still dropped; a relay answers nothing.
+    data = Incoming(source=challenge, destination=OUR_ADDRESS, udp_ip=udp[0], udp_port=udp[1],
+                    packet=b"x")
+    assert peers.on_incoming(data) == [] and peers.drops["link_local_source"] == 1
+    assert PeerList(FakeClock(), relay=True).on_incoming(bubble) == []

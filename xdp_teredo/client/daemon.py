@@ -345,9 +345,11 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         if self.address is None:
             self.counters.drop("rx_not_qualified")
             return
-        if ipv6.dst != self.address and not ipv6.dst.is_multicast:
+        if ipv6.dst != self.address and not ipv6.dst.is_multicast \
+                and not (ipv6.dst.is_link_local and is_bubble(ipv6)):
             # Another node's traffic (an old address of ours after a mapping
-            # change, or garbage): the kernel would not take it either.
+            # change, or garbage): the kernel would not take it either. A bubble
+            # to a link-local address may answer our challenge (peers.py).
             self.counters.drop("rx_not_our_address")
             return
         echo_nonce = None
@@ -377,6 +379,16 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self._refresh_peer_entry(ipv6.src)
 
     def _router_advertisement(self, teredo: encap.TeredoPayload, from_server: bool) -> None:
+        nonce = teredo.auth.nonce if teredo.auth else None
+        probe = self.nat_probe
+        if probe is not None and probe.owns(nonce):
+            # The secondary address's view of our mapping (teredo/nat_type.py).
+            if probe.on_answer(nonce, teredo.origin.address if teredo.origin else None,
+                               teredo.origin.port if teredo.origin else None):
+                verdict = probe.result(self.clock.monotonic())
+                self.log.info("nat_type", **verdict.describe())
+                self.counters["nat_probe_answered"] += 1
+            return
         self.counters["ra_received"] += 1
         if self.qual is None:
             return
@@ -472,6 +484,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         mapping = self.qual.mapping if self.qual is not None else None
         state = self.qual.state.value if self.qual is not None else State.OFFLINE.value
         tunnel = self.tunnel
+        nat_type = self.nat_type() if mapping else None
         return {
             "state": state,
             # Why offline: no server name resolved yet, or no server answered.
@@ -480,6 +493,9 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
             "server": str(self.qual.server) if self.qual is not None else None,
             "mapped": f"{mapping.mapped_ip}:{mapping.mapped_port}" if mapping else None,
             "nat": self.behind_nat(mapping) if mapping else None,
+            # As Windows' `netsh interface teredo show state` (teredo/nat_type.py).
+            "nat_type": nat_type.type if nat_type else None,
+            "nat_detail": nat_type.describe() if nat_type else None,
             "since": iso(self.since_wall),
             "since_s": round(self.clock.monotonic() - self.since, 3),
             "mtu": tunnel.mtu if tunnel else None,

@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..errors import RuntimeFailure, UsageError
 from ..teredo import constants, encap, icmpv6
+from ..teredo.nat_type import NatProbe
 from ..teredo.qualification import (
     AddressChanged,
     FlushPeers,
@@ -50,6 +51,8 @@ HINT = ("no Teredo server answered: most public Teredo servers are gone; run "
 
 class Qualifying:
     """Mixed into ClientDaemon: the state lives there (qual, servers, tunnel, att...)."""
+
+    nat_probe = None   # the NatProbe of the current mapping (teredo/nat_type.py)
 
     @property
     def address(self) -> Optional[IPv6Address]:
@@ -194,7 +197,34 @@ class Qualifying:
                                  retry_in_s=round(action.retry_at - self.clock.monotonic(), 1))
             # SetTimer: the loop reads qual.timer_at. ServerLost: qualification.py
             # logged it (no_reply_from_server / lost_connectivity).
+        self._probe_nat()
         self.publish_status()   # systemd's STATUS= (daemon/notify.py), if it changed
+
+    def _probe_nat(self) -> None:
+        """Once per mapping: one RS to the server's secondary address, whose answer
+        says what kind of NAT we are behind (teredo/nat_type.py)."""
+        mapping = self.qual.mapping if self.qual is not None else None
+        if mapping is None or self.qual.state is not State.QUALIFIED or self.local is None:
+            return
+        mapped = (mapping.mapped_ip, mapping.mapped_port)
+        probe = self.nat_probe
+        if probe is not None and (probe.mapped, probe.primary) == (mapped, mapping.server):
+            return
+        secondary = next((s.secondary for s in self.servers if s.primary == mapping.server), None)
+        if secondary is None:
+            return
+        probe = NatProbe(tuple(self.local), mapped, secondary, self.clock.monotonic(),
+                         primary_server=mapping.server, rng=self._rng)
+        self.nat_probe = probe
+        rs = icmpv6.build_router_solicitation(constants.LINK_LOCAL_RESTRICTED)
+        payload = encap.build_udp_payload(rs, auth=encap.AuthHeader(nonce=probe.nonce))
+        self.send(payload, secondary, constants.TEREDO_PORT, "nat_probe_sent")
+
+    def nat_type(self):
+        """What the probe found (a NatType), or None before the first mapping."""
+        if self.nat_probe is None:
+            return None
+        return self.nat_probe.result(self.clock.monotonic())
 
     def address_changed(self, old: Optional[Mapping], new: Optional[Mapping]) -> None:
         try:

@@ -80,7 +80,7 @@ def inbound(settings: guard.Settings, maps, counters) -> dict:
 
 # -- the CLI's text ------------------------------------------------------------------------
 
-_CLIENT_KEYS = ("state", "address", "server", "mapped", "nat", "since", "tunnel",
+_CLIENT_KEYS = ("state", "address", "server", "mapped", "nat", "nat_type", "since", "tunnel",
                 "interface", "local", "xdp", "decap", "peers", "pid", "user")
 _RELAY_KEYS = ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tunnel",
                "peers", "pending", "pid", "started")
@@ -135,12 +135,24 @@ def _state(value, colour: bool) -> str:
     return click.style(text, fg=STATE_COLOURS.get(text, "red"), bold=True)
 
 
+def _value(info: dict, key: str):
+    if key == "nat_type" and info.get("nat_detail"):
+        # "symmetric (port-preserving, sequential ports)", as Windows words it.
+        detail = info["nat_detail"]
+        notes = [n for n, on in (("port-preserving", detail.get("port_preserving")),
+                                 ("sequential ports", detail.get("sequential"))) if on]
+        if detail.get("upnp") is not None:
+            notes.append(f"UPnP {'yes' if detail['upnp'] else 'no'}")
+        return info[key] + (f" ({', '.join(notes)})" if notes else "")
+    return info[key]
+
+
 def status_lines(info: dict, colour: bool = False) -> List[str]:
     """`xdp-teredo status` for a client or a relay; the state in colour if asked."""
     relay = info.get("role") == "relay"
     lines = [f"{key:<10} "
              + (_state(info.get(key), colour) if key == "state" else
-                ('-' if info.get(key) is None else str(info.get(key))))
+                ('-' if info.get(key) is None else str(_value(info, key))))
              for key in (_RELAY_KEYS if relay else _CLIENT_KEYS)]
     if info.get("reason"):
         lines.insert(1, f"{'reason':<10} {info['reason']}")   # why offline

@@ -181,8 +181,10 @@ class TunnelDaemon(Daemon):
         except RuntimeFailure:
             self.counters.drop("unreachable_failed")
 
-    def send_bubble(self, peer: IPv6Address, ip, port: int, counter: str) -> None:
-        source = self.bubble_source()
+    def send_bubble(self, peer: IPv6Address, ip, port: int, counter: str,
+                    source: Optional[IPv6Address] = None) -> None:
+        # The peer list's challenge when it wants the answer to prove a mapping.
+        source = source or self.bubble_source()
         if source is None:
             self.counters.drop("tx_not_qualified")
             return
@@ -194,11 +196,13 @@ class TunnelDaemon(Daemon):
             if isinstance(action, peerlist.SendDirect):
                 self.send(action.packet, action.ip, action.port, "sent_direct")
             elif isinstance(action, peerlist.SendDirectBubble):
-                self.send_bubble(action.peer, action.ip, action.port, "bubble_direct")
+                self.send_bubble(action.peer, action.ip, action.port, "bubble_direct",
+                                 action.source)
             elif isinstance(action, peerlist.SendIndirectBubble):
                 # §5.2.6 / §5.4.1: through the peer's own server, which relays it
                 # with our origin indication.
-                self.send_bubble(action.peer, action.server, constants.TEREDO_PORT, "bubble_indirect")
+                self.send_bubble(action.peer, action.server, constants.TEREDO_PORT,
+                                 "bubble_indirect", action.source)
             elif isinstance(action, peerlist.SendEcho):
                 self.send_echo(action.peer, action.nonce)
             elif isinstance(action, peerlist.Deliver):
@@ -209,9 +213,14 @@ class TunnelDaemon(Daemon):
                 flags = self.trust_flags(action.peer)
                 self.sync.install(action.peer, action.ip, action.port, flags)
                 self.counters["peer_trusted"] += 1
+                parts = peerlist.teredo_parts(action.peer)
+                proven = parts is not None and parts[1:] != (action.ip, action.port)
+                if proven:
+                    # Its address embeds another mapping: trusted on proof (peers.py).
+                    self.counters["peer_trusted_other_mapping"] += 1
                 self.sync.note("peer_trusted", peer=str(action.peer),
                                mapped=f"{action.ip}:{action.port}",
-                               relay=bool(flags & PeerFlag.RELAY))
+                               relay=bool(flags & PeerFlag.RELAY), other_mapping=proven or None)
             elif isinstance(action, peerlist.PeerRemoved):
                 self.sync.remove(action.peer)
                 if action.reason == "expired":

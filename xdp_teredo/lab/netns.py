@@ -131,6 +131,16 @@ def add_veth(ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
     link_up(ns_b, if_b)
 
 
+def add_bridge(ns: str, ifname: str) -> None:
+    """A bridge in `ns`, up: one LAN that several hosts' veths join."""
+    run(["ip", "-n", ns, "link", "add", ifname, "type", "bridge"])
+    link_up(ns, ifname)
+
+
+def enslave(ns: str, ifname: str, bridge: str) -> None:
+    run(["ip", "-n", ns, "link", "set", ifname, "master", bridge])
+
+
 def link_up(ns: str, ifname: str) -> None:
     run(["ip", "-n", ns, "link", "set", ifname, "up"])
 
@@ -193,25 +203,41 @@ def disable_dad(ns: str) -> None:
 
 # --- NAT and conntrack -----------------------------------------------------
 
-def masquerade(ns: str, out_if: str, *, drop_unsolicited_udp: bool = True) -> None:
+# NAT behaviours the lab offers (RFC 4380 §5.2.1 / RFC 6081 §2 names), each one
+# way a real NAT box behaves; none exists to make any Teredo implementation work.
+# - "firewalled": MASQUERADE and a firewall dropping unsolicited inbound UDP (a
+#   home router): port-restricted cone, the source port kept when free.
+# - "open": MASQUERADE, nothing dropped (a router without a firewall): an
+#   unsolicited packet from a remote is accepted into conntrack, and the next
+#   flow of ours to that remote gets ANOTHER port (the tuple is taken).
+# - "symmetric": MASQUERADE --random-fully, nothing dropped: a random port for
+#   every new flow (every remote address and port): RFC 6081's symmetric NAT.
+NAT_KINDS = ("firewalled", "open", "symmetric")
+
+
+def masquerade(ns: str, out_if: str, *, kind: str = "firewalled") -> None:
     """IPv4 source NAT (MASQUERADE) for everything leaving `ns` through `out_if`.
 
     Linux MASQUERADE keeps the source port when it is free and filters by the
     full (address, port) of the remote: a port-restricted cone NAT in RFC 4380
-    terms, the kind Teredo is made for (§5.2.1).
+    terms, the kind Teredo is made for (§5.2.1). `kind` (NAT_KINDS) says what
+    else the box does.
 
-    drop_unsolicited_udp: drop new inbound UDP on `out_if`, as home NAT routers
-    do. Without it, Linux is a poor restricted NAT: a peer's direct bubble that
-    arrives before we sent anything to that peer is accepted into conntrack
+    "firewalled" drops new inbound UDP on `out_if`, as home NAT routers do.
+    Without it ("open"), Linux is a poor restricted NAT: a peer's direct bubble
+    that arrives before we sent anything to that peer is accepted into conntrack
     (as a flow to the NAT itself), and our own bubble to the peer, sent a moment
     later, then clashes with that entry and gets a NEW source port, so the peer
-    sees a mapping other than the one in our Teredo address and Teredo peering
-    (RFC 4380 §5.2.6) between two NATed clients never works. A packet dropped
-    in the filter table never has its conntrack entry confirmed, so no clash.
+    sees a mapping other than the one in our Teredo address. A packet dropped in
+    the filter table never has its conntrack entry confirmed, so no clash.
     """
-    ns_run(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING",
-           "-o", out_if, "-j", "MASQUERADE")
-    if drop_unsolicited_udp:
+    if kind not in NAT_KINDS:
+        raise UsageError(f"unknown NAT kind {kind!r}; one of {', '.join(NAT_KINDS)}")
+    rule = ["-o", out_if, "-j", "MASQUERADE"]
+    if kind == "symmetric":
+        rule.append("--random-fully")
+    ns_run(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", *rule)
+    if kind == "firewalled":
         ns_run(ns, "iptables", "-w", "-A", "INPUT", "-i", out_if, "-p", "udp",
                "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
 

@@ -10,6 +10,20 @@ host, a relay host and an IPv6-only host.
     10.2.1.2   10.2.0.2  198.51.100.17            |
                                                 v6host  2001:db8:1::2 (IPv6 only)
 
+    client3a --+
+    10.3.0.2   +-- nat3 (a bridge on its LAN) -- inet
+    client3b --+   198.51.100.33
+    10.3.0.3
+
+client3a and client3b share one LAN (a bridge in nat3) behind one NAT: two
+hosts at home behind the same router. Linux does not hairpin: what one sends to
+nat3's public address does not come back to the other.
+
+Every NAT has a kind (netns.NAT_KINDS): "firewalled" (a home router; the
+default), "open" (no firewall: the port is remapped when a remote's unsolicited
+packet took the tuple) or "symmetric" (a random port per flow). Lab(nat={"nat1":
+"symmetric"}) picks them per NAT host.
+
 Every host-to-host link is its own veth pair with its own small subnet, and
 "inet" routes between them: no host is a layer-2 neighbour of another, so
 everything a test sends crosses the router and, for NATed clients, the NAT(s).
@@ -70,6 +84,7 @@ class _Spec:
     router4: bool = False             # forwards IPv4
     router6: bool = False             # forwards IPv6
     routed6: tuple = ()               # IPv6 prefixes `upstream` routes to it
+    bridge_lan: bool = False          # its LAN is a bridge that several hosts join
 
 
 # The plan. The /28 subnets keep each public link separate while still using the
@@ -93,6 +108,11 @@ _SPECS = {
     "nat2b": _Spec("nat2a", _Link("10.2.0.0/24", ("10.2.0.2",), "10.2.0.1"),
                    nat=True, router4=True),
     "client2": _Spec("nat2b", _Link("10.2.1.0/24", ("10.2.1.2",), "10.2.1.1")),
+    # One LAN, two clients, one NAT (RFC 4380 §5.2.8 local discovery; RFC 6081 §4.5).
+    "nat3": _Spec("inet", _Link("198.51.100.32/28", ("198.51.100.33",), "198.51.100.46"),
+                  nat=True, router4=True, bridge_lan=True),
+    "client3a": _Spec("nat3", _Link("10.3.0.0/24", ("10.3.0.2",), "10.3.0.1")),
+    "client3b": _Spec("nat3", _Link("10.3.0.0/24", ("10.3.0.3",), "10.3.0.1")),
     # IPv6 only; its default route (2001::/32 included) points at the relay.
     "v6host": _Spec("relay", link6=_Link("2001:db8:1::/64", ("2001:db8:1::2",), "2001:db8:1::1")),
 }
@@ -176,15 +196,26 @@ class Lab:
     down on exceptions too. Teardown stops every process spawned through the lab,
     deletes every namespace and raises RuntimeFailure if any is left.
 
+    nat: {NAT host: kind} (netns.NAT_KINDS); a NAT host not named is "firewalled".
+
     workdir: where logs and config files go. Default: a fresh temp dir that is
     removed on close unless keep_workdir is set; a given workdir is never removed.
     """
 
     def __init__(self, hosts: Optional[Iterable[str]] = None, *,
-                 workdir: Optional[Path] = None, keep_workdir: bool = False):
+                 workdir: Optional[Path] = None, keep_workdir: bool = False,
+                 nat: Optional[dict] = None):
         if isinstance(hosts, str):  # Lab("client1"), not an iterable of letters
             hosts = [hosts]
         self.roles = closure(hosts if hosts is not None else ROLES)
+        self.nat_kinds = {r: "firewalled" for r in self.roles if _SPECS[r].nat}
+        for role, kind in (nat or {}).items():
+            if role not in _SPECS or not _SPECS[role].nat:
+                raise UsageError(f"{role!r} is not a NAT host of the lab")
+            if kind not in netns.NAT_KINDS:
+                raise UsageError(f"unknown NAT kind {kind!r}; one of {', '.join(netns.NAT_KINDS)}")
+            if role in self.nat_kinds:
+                self.nat_kinds[role] = kind
         # 6 hex digits: parallel runs (and other engineers' runs) never clash.
         self.id = secrets.token_hex(3)
         self.prefix = f"{netns.NETNS_PREFIX}{self.id}-"
@@ -326,18 +357,25 @@ class Lab:
         self.hosts[role] = host
         if spec.router4 or spec.router6:
             netns.enable_forwarding(ns, ipv4=spec.router4, ipv6=spec.router6)
+        if spec.bridge_lan:
+            netns.add_bridge(ns, LAN)
+            host.lan = LAN
         if spec.upstream is None:  # inet: it only gets links from downstream hosts
             return
         up = self.hosts[spec.upstream]
         # The upstream end: on inet it is named after the host, elsewhere it
         # is the upstream's LAN side (a NAT's inside, the relay's IPv6 side).
-        up_if = f"to-{role}" if up.role == "inet" else LAN
+        bridged = _SPECS[up.role].bridge_lan
+        up_if = f"to-{role}" if up.role == "inet" else (f"lan-{role}"[:15] if bridged else LAN)
         netns.add_veth(ns, UPLINK, up.netns, up_if)
         host.uplink = UPLINK
+        if bridged:
+            netns.enslave(up.netns, up_if, LAN)
+            up_if = LAN   # the gateway address lives on the bridge
         if up.role != "inet":
             up.lan = up_if
         if spec.link4:
-            host.ipv4 = self._address_link(ns, up, up_if, spec.link4)
+            host.ipv4 = self._address_link(ns, up, up_if, spec.link4, gateway_there=bridged)
             host.gateway = ipaddress.IPv4Address(spec.link4.gateway)
             # Behind a NAT the internet sees the outermost NAT; on inet, oneself.
             host.public_ipv4 = up.public_ipv4 if up.role != "inet" else host.ipv4[0]
@@ -349,16 +387,22 @@ class Lab:
             for prefix in spec.routed6:
                 netns.add_route(up.netns, prefix, via=str(host.ipv6[0]))
         if spec.nat:
-            netns.masquerade(ns, UPLINK)
+            netns.masquerade(ns, UPLINK, kind=self.nat_kinds[role])
 
     def _build_more(self) -> None:
         """Hosts beyond _SPECS, made by a subclass (lab/fleet.py) with _new_ns, so
         that teardown and the leak check cover them too. Nothing here."""
 
-    def _address_link(self, ns: str, up: Host, up_if: str, link: _Link) -> list:
-        """Addresses on both ends of one family's uplink, default route via it."""
+    def _address_link(self, ns: str, up: Host, up_if: str, link: _Link, *,
+                      gateway_there: bool = False) -> list:
+        """Addresses on both ends of one family's uplink, default route via it.
+        gateway_there: a shared LAN (a bridge): the first host's link gave the
+        upstream its gateway address already."""
         prefixlen = ipaddress.ip_network(link.subnet).prefixlen
-        netns.add_address(up.netns, up_if, f"{link.gateway}/{prefixlen}")
+        have = netns.ns_run(up.netns, "ip", "-o", "addr", "show", "dev", up_if).stdout \
+            if gateway_there else ""
+        if f" {link.gateway}/" not in have:
+            netns.add_address(up.netns, up_if, f"{link.gateway}/{prefixlen}")
         for addr in link.addrs:
             netns.add_address(ns, UPLINK, f"{addr}/{prefixlen}")
         netns.add_route(ns, "default", via=link.gateway)

@@ -57,15 +57,23 @@ class SendDirect(_AtMapping):
 
 @dataclass(frozen=True)
 class SendDirectBubble(_AtMapping):
-    """A bubble (§2.8) to `peer`, sent to ip:port."""
+    """A bubble (§2.8) to `peer`, sent to ip:port.
+
+    source: its IPv6 source; None: the daemon's (a client: its Teredo address).
+    A challenge (security.bubble_challenge) when an answer must prove the mapping.
+    """
+
+    source: Optional[IPv6Address] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class SendIndirectBubble:
-    """A bubble to `peer`, sent to its Teredo server (`server`:3544) to relay (§5.2.6)."""
+    """A bubble to `peer`, sent to its Teredo server (`server`:3544) to relay (§5.2.6);
+    `source` as for SendDirectBubble."""
 
     peer: IPv6Address
     server: IPv4Address
+    source: Optional[IPv6Address] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

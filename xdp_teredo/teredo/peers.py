@@ -28,7 +28,8 @@ Receiving (§5.2.3 client, §5.4.2 relay), `on_incoming`:
 - from our server with an origin indication (or, like Miredo, a bubble with a
   Teredo source and none): an indirect bubble; answer it with a direct bubble to
   the origin; a bubble goes no further.
-- link-local source: dropped (Miredo: lets no forged RA reach the kernel).
+- link-local source: dropped (Miredo: lets no forged RA reach the kernel); a
+  client answers a bubble from one (a challenge) to where it came from.
 - trusted peer whose mapping is the UDP source: deliver (the peer answered:
   bubble counters reset, queue flushed).
 - echo reply carrying the nonce of the peer's outstanding test: trusted with the
@@ -36,7 +37,19 @@ Receiving (§5.2.3 client, §5.4.2 relay), `on_incoming`:
 - Teredo source embedding exactly the UDP source: trusted, delivered (a relay
   only accepts it from a peer already listed, i.e. one it sent to: Miredo's
   choice, allowed by §5.4.2, so spoofed sources cannot fill the list).
-- Teredo source embedding something else: dropped.
+- bubble with a Teredo source, addressed to the link-local challenge of our
+  bubbles to that source (security.bubble_challenge): it answers a bubble of
+  ours, which went to the mapping its address embeds or through its server, so
+  the sender owns the address: trusted with the UDP source as mapping, whatever
+  the address embeds (a NAT that remapped the port, a symmetric NAT: RFC 6081
+  §4.3's aim, Miredo's CheckBubble). A relay only for peers it sent to. A client
+  then sends a bubble of its own there, so that the peer, waiting for us, trusts
+  us back.
+- Teredo source embedding something else: dropped, and (rate-limited as bubbles
+  are) an indirect bubble carrying our challenge goes through the source's
+  server: if the sender owns the address, its answer proves the mapping it sends
+  from. Never a challenge to the UDP source itself: whoever sent from there
+  would see it and could answer it for any address.
 - non-Teredo source (client only; a relay drops it): held in the queue and a
   connectivity test is started towards it; held packets are delivered only if the
   test's answer comes from the relay they came through.
@@ -78,6 +91,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import os
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -159,6 +173,7 @@ class PeerList:
         echo_timeout: float = ECHO_TIMEOUT,
         echo_tries: int = ECHO_TRIES,
         accept_unknown: bool = False,
+        challenge_key: Optional[bytes] = None,
     ):
         if capacity < 1 or expiry <= 0 or echo_tries < 1 or echo_timeout <= 0:
             raise ValueError("capacity >= 1, expiry > 0, echo tries >= 1, echo timeout > 0")
@@ -176,7 +191,11 @@ class PeerList:
         self.echo_timeout = float(echo_timeout)
         self.echo_tries = int(echo_tries)
         self.peers: Dict[IPv6Address, Peer] = {}
+        # Keys the link-local sources of our bubbles (module docstring, receiving).
+        self._challenge_key = challenge_key or os.urandom(security.CHALLENGE_KEY_LEN)
         self.drops: Counter = Counter()  # packets not sent nor delivered, by reason
+        # Peers trusted at a mapping other than their address embeds, on proof.
+        self.proven = 0
         # The indexes (module docstring, "Data structures"). Creation order breaks
         # ties between equally idle peers, as iterating `peers` did.
         self._order: Dict[IPv6Address, int] = {}
@@ -196,6 +215,10 @@ class PeerList:
 
     def get(self, address) -> Optional[Peer]:
         return self.peers.get(_ipv6(address))
+
+    def challenge(self, address) -> IPv6Address:
+        """The source of our challenging bubbles to `address`; its answer's destination."""
+        return security.bubble_challenge(self._challenge_key, _ipv6(address))
 
     # -- sending --
 
@@ -241,8 +264,13 @@ class PeerList:
             return actions
         peer.bubbles.append(now)
         peer.last_tx = now
-        # Direct first: it opens our own NAT for the answer the indirect one asks for.
-        return actions + [SendDirectBubble(dst, ip, port), SendIndirectBubble(dst, server)]
+        # Direct first: it opens our own NAT for the answer the indirect one asks for;
+        # to the mapping proven before, if any (a stale trusted peer). The indirect
+        # one carries our challenge: its answer may come from another mapping.
+        challenge = self.challenge(dst)
+        direct = SendDirectBubble(dst, peer.mapped_ip, peer.mapped_port,
+                                  source=challenge if self.relay else None)
+        return actions + [direct, SendIndirectBubble(dst, server, source=challenge)]
 
     def _outgoing_native(self, dst: IPv6Address, packet: bytes, now: float) -> list:
         peer, actions = self._lookup_or_create(dst, now)
@@ -292,7 +320,20 @@ class PeerList:
                 return actions
             # Not a bubble: our server may be a relay as well; go on.
 
+        parts = teredo_parts(src)
+        if pkt.bubble and dst.is_link_local and parts is not None and dst == self.challenge(src):
+            return actions + self._answered_challenge(src, parts, udp, now)
+
         if src.is_link_local:
+            if pkt.bubble and not self.relay and not dst.is_link_local \
+                    and is_global_unicast(udp[0]):
+                # A direct bubble from a link-local source (Miredo's and relays'
+                # challenges): answered with source and destination swapped, to
+                # where it came from, as an indirect one is (§5.2.3). A peer behind
+                # a symmetric NAT reaches us only so: its bubble opened that mapping,
+                # and our answer proves our address to it. One bubble for one, at
+                # most the slow path's per-source rate (docs/security.md).
+                return actions + [SendDirectBubble(src, udp[0], udp[1])]
             return actions + self._drop("link_local_source")
 
         peer = self.peers.get(src)
@@ -307,10 +348,9 @@ class PeerList:
             actions += self._received(peer, now)
             return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
 
-        parts = teredo_parts(src)
         if parts is not None:
             if parts[1:] != udp:
-                return actions + self._drop("teredo_source_mismatch")
+                return actions + self._challenge_mismatch(peer, src, parts, now)
             if peer is None and self.relay and not self.accept_unknown:
                 # Miredo: relays may drop packets from peers they never sent to;
                 # spoofed sources then cannot fill the list with trusted entries.
@@ -333,6 +373,42 @@ class PeerList:
             return actions + self._drop("connectivity_test_failed")
         self._enqueue(peer, QueuedPacket(pkt.packet, True, udp[0], udp[1]))
         return actions + self._start_echo_test(peer, now)
+
+    def _answered_challenge(self, src: IPv6Address, parts, udp, now: float) -> list:
+        """A bubble answering our challenge: `src` owns its address, `udp` is its mapping."""
+        peer = self.peers.get(src)
+        if peer is None and self.relay and not self.accept_unknown:
+            return self._drop("relay_unknown_peer")
+        if not is_global_unicast(udp[0]):
+            return self._drop("peer_mapping_not_global")
+        peer, actions = self._lookup_or_create(src, now)
+        if udp != parts[1:]:
+            self.proven += 1
+        actions += self._trust(peer, udp, now)
+        if not self.relay:
+            # The peer may be waiting for us (it sent first and we challenged it):
+            # a bubble from our address, at its proven mapping, makes us trusted.
+            actions.append(SendDirectBubble(src, udp[0], udp[1]))
+        return actions
+
+    def _challenge_mismatch(self, peer: Optional[Peer], src: IPv6Address, parts,
+                            now: float) -> list:
+        """A Teredo source not embedding the UDP source: dropped; and challenged
+        through its server, so that an answer may prove its mapping."""
+        self.drops["teredo_source_mismatch"] += 1
+        if peer is None and self.relay and not self.accept_unknown:
+            return []
+        server, ip, port = parts
+        if not is_global_unicast(server) or not is_global_unicast(ip):
+            return []
+        peer, actions = self._lookup_or_create(src, now)
+        if peer.mapped_ip is None:
+            peer.mapped_ip, peer.mapped_port = ip, port
+        if self._bubble_verdict(peer, now) != "send":
+            return actions
+        peer.bubbles.append(now)
+        peer.last_tx = now
+        return actions + [SendIndirectBubble(src, server, source=self.challenge(src))]
 
     # -- time --
 

@@ -7,11 +7,22 @@ Two nonces protect the client (cf. Miredo's libteredo/security.c):
 - the echo nonce of the direct connectivity test (§5.2.9): at least 64 bits, so
   that a forged echo reply cannot make us trust the wrong relay.
 
+A third one proves a peer's mapping when it differs from the one its Teredo
+address embeds (a NAT that remapped the port, a symmetric NAT): our bubbles to
+that peer come from a link-local source whose interface identifier is a keyed
+hash of the peer's address (`bubble_challenge`); a peer answers a bubble with
+source and destination swapped (Miredo's teredo_reply_bubble), so an answer
+addressed to that source proves it received our bubble. Miredo's relay does the
+same (CheckBubble); the key never leaves the process, so the answer cannot be
+forged off-path.
+
 Randomness is a callable like os.urandom (n -> n bytes), passed in so tests are
 deterministic (e.g. random.Random(seed).randbytes).
 """
 
+import hashlib
 import hmac
+import ipaddress
 import os
 from typing import Callable, Optional
 
@@ -47,3 +58,17 @@ def nonces_equal(expected: Optional[bytes], received: Optional[bytes]) -> bool:
     if expected is None or received is None:
         return False
     return hmac.compare_digest(bytes(expected), bytes(received))
+
+
+# 128 bits of key: what HMAC-SHA-256 keys below its block size are worth.
+CHALLENGE_KEY_LEN = 16
+
+
+def bubble_challenge(key: bytes, peer: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """fe80::/64 with 64 bits of HMAC-SHA-256(key, peer address) as interface
+    identifier, the universal/local and group bits clear (RFC 4291 §2.5.1), as
+    Miredo's bubble sources: the source of our bubbles to `peer`, and what the
+    destination of its answer must be."""
+    iid = bytearray(hmac.new(key, ipaddress.IPv6Address(peer).packed, hashlib.sha256).digest()[:8])
+    iid[0] &= 0xFC
+    return ipaddress.IPv6Address(bytes.fromhex("fe80000000000000") + bytes(iid))
