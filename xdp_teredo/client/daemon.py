@@ -119,7 +119,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         from ..datapath.client import ClientDatapath
         from ..net.tunnel import Tunnel
 
-        config, nic = self.config, self.plan.nic
+        config = self.config
         self.open_control(tunnel_socket(config.tunnel),
                           f"a Teredo client or relay with tunnel {config.tunnel}",
                           "stop it, or use --tunnel NAME")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from xdp_teredo.errors import RuntimeFailure
+from xdp_teredo.errors import RuntimeFailure, UsageError
 
 # Every namespace the lab creates starts with this, so leftovers are recognisable
 # (`ip netns list | grep ^xt-`). Other tools of the project use their own
