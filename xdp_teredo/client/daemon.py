@@ -138,6 +138,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         previous = self.prog.config.read() if running is not None else None
         self.own_socket(self._bind(previous))
         self.own_datapath(self._attach(running))
+        self.own_nic_offloads()
         self.start_peer_sync(self.att.peers)
         if running is not None:
             self._resume = self._resumable(previous)
@@ -172,6 +173,16 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         # that is about to go away.
         self.att = att
         self.teardown.push("data path", att.detach, keep=att.release)
+
+    def own_nic_offloads(self) -> None:
+        # On a veth, the NIC's transmit path finishes checksums (net/offloads.py);
+        # restored at exit, left as it is while a kept fast path runs on.
+        from ..net import offloads
+
+        nic = self.plan.nic
+        restore = offloads.finish_checksums_on_veth(nic.name, nic.kind)
+        if restore is not None:
+            self.teardown.push("NIC offloads", restore, keep=lambda: None)
 
     def own_hook(self) -> None:
         from .hook import Hook
