@@ -14,9 +14,11 @@
 Set-up (as root, in this order; daemon/base.py undoes what was made if a step
 fails): the control socket (the lock against a second client with the same
 tunnel), the BPF programs (compiled in a child, not attached), the tunnel, the
-UDP socket bound to the NIC's address, the data path attached and configured
-disabled until qualified, the inbound guard, the hook, the NIC watch. Then the
-skeleton drops root (--user keeps CAP_NET_ADMIN only) and serves.
+UDP socket bound to the NIC's address, the data path attached (on a veth NIC, its
+tx checksum offload off: net/offloads.py) and configured disabled until qualified,
+the inbound guard, the hook, the NIC watch, local discovery (client/discovery.py,
+§5.2.8). Then the skeleton drops root (--user keeps CAP_NET_ADMIN only) and
+serves.
 
 Events: a UDP datagram is a Router Advertisement for the Qualification, or, once
 qualified, goes to PeerList.on_incoming (§5.2.3); a packet read from the tun to
@@ -52,6 +54,7 @@ from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.qualification import Mapping, Qualification, State
 from ..teredo.ratelimit import Limits
+from . import discovery
 from .interface import FollowingTheNic
 from .plan import Plan, pin_root
 from .qualify import Qualifying
@@ -152,6 +155,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self._guard_and_limits()
         self.own_hook()
         self._watch_nic()
+        discovery.start(self)
         self.listen()
 
     def own_tunnel(self, tunnel) -> None:
