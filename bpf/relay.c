@@ -156,11 +156,26 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	reason = relay_rx_decide(data, data_end, skb->len, &rx);
 	if (reason != RELAY_GO)
 		return reason;
-	/* Such an skb stays CHECKSUM_PARTIAL, pointing into the headers we would strip:
-	 * an offloading device further on would "complete" a checksum there. The stack
-	 * (the socket) takes it; only a Teredo client on this very host sends these. */
-	if (rx.udp_csum_pending)
-		return TEREDO_R_RELAY_OFFLOAD_PENDING;
+	/*
+	 * Only a Teredo client on this very host sends these (a veth passes its UDP
+	 * checksum on unfinished). Stripped as it is, the skb would stay
+	 * CHECKSUM_PARTIAL with csum_start inside the headers we remove (the moved
+	 * MAC header): any device further on that finishes checksums would write one
+	 * into the Ethernet type. No helper changes that state, so the packet goes out
+	 * of the relay's checksum veth (relay/csum_veth.py), whose transmit path has no
+	 * checksum offload and finishes it (CHECKSUM_NONE), and comes back in at the
+	 * other end, where this program decapsulates it like any other. A packet that
+	 * comes back still looking pending (a complete checksum equal to the pseudo-
+	 * header sum, once in 65536) is the stack's, never sent round again.
+	 */
+	if (rx.udp_csum_pending) {
+		const struct teredo_config *cfg = config_get();
+
+		if (!cfg || !cfg->csum_out_ifindex || skb->ingress_ifindex == cfg->csum_in_ifindex)
+			return TEREDO_R_RELAY_OFFLOAD_PENDING;
+		*ret = bpf_redirect(cfg->csum_out_ifindex, 0);
+		return TEREDO_R_RELAY_CSUM_DETOUR;
+	}
 	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, skb->ingress_ifindex);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	/* bpf_redirect_neigh resolves a missing neighbour itself: not a reason to stop. */

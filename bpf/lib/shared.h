@@ -82,8 +82,10 @@ struct teredo_config {
 	__u64 peer_timeout_ns;       /* a peer is fresh this long after last_rx */
 	__u32 mtu;                   /* the tunnel MTU (RFC 4380 §5.1.2: 1280) */
 	__u32 l2_len;                /* tc egress: bytes before the IPv6 header */
+	__u32 csum_out_ifindex;      /* relay tc: the checksum veth's end to send pending-checksum packets out of (0: none) */
+	__u32 csum_in_ifindex;       /* relay tc: its other end, where they come back finished */
 };
-_Static_assert(sizeof(struct teredo_config) == 48, "struct teredo_config differs from layout.ConfigValue");
+_Static_assert(sizeof(struct teredo_config) == 56, "struct teredo_config differs from layout.ConfigValue");
 
 /* Value of the per-CPU stats array, one slot per Reason. */
 struct teredo_stat {
@@ -177,55 +179,56 @@ enum teredo_reason {
 	TEREDO_R_DECAPSULATED = 0,               /* ok: XDP or tc: outer IPv4/UDP stripped, IPv6 to the tun */
 	TEREDO_R_ENCAPSULATED = 1,               /* ok: tc egress: IPv6 wrapped in IPv4/UDP, out of the NIC */
 	TEREDO_R_RX_REDIRECTED = 2,              /* ok: tc ingress: an XDP-decapsulated frame sent into the tun */
-	TEREDO_R_RX_NOT_TEREDO = 3,              /* pass: not IPv4/UDP to our address and port: host traffic */
-	TEREDO_R_RX_DISABLED = 4,                /* pass: config says not enabled (not qualified yet) */
-	TEREDO_R_RX_FRAGMENT = 5,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
-	TEREDO_R_RX_IPV4_OPTIONS = 6,            /* pass: legal but rare: the socket gets it */
-	TEREDO_R_RX_AUTH = 7,                    /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
-	TEREDO_R_RX_ORIGIN = 8,                  /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
-	TEREDO_R_RX_BUBBLE = 9,                  /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
-	TEREDO_R_RX_LINK_LOCAL_SOURCE = 10,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
-	TEREDO_R_RX_MULTICAST_DESTINATION = 11,  /* pass: ff00::/8 destination (idem) */
-	TEREDO_R_RX_NOT_OUR_ADDRESS = 12,        /* pass: IPv6 destination is not our Teredo address */
-	TEREDO_R_RX_UNKNOWN_PEER = 13,           /* pass: no peer entry, source does not embed the UDP source */
-	TEREDO_R_RX_UNTRUSTED_PEER = 14,         /* pass: the control plane is still talking to this peer */
-	TEREDO_R_RX_MAPPING_MISMATCH = 15,       /* pass: trusted entry, but from another IPv4 address/port */
-	TEREDO_R_RX_DECAP_UNSUPPORTED = 16,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
-	TEREDO_R_TX_NOT_IPV6 = 17,               /* pass: not an IPv6 packet */
-	TEREDO_R_TX_DISABLED = 18,               /* pass: config says not enabled */
-	TEREDO_R_TX_MALFORMED = 19,              /* pass: truncated IPv6 header or wrong version */
-	TEREDO_R_TX_TOO_BIG = 20,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
-	TEREDO_R_TX_NO_PEER = 21,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
-	TEREDO_R_TX_UNTRUSTED_PEER = 22,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
-	TEREDO_R_TX_STALE_PEER = 23,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
-	TEREDO_R_TX_ENCAP_UNSUPPORTED = 24,      /* pass: bpf_skb_adjust_room refused: untouched */
-	TEREDO_R_RELAY_NO_NEIGH = 25,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
-	TEREDO_R_RELAY_NO_ROUTE = 26,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
-	TEREDO_R_RELAY_FRAG_NEEDED = 27,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
-	TEREDO_R_RELAY_HOP_LIMIT = 28,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
-	TEREDO_R_RELAY_TEREDO_DESTINATION = 29,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
-	TEREDO_R_RELAY_EGRESS_NOT_XDP = 30,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
-	TEREDO_R_RELAY_OFFLOAD_PENDING = 31,     /* pass: relay tc: a local sender left a checksum or segmentation (GSO) to offload: the stack completes it */
-	TEREDO_R_RX_IPV4_CHECKSUM = 32,          /* drop: bad outer IPv4 header checksum */
-	TEREDO_R_RX_IPV4_LENGTH = 33,            /* drop: IPv4 total length shorter than its headers or the frame */
-	TEREDO_R_RX_UDP_LENGTH = 34,             /* drop: UDP length != IPv4 payload length */
-	TEREDO_R_RX_NOT_IPV6 = 35,               /* drop: UDP payload is neither IPv6 nor an indicator header */
-	TEREDO_R_RX_IPV6_TRUNCATED = 36,         /* drop: UDP payload shorter than an IPv6 header */
-	TEREDO_R_RX_IPV6_LENGTH = 37,            /* drop: 40 + IPv6 payload length != UDP payload length */
-	TEREDO_R_RX_NO_TUN = 38,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
-	TEREDO_R_TX_ENCAP_ERROR = 39,            /* drop: writing the outer headers failed half-way */
-	TEREDO_R_TX_REDIRECT_FAILED = 40,        /* drop: bpf_redirect_neigh refused */
-	TEREDO_R_RELAY_SOURCE_MISMATCH = 41,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
-	TEREDO_R_RELAY_REDIRECT_FAILED = 42,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
-	TEREDO_R_GUARD_UNSOLICITED = 43,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
-	TEREDO_R_GUARD_ICMPV6 = 44,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
-	TEREDO_R_GUARD_FRAGMENT = 45,            /* drop: guard: a later fragment whose first fragment was not let in */
-	TEREDO_R_GUARD_UNPARSED = 46,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
-	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 47, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
-	TEREDO_R_RX_SLOW_PATH_LIMIT = 48,        /* drop: for the control plane, but the slow path as a whole is over its rate */
-	TEREDO_R_MAX = 49,
+	TEREDO_R_RELAY_CSUM_DETOUR = 3,          /* ok: relay tc: a local sender left the UDP checksum pending: sent through the relay's checksum veth, which finishes it, to be decapsulated on the way back */
+	TEREDO_R_RX_NOT_TEREDO = 4,              /* pass: not IPv4/UDP to our address and port: host traffic */
+	TEREDO_R_RX_DISABLED = 5,                /* pass: config says not enabled (not qualified yet) */
+	TEREDO_R_RX_FRAGMENT = 6,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
+	TEREDO_R_RX_IPV4_OPTIONS = 7,            /* pass: legal but rare: the socket gets it */
+	TEREDO_R_RX_AUTH = 8,                    /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
+	TEREDO_R_RX_ORIGIN = 9,                  /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
+	TEREDO_R_RX_BUBBLE = 10,                 /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
+	TEREDO_R_RX_LINK_LOCAL_SOURCE = 11,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
+	TEREDO_R_RX_MULTICAST_DESTINATION = 12,  /* pass: ff00::/8 destination (idem) */
+	TEREDO_R_RX_NOT_OUR_ADDRESS = 13,        /* pass: IPv6 destination is not our Teredo address */
+	TEREDO_R_RX_UNKNOWN_PEER = 14,           /* pass: no peer entry, source does not embed the UDP source */
+	TEREDO_R_RX_UNTRUSTED_PEER = 15,         /* pass: the control plane is still talking to this peer */
+	TEREDO_R_RX_MAPPING_MISMATCH = 16,       /* pass: trusted entry, but from another IPv4 address/port */
+	TEREDO_R_RX_DECAP_UNSUPPORTED = 17,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
+	TEREDO_R_TX_NOT_IPV6 = 18,               /* pass: not an IPv6 packet */
+	TEREDO_R_TX_DISABLED = 19,               /* pass: config says not enabled */
+	TEREDO_R_TX_MALFORMED = 20,              /* pass: truncated IPv6 header or wrong version */
+	TEREDO_R_TX_TOO_BIG = 21,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
+	TEREDO_R_TX_NO_PEER = 22,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
+	TEREDO_R_TX_UNTRUSTED_PEER = 23,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
+	TEREDO_R_TX_STALE_PEER = 24,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
+	TEREDO_R_TX_ENCAP_UNSUPPORTED = 25,      /* pass: bpf_skb_adjust_room refused: untouched */
+	TEREDO_R_RELAY_NO_NEIGH = 26,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
+	TEREDO_R_RELAY_NO_ROUTE = 27,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
+	TEREDO_R_RELAY_FRAG_NEEDED = 28,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
+	TEREDO_R_RELAY_HOP_LIMIT = 29,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
+	TEREDO_R_RELAY_TEREDO_DESTINATION = 30,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
+	TEREDO_R_RELAY_EGRESS_NOT_XDP = 31,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
+	TEREDO_R_RELAY_OFFLOAD_PENDING = 32,     /* pass: relay tc: a local sender left a checksum or segmentation (GSO) to offload: the stack completes it */
+	TEREDO_R_RX_IPV4_CHECKSUM = 33,          /* drop: bad outer IPv4 header checksum */
+	TEREDO_R_RX_IPV4_LENGTH = 34,            /* drop: IPv4 total length shorter than its headers or the frame */
+	TEREDO_R_RX_UDP_LENGTH = 35,             /* drop: UDP length != IPv4 payload length */
+	TEREDO_R_RX_NOT_IPV6 = 36,               /* drop: UDP payload is neither IPv6 nor an indicator header */
+	TEREDO_R_RX_IPV6_TRUNCATED = 37,         /* drop: UDP payload shorter than an IPv6 header */
+	TEREDO_R_RX_IPV6_LENGTH = 38,            /* drop: 40 + IPv6 payload length != UDP payload length */
+	TEREDO_R_RX_NO_TUN = 39,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
+	TEREDO_R_TX_ENCAP_ERROR = 40,            /* drop: writing the outer headers failed half-way */
+	TEREDO_R_TX_REDIRECT_FAILED = 41,        /* drop: bpf_redirect_neigh refused */
+	TEREDO_R_RELAY_SOURCE_MISMATCH = 42,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
+	TEREDO_R_RELAY_REDIRECT_FAILED = 43,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
+	TEREDO_R_GUARD_UNSOLICITED = 44,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
+	TEREDO_R_GUARD_ICMPV6 = 45,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
+	TEREDO_R_GUARD_FRAGMENT = 46,            /* drop: guard: a later fragment whose first fragment was not let in */
+	TEREDO_R_GUARD_UNPARSED = 47,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
+	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 48, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
+	TEREDO_R_RX_SLOW_PATH_LIMIT = 49,        /* drop: for the control plane, but the slow path as a whole is over its rate */
+	TEREDO_R_MAX = 50,
 };
-#define TEREDO_R_FIRST_PASS 3
-#define TEREDO_R_FIRST_DROP 32
+#define TEREDO_R_FIRST_PASS 4
+#define TEREDO_R_FIRST_DROP 33
 
 #endif /* TEREDO_SHARED_H */

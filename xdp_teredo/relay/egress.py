@@ -42,8 +42,10 @@ class Egress:
                                            ipv4_forwarding=forwarding4, path=path)
         r.configure_datapath()
         r.prog.egress.set(redirect.xdp_targets(self.checks, path))
+        # The checksum veth's way back in (relay/csum_veth.py) always takes tc.
+        back_in = {r.csum_veth[1]: redirect.HOOK_TC} if r.csum_veth else {}
         try:
-            att = r.prog.attach({h.ifindex: h.hook for h in self.hooks},
+            att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
                                 pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         except XdpUnsupported as err:
             # A driver without native XDP: tc there (generic XDP would gain nothing).
@@ -51,7 +53,7 @@ class Egress:
                           redirect.HookChoice(h.ifindex, h.name, redirect.HOOK_TC,
                                               f"the driver of {h.name} has no native XDP")
                           for h in self.hooks]
-            att = r.prog.attach({h.ifindex: h.hook for h in self.hooks},
+            att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
                                 pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         for hook in self.hooks:
             fallback = hook.hook == redirect.HOOK_TC and path == "auto"
