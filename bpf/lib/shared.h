@@ -179,7 +179,7 @@ enum teredo_reason {
 	TEREDO_R_DECAPSULATED = 0,               /* ok: XDP or tc: outer IPv4/UDP stripped, IPv6 to the tun */
 	TEREDO_R_ENCAPSULATED = 1,               /* ok: tc egress: IPv6 wrapped in IPv4/UDP, out of the NIC */
 	TEREDO_R_RX_REDIRECTED = 2,              /* ok: tc ingress: an XDP-decapsulated frame sent into the tun */
-	TEREDO_R_RELAY_CSUM_DETOUR = 3,          /* ok: relay tc: a local sender left the UDP checksum pending: sent through the relay's checksum veth, which finishes it, to be decapsulated on the way back */
+	TEREDO_R_RELAY_CSUM_DETOUR = 3,          /* ok: relay tc: a same-host sender left a checksum (or GSO) to offload: out through the relay's checksum veth, which finishes it, taken on the way back in */
 	TEREDO_R_RX_NOT_TEREDO = 4,              /* pass: not IPv4/UDP to our address and port: host traffic */
 	TEREDO_R_RX_DISABLED = 5,                /* pass: config says not enabled (not qualified yet) */
 	TEREDO_R_RX_FRAGMENT = 6,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
@@ -208,7 +208,7 @@ enum teredo_reason {
 	TEREDO_R_RELAY_HOP_LIMIT = 29,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
 	TEREDO_R_RELAY_TEREDO_DESTINATION = 30,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
 	TEREDO_R_RELAY_EGRESS_NOT_XDP = 31,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
-	TEREDO_R_RELAY_OFFLOAD_PENDING = 32,     /* pass: relay tc: a local sender left a checksum or segmentation (GSO) to offload: the stack completes it */
+	TEREDO_R_RELAY_OFFLOAD_PENDING = 32,     /* pass: relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it */
 	TEREDO_R_RX_IPV4_CHECKSUM = 33,          /* drop: bad outer IPv4 header checksum */
 	TEREDO_R_RX_IPV4_LENGTH = 34,            /* drop: IPv4 total length shorter than its headers or the frame */
 	TEREDO_R_RX_UDP_LENGTH = 35,             /* drop: UDP length != IPv4 payload length */

@@ -599,6 +599,18 @@ def test_tc_sends_a_local_clients_partial_udp_checksum_round_the_checksum_veth(r
     assert relay.tc(from_client(to_native())).counted == {"decapsulated": 1}
 
 
+@pytest.mark.parametrize("make", [tcp_segment, udp_datagram], ids=["tcp", "udp"])
+def test_tc_sends_a_native_checksum_left_to_offload_round_the_checksum_veth(relay, make):
+    trusted_client(relay)
+    relay.configure(csum_out_ifindex=relay.net["small0"], csum_in_ifindex=relay.net["up0"])
+    frame = bytes(Ether(src=HOST_MAC, dst=LAN0_MAC, type=0x86DD)) + partial(make())
+    out = relay.tc(frame, ingress=relay.net["lan0"])
+    assert out.counted == {"relay_csum_detour": 1}
+    assert out.retval == TC_ACT_REDIRECT and out.frame == frame
+    back = relay.tc(frame, ingress=relay.net["up0"])
+    assert back.counted == {"relay_offload_pending": 1} and back.retval == TC_ACT_OK
+
+
 def test_ip_id_counts_packets_on_the_wire(relay):
     trusted_client(relay, tx_packets=0xFFFF)
     first = relay.xdp(native_frame(), ingress=relay.net["lan0"])

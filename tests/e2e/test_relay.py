@@ -22,9 +22,9 @@ their offloads as the kernel sets them: their UDP checksums arrive pending, and 
 sends those packets round the relay's checksum veth, which finishes them, and
 decapsulates them on the way back (`relay_csum_detour`, relay.md). Native traffic
 normally comes from other machines, complete; so the tc phase first runs with TX
-offload off at v6host, as a remote host would look, then turns it on to show that
-tc leaves such packets to the stack (correct, slow path), while the XDP phase runs
-with it on: XDP completes the checksums itself (relay.md).
+offload off at v6host, as a remote host would look, then turns it on: its checksums
+and TSO go round the checksum veth too, while the XDP phase runs with it on: XDP
+completes the checksums itself (relay.md).
 
 The relay pins its maps under a bpffs mounted outside /sys (`ip netns exec` hides
 /sys/fs/bpf), so `xdp-teredo stats --json` reads them as it reads a client's.
@@ -265,19 +265,21 @@ def test_tcp_transfer_takes_the_tc_fast_path(teredo, tc_relay):
     _check_fast_path_carried_the_transfer(teredo, "client1", 5001)
 
 
-def test_tc_leaves_offloads_of_local_senders_to_the_stack(teredo, tc_relay):
+def test_tc_sends_offloads_of_local_senders_round_the_checksum_veth(teredo, tc_relay):
     """Checksums and TSO left to offload by senders on this host: tc cannot finish
-    them for good (the skb keeps its offload state), so the stack does, on the slow
-    path; the transfer arrives intact."""
+    them for good (the skb keeps its offload state), so they go out of the relay's
+    checksum veth, which finishes and segments them, and tc takes them when they
+    come back in; the transfer arrives intact, and nothing is left to the stack."""
     _tx_offload(teredo.lab, "on", *SENDERS)
     before = _fast(teredo)
     size = 300_000
     assert _transfer(teredo, "client1", 5003, size) == size
     after = _fast(teredo)
-    # v6host's segments (GSO units of several each) to the stack; the Miredo
-    # client's ACKs, pending UDP checksums, round the checksum veth.
-    assert after["relay_offload_pending"] - before["relay_offload_pending"] >= 10, after
+    # v6host's segments (GSO units) and the Miredo client's ACKs (pending UDP
+    # checksums) alike.
     assert after["relay_csum_detour"] - before["relay_csum_detour"] >= 50, after
+    assert after["relay_offload_pending"] == before["relay_offload_pending"], after
+    assert after["encapsulated"] - before["encapsulated"] >= size // 1220, after
 
 
 # --------------------------------------------------------------------- with GRO: XDP

@@ -244,7 +244,7 @@ class Reason(enum.IntEnum):
     DECAPSULATED = 0            # XDP or tc: outer IPv4/UDP stripped, IPv6 to the tun
     ENCAPSULATED = 1            # tc egress: IPv6 wrapped in IPv4/UDP, out of the NIC
     RX_REDIRECTED = 2           # tc ingress: an XDP-decapsulated frame sent into the tun
-    RELAY_CSUM_DETOUR = 3       # relay tc: a local sender left the UDP checksum pending: sent through the relay's checksum veth, which finishes it, to be decapsulated on the way back
+    RELAY_CSUM_DETOUR = 3       # relay tc: a same-host sender left a checksum (or GSO) to offload: out through the relay's checksum veth, which finishes it, taken on the way back in
     # -- pass: ingress, XDP_PASS / TC_ACT_OK, packet unchanged
     RX_NOT_TEREDO = 4           # not IPv4/UDP to our address and port: host traffic
     RX_DISABLED = 5             # config says not enabled (not qualified yet)
@@ -278,7 +278,7 @@ class Reason(enum.IntEnum):
     RELAY_HOP_LIMIT = 29        # relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3)
     RELAY_TEREDO_DESTINATION = 30  # relay: Teredo client to Teredo address: hairpin through the tun, slow path
     RELAY_EGRESS_NOT_XDP = 31   # relay XDP: the egress device takes no XDP-redirected frames (not in the devmap)
-    RELAY_OFFLOAD_PENDING = 32  # relay tc: a local sender left a checksum or segmentation (GSO) to offload: the stack completes it
+    RELAY_OFFLOAD_PENDING = 32  # relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it
     # -- drop
     RX_IPV4_CHECKSUM = 33       # bad outer IPv4 header checksum
     RX_IPV4_LENGTH = 34         # IPv4 total length shorter than its headers or the frame
