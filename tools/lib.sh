@@ -1,5 +1,14 @@
 # Shared shell helpers for tools/*.sh. Sourced, not run.
 
+# dpkg-query, apt-get, modprobe, sysctl, ip and tc live in /usr/sbin or /sbin on
+# Debian: a PATH without them (CI runners, cron, `su` without -l) must not break
+# the set-up. Appended, so that the caller's choices still come first.
+for _d in /usr/local/sbin /usr/sbin /sbin; do
+    case ":$PATH:" in *":$_d:"*) ;; *) PATH="$PATH:$_d" ;; esac
+done
+export PATH
+unset _d
+
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 

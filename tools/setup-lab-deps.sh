@@ -4,4 +4,6 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 require_root "the lab"
-apt_ensure iptables nftables conntrack iperf3 ethtool procps psmisc
+apt_ensure iptables nftables conntrack iperf3 ethtool procps psmisc bird2
+# bird2: the fleet lab's routers (make fleet-demo). Debian's package enables bird.service;
+# apt_ensure keeps it from starting, and the lab runs its own BIRDs in namespaces.

@@ -47,7 +47,11 @@ def _emit_json(obj) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
 def cli(log_format: str, verbose: int, quiet: int) -> None:
-    """Teredo (RFC 4380) with its packet path in the kernel (XDP and tc)."""
+    """Teredo (RFC 4380) with its packet path in the kernel (XDP and tc).
+
+    Shell completion: eval "$(_XDP_TEREDO_COMPLETE=bash_source xdp-teredo)" in
+    ~/.bashrc (zsh_source, fish_source for those shells).
+    """
     log.configure(log_format, verbose - quiet)
 
 
@@ -56,10 +60,15 @@ def cli(log_format: str, verbose: int, quiet: int) -> None:
 @json_option
 @handles_errors
 def decode(address: str, as_json: bool) -> None:
-    """Say what a Teredo address (2001::/32) contains."""
+    """Say what a Teredo address (2001::/32) contains.
+
+    Exit 2, with one line, for anything that is not a Teredo address someone could
+    use: outside 2001::/32, or a server or client that is not a unicast IPv4
+    address (2001:: would be server 0.0.0.0).
+    """
     from .teredo.address import TeredoAddress
 
-    info = TeredoAddress.parse(address).describe()
+    info = TeredoAddress.parse_usable(address).describe()
     if as_json:
         _emit_json(info)
         return
@@ -88,6 +97,17 @@ def check(as_json: bool) -> None:
             click.echo(line)
         click.echo("ready: attach can work here" if ok else "not ready: fix the failed checks above")
     sys.exit(0 if ok else 1)
+
+
+def _interfaces(ctx, param, incomplete: str):
+    """Shell completion of an interface name: the devices of this network namespace."""
+    import os
+
+    try:
+        names = sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        return []
+    return [n for n in names if n.startswith(incomplete)]
 
 
 def _rate_option(name: str, default: float, help_text: str):
@@ -138,13 +158,19 @@ from .client.config import XDP_MODES  # noqa: E402
               default=_teredo_server.DEFAULT_MAX_SOURCES,
               show_default=True,
               help="Addresses tracked by the rate limiter (least recent evicted).")
+@click.option("--xdp-mode", type=click.Choice(list(_teredo_server.XDP_MODES)), default="auto",
+              show_default=True,
+              help="Answer Router Solicitations in XDP on the addresses' device: "
+                   "native, generic, auto (native, else generic, else none), off.")
+@_rate_option("--xdp-ra-pps", _teredo_server.DEFAULT_XDP_RA_PPS,
+              "RAs/s the XDP fast path sends in all (0: no limit).")
 @_stats_interval_option
 @_metrics_option
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the server running in this network namespace.")
 @handles_errors
 def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_bps,
-           max_sources, stats_interval, metrics, show_status) -> None:
+           max_sources, xdp_mode, xdp_ra_pps, stats_interval, metrics, show_status) -> None:
     """Run a Teredo server (RFC 4380 §5.3) on two consecutive public IPv4 addresses."""
     from .errors import UsageError
 
@@ -157,7 +183,8 @@ def server(bind, bind2, native_ipv6, source_pps, source_bps, global_pps, global_
     sys.exit(_teredo_server.serve(_teredo_server.config_from_options(
         bind, bind2, native_ipv6=native_ipv6, source_pps=source_pps, source_bps=source_bps,
         global_pps=global_pps, global_bps=global_bps, max_sources=max_sources,
-        stats_interval=stats_interval), metrics=metrics_address))
+        stats_interval=stats_interval, xdp_mode=xdp_mode, xdp_ra_pps=xdp_ra_pps),
+        metrics=metrics_address))
 
 
 @cli.command()
@@ -266,7 +293,7 @@ def _hidden_seconds(name: str, help_text: str):
 
 
 @cli.command(cls=_OneLineUsage)
-@click.argument("interface", metavar="IFACE")
+@click.argument("interface", metavar="IFACE", shell_complete=_interfaces)
 @click.option("--server", "servers", multiple=True, metavar="ADDR",
               help="Teredo server (name or IPv4), repeatable, tried in order.  "
                    "[default: the config file's ServerAddress, else the built-in list]")
@@ -283,9 +310,10 @@ def _hidden_seconds(name: str, help_text: str):
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
 @click.option("--restart-safe", is_flag=True, default=False,
-              help="On SIGHUP (or a crash) leave the fast path running, and adopt a "
-                   "running one at start: restarts and upgrades lose no packet "
-                   "(docs/reliability.md). SIGTERM still removes everything.")
+              help="SIGHUP hands over: leave the fast path running for the next "
+                   "instance and exit 0 (an upgrade loses no packet). Without it SIGHUP "
+                   "stops like SIGTERM. A crash or SIGKILL always leaves the fast path, "
+                   "and every start adopts it (docs/reliability.md).")
 @click.option("--peer-max", type=int, default=None, hidden=True,
               help="Capacity of the BPF peer table (tests fill a tiny one).")
 @_inbound_options("stateful", "this host")
@@ -327,7 +355,10 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
 @handles_errors
 def status(tunnel, as_json: bool) -> None:
     """State of the client (or relay) of this network namespace. Exit 0 only when
-    qualified (a relay: relaying); 3: running but not there; 1: nothing runs."""
+    qualified (a relay: relaying); 3: running but not there; 1: nothing runs.
+
+    The state is in colour only when stdout is a terminal and NO_COLOR is not set.
+    """
     from . import client as teredo_client
     from .daemon import render
 
@@ -335,8 +366,11 @@ def status(tunnel, as_json: bool) -> None:
     if as_json:
         _emit_json(info)
     else:
-        for line in render.status_lines(info):
-            click.echo(line)
+        import os
+
+        colour = render.colour_wanted(sys.stdout, os.environ)
+        for line in render.status_lines(info, colour=colour):
+            click.echo(line, color=colour)
     ready = "relaying" if info.get("role") == "relay" else "qualified"
     sys.exit(0 if info.get("state") == ready else 3)
 
@@ -359,7 +393,7 @@ def peers(tunnel, as_json: bool) -> None:
 
 
 @cli.command(cls=_OneLineUsage)
-@click.argument("interface", metavar="IFACE")
+@click.argument("interface", metavar="IFACE", shell_complete=_interfaces)
 @_tunnel_option
 @handles_errors
 def detach(interface, tunnel) -> None:
@@ -376,9 +410,9 @@ def detach(interface, tunnel) -> None:
 # --- relay (RFC 4380 §5.4): self-contained; the heavy imports happen when it runs.
 
 @cli.command()
-@click.option("--ipv4-iface", metavar="IF4",
+@click.option("--ipv4-iface", metavar="IF4", shell_complete=_interfaces,
               help="The device on the IPv4 internet, where Teredo clients reach the relay.")
-@click.option("--ipv6-iface", metavar="IF6",
+@click.option("--ipv6-iface", metavar="IF6", shell_complete=_interfaces,
               help="The device on the native IPv6 network the relay serves 2001::/32 to "
                    "(may be IF4).")
 @click.option("--bind", metavar="ADDR",
@@ -401,12 +435,19 @@ def detach(interface, tunnel) -> None:
                    "default /sys/fs/bpf/xdp-teredo].")
 @_stats_interval_option
 @_metrics_option
+@click.option("--announce-table", type=int, default=None, metavar="N",
+              help="While relaying, keep the route 2001::/32 (via the tunnel, proto 144) in "
+                   "kernel routing table N, for a routing daemon to announce "
+                   "(docs/scaling.md).")
 @click.option("--status", "show_status", is_flag=True,
               help="Print the JSON status of the relay running in this network namespace.")
+@click.option("--user", default="nobody", show_default=True, metavar="USER",
+              help="Run as USER after set-up, keeping CAP_NET_ADMIN only (root: stay root, "
+                   "and pin the maps).")
 @_inbound_options("open", "the Teredo clients it serves")
 @handles_errors
 def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pin_root,
-          stats_interval, metrics, show_status, inbound, allow) -> None:
+          stats_interval, metrics, announce_table, show_status, user, inbound, allow) -> None:
     """Run a Teredo relay (RFC 4380 §5.4) between IF4 and IF6 (until SIGINT/SIGTERM)."""
     import ipaddress
 
@@ -427,10 +468,29 @@ def relay(ipv4_iface, ipv6_iface, bind, port, path, tunnel, max_peers, learn, pi
         raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
     inbound_settings = _inbound_settings(inbound, allow, "open")
     metrics_address = _metrics_address(metrics)
+    if announce_table is not None:
+        from .relay.announce import check_table
+
+        check_table(announce_table)
     sys.exit(teredo_relay.relay(teredo_relay.RelayConfig(
         ipv4_iface=ipv4_iface, ipv6_iface=ipv6_iface, bind=address, port=port, tunnel=tunnel,
         path=path, max_peers=max_peers, learn=learn, pin_root=pin_root,
-        stats_interval=stats_interval, inbound=inbound_settings), metrics=metrics_address))
+        stats_interval=stats_interval, inbound=inbound_settings, user=_relay_user(user),
+        announce_table=announce_table), metrics=metrics_address))
+
+
+def _relay_user(user: str) -> str:
+    """--user, checked before anything is touched (UsageError, exit 2)."""
+    import pwd
+
+    from .errors import UsageError
+
+    if user != "root":
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f"no such user: {user!r} (--user)") from None
+    return user
 
 
 def main() -> None:

@@ -40,6 +40,7 @@
 /* struct teredo_slow_path_key.kind */
 #define TEREDO_SLOW_PATH_OTHER 0     /* bubbles, unknown peers, ...: anything but the below */
 #define TEREDO_SLOW_PATH_AUTH 1      /* an authentication header: a server's RA (§5.1.1) */
+#define TEREDO_SLOW_PATH_RA 2        /* a server's RAs to this address (bpf/server.c) */
 
 /* Pass reasons that end at the control plane's socket (shared.h's order). */
 static __always_inline int reason_is_punt(int reason)

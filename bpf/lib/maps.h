@@ -6,4 +6,4 @@
  * Accessors: NAME_get() (one-entry arrays), NAME_lookup, NAME_update, NAME_delete,
  * NAME_insert (NOEXIST), NAME_lookup_or_init (zeroed), NAME_redirect (devmap).
  */
-#error "compile bpf/client.c and bpf/relay.c through xdp_teredo/datapath/source.py"
+#error "compile bpf/client.c, relay.c and server.c through xdp_teredo/datapath/source.py"

@@ -23,6 +23,8 @@ import pytest
 from xdp_teredo.datapath import Config, PeerEntry, client, stats
 from xdp_teredo.errors import RuntimeFailure
 
+from tests.conftest import skip_or_fail
+
 from . import packets as P
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
@@ -95,7 +97,7 @@ def lab(datapath_program):
 @pytest.fixture
 def pin_root():
     if not stats.is_bpffs("/sys/fs/bpf"):
-        pytest.skip("no bpffs on /sys/fs/bpf (make setup mounts it)")
+        skip_or_fail("no bpffs on /sys/fs/bpf (make setup mounts it)")
     root = f"/sys/fs/bpf/xdp-teredo-test-{uuid.uuid4().hex[:8]}"
     yield root
     if os.path.isdir(root):

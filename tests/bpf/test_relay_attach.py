@@ -18,6 +18,8 @@ from xdp_teredo.datapath import relay, stats
 from xdp_teredo.datapath.redirect import check_egress
 from xdp_teredo.errors import RuntimeFailure
 
+from tests.conftest import skip_or_fail
+
 from .test_relay import in_netns, relay_program, sh  # noqa: F401 (relay_program: a fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
@@ -45,7 +47,7 @@ def net(require_root):
 @pytest.fixture
 def pin_root():
     if not stats.is_bpffs("/sys/fs/bpf"):
-        pytest.skip("no bpffs on /sys/fs/bpf")
+        skip_or_fail("no bpffs on /sys/fs/bpf")
     root = f"/sys/fs/bpf/xdp-teredo-relay-test-{uuid.uuid4().hex[:8]}"
     yield root
     if os.path.isdir(root):

@@ -105,13 +105,14 @@ def _child(keep_arg: str) -> None:
 
 @pytest.fixture
 def netns(require_root):
-    if not shutil.which("ip"):
-        pytest.skip("iproute2 (ip) not installed")
+    from tests.conftest import require_tool, skip_or_fail  # not at the top: a child runs this file
+
+    require_tool("ip")
     try:
         import pwd
         pwd.getpwnam(USER)
     except KeyError:
-        pytest.skip(f"no user {USER!r} on this machine")
+        skip_or_fail(f"no user {USER!r} on this machine")
     name = f"xt-priv-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

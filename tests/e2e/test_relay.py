@@ -121,7 +121,9 @@ def _tx_offload(lab, state: str, *roles):
 
 def _start_relay(t, log: str):
     proc = t.lab.spawn("relay", XDP_TEREDO, "--log-format", "json", "relay", "--ipv4-iface", "eth0",
-                       "--ipv6-iface", "eth1", "--pin-root", t.pin_root, log=log)
+                       "--ipv6-iface", "eth1", "--pin-root", t.pin_root,
+                       # Pins are what this module reads; a relay that drops root has none.
+                       "--user", "root", log=log)
     proc.wait_for_output(r'"event": "relay_started"', timeout=30)
     return proc
 

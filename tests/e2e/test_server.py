@@ -131,6 +131,28 @@ def test_miredo_client_qualifies_against_our_server(teredo, role):
     assert _counters(lab)["rs_answered"] >= len(CLIENTS)
 
 
+def test_solicitations_are_answered_in_xdp(teredo):
+    """--xdp-mode auto (the default): the RSs never reach Python (docs/server.md)."""
+    status = _status(teredo.lab)
+    assert status["xdp"]["mode"] in ("native", "generic"), status["xdp"]
+    before = status["xdp"]["counters"].get("server_ra", 0)
+    got = _rs_probe(teredo.lab, PRIMARY, count=3)
+    assert len(got["answers"]) == 3 and all(a["nonce_echoed"] for a in got["answers"])
+    after = _status(teredo.lab)
+    assert after["xdp"]["counters"]["server_ra"] == before + 3
+    assert after["counters"]["rs_answered"] >= after["xdp"]["counters"]["server_ra"]
+
+
+def test_xdp_mode_off_answers_in_python(make_lab):
+    lab = make_lab("server", "public")
+    _start_server(lab, "--bind", PRIMARY, "--xdp-mode", "off", log="off.log")
+    got = _rs_probe(lab, PRIMARY, count=2)
+    assert len(got["answers"]) == 2 and all(a["bytes"] == 117 for a in got["answers"])
+    status = _status(lab)
+    assert status["xdp"] == {"mode": "off", "why": "--xdp-mode off"}
+    assert status["counters"]["rs_answered"] == 2
+
+
 def test_clients_ping_each_other_through_our_indirect_bubbles(teredo):
     lab = teredo.lab
     c1, c2 = teredo.clients["client1"].address, teredo.clients["client2"].address
@@ -203,12 +225,12 @@ def _one_line_error(res) -> str:
     return lines[0]
 
 
-def test_bind_errors_of_the_machine_are_one_line_and_exit_1(make_lab):
+def test_bind_errors_are_one_line_exit_2_for_a_wrong_address_1_for_a_taken_one(make_lab):
     lab = make_lab("server")
-    # An address the host does not have.
+    # An address the host does not have: the user's mistake, found by the preflight.
     res = lab.run("server", *_cli("server", "--bind", "198.51.100.200"), check=False)
-    assert res.returncode == 1
-    assert "Cannot assign requested address" in _one_line_error(res)
+    assert res.returncode == 2
+    assert "--bind 198.51.100.200: not an address of this host" in _one_line_error(res)
     # An address another server already holds.
     _start_server(lab, "--bind", PRIMARY)
     res = lab.run("server", *_cli("server", "--bind", PRIMARY), check=False)

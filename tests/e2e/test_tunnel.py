@@ -29,6 +29,7 @@ from xdp_teredo.teredo import constants as C
 from xdp_teredo.teredo import icmpv6
 from xdp_teredo.teredo import packet as P
 
+
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 NAME = "teredo"
@@ -205,8 +206,9 @@ def routes(ns: str, dev: str = NAME):
 
 @pytest.fixture
 def netns(require_root):
-    if not shutil.which("ip"):
-        pytest.skip("iproute2 (ip) not installed")
+    from tests.conftest import require_tool  # not at the top: this file is a driver too
+
+    require_tool("ip")
     name = f"xt-tun-{os.getpid()}-{next(_counter)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     drivers = []
@@ -448,9 +450,11 @@ def test_remove_stale_tunnel_refuses_another_kind_of_interface(ns, start):
 MIREDO_HOOK = "/etc/miredo/client-hook"
 
 
-@pytest.mark.skipif(not os.path.exists(MIREDO_HOOK), reason="miredo is not installed")
 def test_debians_miredo_hook_works_with_our_environment(ns, tunnel):
     """A Miredo user's hook keeps working: run Debian's own client-hook through Hook."""
+    from tests.conftest import require_path
+
+    require_path(MIREDO_HOOK, "miredo is not installed; `make test` installs it")
     result = tunnel("hook", path=MIREDO_HOOK, state_name="up", address=ADDRESS,
                     link_local=C.LINK_LOCAL_RESTRICTED, mtu=1280)
     assert result["returncode"] == 0, result["output"]

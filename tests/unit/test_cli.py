@@ -65,3 +65,34 @@ def test_check_crashing_probe_is_a_failed_check(runner, monkeypatch):
 def test_unknown_option_is_usage_error(runner):
     res = runner.invoke(cli_mod.cli, ["decode", "--bogus", "x"])
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize("address, field, ip", [
+    ("2001::", "server", "0.0.0.0"),
+    ("2001:0:0:0:8000:cfc6:3fff:fd74", "server", "0.0.0.0"),
+    ("2001:0:7f00:1:8000:cfc6:3fff:fd74", "server", "127.0.0.1"),
+    ("2001:0:e000:1:8000:cfc6:3fff:fd74", "server", "224.0.0.1"),
+    ("2001:0:c000:201:8000:cfc6:ffff:ffff", "client", "0.0.0.0"),
+    ("2001:0:c000:201:8000:cfc6::", "client", "255.255.255.255"),
+])
+def test_decode_refuses_an_address_nobody_could_have(runner, address, field, ip):
+    res = runner.invoke(cli_mod.cli, ["decode", address])
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xdp-teredo: error: not a usable Teredo")
+    assert f"its {field} {ip} is not a unicast IPv4 address" in lines[0]
+
+
+def test_decode_keeps_private_and_documentation_mappings(runner):
+    # A client behind no NAT in a lab: server and client in documentation ranges.
+    res = runner.invoke(cli_mod.cli, ["decode", "2001:0:c000:201:0:f227:3f57:fef5"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("bad", ["x" * 10_000, "2001:" * 5000, "2001::1\n" + "y" * 500])
+def test_decode_cuts_a_long_input_in_its_error(runner, bad):
+    res = runner.invoke(cli_mod.cli, ["decode", bad])
+    assert res.exit_code == 2
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].endswith("...")
+    assert len(lines[0]) < 120, lines[0]

@@ -9,6 +9,8 @@ from xdp_teredo.client import config as cfg
 from xdp_teredo.errors import UsageError
 from xdp_teredo.client.servers import DEFAULT_SERVERS
 
+from tests.conftest import require_path
+
 # Debian's /etc/miredo.conf as shipped by miredo 1.2.6, verbatim.
 DEBIAN_MIREDO_CONF = """\
 # Please refer to the miredo.conf(5) man page for details.
@@ -128,9 +130,9 @@ def test_load_of_a_missing_file_is_a_usage_error(tmp_path):
         cfg.load_miredo_conf(str(tmp_path / "absent.conf"))
 
 
-@pytest.mark.skipif(not os.path.exists(cfg.DEFAULT_CONFIG_PATH),
-                    reason="no /etc/miredo/miredo.conf (the miredo package is not installed)")
 def test_the_installed_miredo_conf_parses():
+    require_path(cfg.DEFAULT_CONFIG_PATH, "the miredo package is not installed; `make test` "
+                                          "installs it")
     settings = cfg.load_miredo_conf(cfg.DEFAULT_CONFIG_PATH)
     assert settings.source == cfg.DEFAULT_CONFIG_PATH
 

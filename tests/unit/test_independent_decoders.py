@@ -17,7 +17,9 @@ from xdp_teredo.teredo.address import TeredoAddress
 from xdp_teredo.teredo.encap import AuthHeader, OriginIndication
 from xdp_teredo.teredo.icmpv6 import PrefixInformation
 
-scapy_inet6 = pytest.importorskip("scapy.layers.inet6")
+from tests.conftest import require_module  # noqa: E402
+
+scapy_inet6 = require_module("scapy.layers.inet6")
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.inet6 import (  # noqa: E402
     IPv6, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptMTU,

@@ -171,4 +171,4 @@ def test_the_child_module_refuses_a_bad_request():
 
 def test_unknown_kind():
     with pytest.raises(ValueError):
-        isolated.load("server", {})
+        isolated.load("gateway", {})

@@ -191,6 +191,7 @@ class FakePeers:
 class FakeAttachment:
     def __init__(self):
         self.peers = FakePeers()
+        self.adopted = False
 
 
 @pytest.fixture
@@ -321,3 +322,23 @@ def test_expiry_reads_the_data_path_only_for_the_peers_it_acts_on(relay):
     assert busy in relay.peers
     assert all(c in relay.peers for c in clients[2:])
     assert set(looked_up) <= {busy, idle}, "only the peers whose deadline came"
+
+
+# -- crash-only and privileges (issue 12) -------------------------------------------------
+
+def test_the_relay_gives_up_root_unless_told_to_stay(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    plain = RelayDaemon(RelayConfig(ipv4_iface="eth0", ipv6_iface="eth1"))
+    assert plain.privileged_user() == "nobody"
+    root = RelayDaemon(RelayConfig(ipv4_iface="eth0", ipv6_iface="eth1", user="root"))
+    assert root.privileged_user() is None
+    for r in (plain, root):
+        r.loop.close()
+
+
+def test_a_crash_while_relaying_leaves_the_data_path_for_the_next_relay(relay):
+    relay.crashed()
+    assert not relay.keep_datapath, "a crash during set-up removes what set-up made"
+    relay.serving_now = True
+    relay.crashed()
+    assert relay.keep_datapath

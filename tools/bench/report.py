@@ -552,6 +552,23 @@ def plot(results: dict, table: dict, img_dir: Path = IMG) -> list:
 
 # ----------------------------------------------------------------- the document
 
+# ----------------------------------------------------------------- server
+
+def server_section(srv: dict) -> list:
+    """The server part (server_bench.py): answered RS/s, clients kept, BPF ns per RS."""
+    if not srv:
+        return []
+    from .server_bench import summary
+
+    return ["### The server: Router Solicitations", "",
+            f"RSs as a client sends them from {srv['sources']} addresses of 198.18.0.0/15, "
+            f"{srv['seconds']:g}-second steps at {', '.join(f'{r:,}' if r else 'flat out' for r in srv['rates'])} "
+            "per second; the servers without rate limits. Under the flood: "
+            f"{srv['flood_pps']:,} RS/s with the default limits while 8 clients behind the lab's "
+            "NATs send an RS every second; lost = three unanswered in a row (§5.2.1).", "",
+            summary(srv), ""]
+
+
 def markdown(results: dict, table: dict, plots: list) -> str:
     m = results["machine"]
     cfg = results["config"]
@@ -575,6 +592,7 @@ def markdown(results: dict, table: dict, plots: list) -> str:
     lines += datapath_section(results.get("datapath"))
     lines += relay_table_section(results.get("relay_table"))
     lines += admission_section(results.get("admission"))
+    lines += server_section(results.get("server"))
     lines += memory_section(results, table)
     for p in plots:
         lines.append(f"![{p.stem}](img/{p.name})")

@@ -11,6 +11,9 @@ Parts, in this order (each can be left out with --skip, or run alone with --only
   profile      perf and the BPF run-time statistics on the p2p path (profile.py).
   relay-table  the relay with 100,000 peers versus 10 (relay_scale.py).
   admission    new peers per second before the control plane lags (admission.py).
+  server       answered Router Solicitations per second and legitimate clients kept
+               under a 100k/s flood: our server in XDP, ours with --xdp-mode off,
+               miredo-server; BPF ns per RS (server_bench.py).
 Memory (resident set of every daemon, kernel memory of its BPF maps) is taken
 along the way: after each comparison round, and idle/full in the last two parts.
 """
@@ -25,10 +28,10 @@ from pathlib import Path
 
 from xdp_teredo.lab import Lab, traffic
 
-from . import admission, datapath, memory, profile, relay_scale, report, setups
+from . import admission, datapath, memory, profile, relay_scale, report, server_bench, setups
 
 UDP_SIZES = (64, 512, 1200)
-PARTS = ("datapath", "compare", "profile", "relay-table", "admission")
+PARTS = ("datapath", "compare", "profile", "relay-table", "admission", "server")
 
 
 def measure(lab, ep: setups.Endpoint, seconds: float, streams: int) -> dict:
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--table-repeats", type=int, default=6,
                     help="rounds of the relay table part (even: each size goes first as often)")
     ap.add_argument("--admission-seconds", type=float, default=2.0, help="length of each rate step")
+    ap.add_argument("--server-seconds", type=float, default=2.0,
+                    help="length of each rate step of the server part")
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--no-docs", action="store_true",
                     help="leave docs/benchmarks.md and docs/img alone (report in OUT only)")
@@ -129,6 +134,9 @@ def main(argv=None) -> int:
             if "admission" in parts:
                 results["admission"] = timed("admission", lambda: admission.measure(
                     lab, seconds=args.admission_seconds))
+            if "server" in parts:
+                results["server"] = timed("server", lambda: server_bench.measure(
+                    lab, seconds=args.server_seconds))
     results["durations"]["total"] = time.monotonic() - started
     out = Path(args.out)
     out.mkdir(exist_ok=True)

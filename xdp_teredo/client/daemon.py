@@ -26,9 +26,13 @@ PeerList.on_outgoing (§5.2.4); the Qualification's timer, the PeerList's
 deadlines, and every --sync-interval a read of the BPF peer table whose activity
 keeps busy peers from expiring (datapath/peersync.py).
 
-Restart-safe mode (`--restart-safe`, docs/reliability.md): SIGHUP or a crash
-leaves the fast path running (programs, maps, tunnel, address, routes), and the
-next `attach --restart-safe` adopts all of it (datapath/adopt.py).
+Crash-only (docs/reliability.md): a death that runs no teardown (SIGKILL, the
+OOM killer) or a crash while serving leaves the fast path running (programs,
+maps, the persistent tunnel with its address and routes), and the next `attach`
+with the same interface and tunnel adopts all of it (datapath/adopt.py): no
+manual step, no packet of a trusted peer lost. SIGTERM and SIGINT remove
+everything. `--restart-safe` adds SIGHUP as a hand-over: leave the fast path for
+the next instance (an upgrade) and exit 0.
 
 Logs: one event per state change, never per packet: client_started, qualified,
 address_changed / state_changed / no_reply_from_server / lost_connectivity /
@@ -90,6 +94,12 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self._resolve_at: Optional[float] = None
         self._resolving = None
         self._resolved: Optional[tuple] = None  # set by the resolving thread
+        # While no server name resolves: which failed and why, how often we tried,
+        # when we last said so (qualify.py); why `status` says offline.
+        self.unresolved = plan.unresolved
+        self.resolve_tries = 0
+        self._resolve_logged_at: Optional[float] = None
+        self.offline_reason: Optional[str] = None
         self._echo_sequence = 0
         # Restart safety: the mapping a previous instance left installed (resumed
         # when serving starts).
@@ -116,15 +126,10 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self.open_control(tunnel_socket(config.tunnel),
                           f"a Teredo client or relay with tunnel {config.tunnel}",
                           "stop it, or use --tunnel NAME")
-        # Only a restart-safe client adopts: a plain one refuses what a previous
-        # instance left, before it touches anything (`detach` removes it).
+        # Crash-only: what a previous instance left (killed, crashed, or handed
+        # over with SIGHUP) is adopted, whatever the options; half a data path is
+        # refused with a line naming `detach` (adopt.find).
         running = self._running_datapath()
-        if running is not None and not self.plan.restart_safe:
-            raise RuntimeFailure(
-                f"a data path left running by a restart-safe client is attached to "
-                f"{nic.name} and {config.tunnel}: adopt it with `xdp-teredo attach "
-                f"{nic.name} --restart-safe`, or remove it with `xdp-teredo detach "
-                f"{nic.name}`")
         maps = adopt.open_maps(running) if running is not None else {}
         try:
             self.prog = ClientDatapath.compile_isolated(peer_max=self.plan.peer_max, maps=maps)
@@ -136,8 +141,10 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         if running is not None:
             self.own_tunnel(Tunnel.adopt(config.tunnel))
         else:
-            self.own_tunnel(Tunnel.create(config.tunnel, mtu=config.mtu,
-                                          persistent=self.plan.restart_safe))
+            # Persistent: a killed instance's tunnel, address and routes stay for
+            # the next one (the fast path redirects into it meanwhile); SIGTERM's
+            # teardown deletes it (Tunnel.close).
+            self.own_tunnel(Tunnel.create(config.tunnel, mtu=config.mtu, persistent=True))
         previous = self.prog.config.read() if running is not None else None
         self.own_socket(self._bind(previous))
         self.own_datapath(self._attach(running))
@@ -261,17 +268,32 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self.loop.add_reader(self.watch, self.interface_changed)
 
     def _running_datapath(self):
-        """The data path a previous restart-safe instance left on our NIC and tunnel
+        """The data path a previous instance left on our NIC and tunnel
         (adopt.Running), or None: no tunnel, or nothing of ours attached."""
         from pyroute2 import IPRoute
 
         from ..datapath import adopt
 
+        from ..datapath.client import detach_stale
+
         with IPRoute() as ipr:
             tun = ipr.link_lookup(ifname=self.config.tunnel)
+        from ..net.tunnel import find_tun_holders
+
         if not tun:
             return None
-        return adopt.find(self.plan.nic.ifindex, tun[0])
+        nic = self.plan.nic.ifindex
+        try:
+            return adopt.find(nic, tun[0])
+        except RuntimeFailure as err:
+            if find_tun_holders(self.config.tunnel):
+                raise   # a live process owns it: not ours to replace
+            # Half a data path (an instance killed half-way through its set-up or
+            # teardown), or two mixed: nothing to carry on with; replace it rather
+            # than ask for a manual `detach` (crash-only).
+            self.log.warning("datapath_not_adoptable", error=str(err), action="replaced")
+        detach_stale(nic, tun[0], pin_root=pin_root())
+        return None
 
     def _resumable(self, previous) -> Optional[Mapping]:
         """The mapping the previous instance was qualified with, if we can carry on
@@ -304,7 +326,8 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         super().on_signal(signum)
 
     def crashed(self) -> None:
-        if self.plan.restart_safe and self.serving_now:
+        # After adopting, a failed set-up leaves what it found running as it was.
+        if self.serving_now or self.adopted:
             # A crash of the control plane must not take established traffic with
             # it: the next instance adopts the fast path.
             self.keep_datapath = True
@@ -466,6 +489,8 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         tunnel = self.tunnel
         return {
             "state": state,
+            # Why offline: no server name resolved yet, or no server answered.
+            "reason": self.offline_reason if state == State.OFFLINE.value else None,
             "address": str(mapping.address) if mapping else None,
             "server": str(self.qual.server) if self.qual is not None else None,
             "mapped": f"{mapping.mapped_ip}:{mapping.mapped_port}" if mapping else None,
@@ -479,6 +504,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
             "interface": self.plan.nic.name,
             "local": f"{self.local[0]}:{self.local[1]}" if self.local else None,
             "servers": [str(s) for s in self.servers],
+            "resolve_tries": self.resolve_tries,
             "xdp": self.att.xdp_attached if self.att else None,
             # Where incoming Teredo is decapsulated: "xdp" or "tc" (--xdp-mode off).
             "decap": self.att.ingress if self.att else None,

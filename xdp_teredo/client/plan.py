@@ -2,7 +2,9 @@
 
 `prepare` turns the command line and a miredo.conf into a Plan: the interface and
 the IPv4 address Teredo runs from, the servers (resolved), the user, the timers.
-A bad input is a UsageError here, before anything is compiled or created.
+A bad input is a UsageError here, before anything is compiled or created; a name
+that cannot resolve *yet* (no DNS at boot) is not a bad input: the client starts
+offline and retries it (servers.TemporaryFailure, client/qualify.py).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Plan:
     peer_max: int = constants.PEER_LIST_MAX
     # The inbound guard (--inbound, --allow; docs/security.md): stateful by default.
     inbound: guard.Settings = guard.Settings()
+    # Names that did not resolve at start ((name, reason)): retried while offline.
+    unresolved: Tuple[Tuple[str, str], ...] = ()
 
 
 # -- before anything is touched ----------------------------------------------------------
@@ -122,13 +126,35 @@ def prepare(settings: cfg.Settings, config_path: Optional[str] = None,
             pwd.getpwnam(config.user)
         except KeyError:
             raise UsageError(f"no such user: {config.user!r} (--user)") from None
+    preflight(config)
     nic = find_nic(config.interface, config.bind_address)
-    servers = resolve(config, resolver)
-    return Plan(config=config, nic=nic, servers=servers, timers=timers)
+    unresolved: list = []
+    servers = resolve(config, resolver, unresolved)
+    return Plan(config=config, nic=nic, servers=servers, timers=timers,
+                unresolved=tuple(unresolved))
 
 
-def resolve(config: cfg.ClientConfig, resolver=None) -> Tuple[TeredoServer, ...]:
-    """servers.servers_for, with every name looked up at once.
+def preflight(config: cfg.ClientConfig) -> None:
+    """What attach needs of the machine and of IFACE, checked before anything is
+    compiled or touched (and before any name is resolved): root, BPF, tun, IFACE up,
+    no XDP program of another tool on it (unless --xdp-mode off, which puts none
+    there). One line, exit 2 or 1 (daemon/preflight.py); well under a second as a
+    user, whose first check fails."""
+    from ..daemon import preflight as pf
+
+    checks = [lambda: pf.capabilities(who="xdp-teredo attach"), pf.bpf_syscall, pf.tun,
+              lambda: pf.interface(config.interface)]
+    if config.xdp_mode != "off":
+        checks.append(lambda: pf.foreign_xdp(
+            config.interface, avoid="detach it (ip link set dev NAME xdp off), or use "
+                                    "--xdp-mode off (decapsulate in tc)"))
+    pf.require(checks)
+
+
+def resolve(config: cfg.ClientConfig, resolver=None, unresolved: Optional[list] = None
+            ) -> Tuple[TeredoServer, ...]:
+    """servers.servers_for, with every name looked up at once; the names skipped for
+    now (a temporary failure, or a built-in name) go on `unresolved` (name, reason).
 
     The built-in list has a dozen names, most of them gone; with DNS unreachable
     (at boot, in a namespace) each lookup waits for the resolver's timeout, and
@@ -144,7 +170,7 @@ def resolve(config: cfg.ClientConfig, resolver=None) -> Tuple[TeredoServer, ...]
     names = [n for n in dict.fromkeys((*config.servers, config.server2)) if n]
     names = [n for n in names if not _is_ipv4_literal(n)]
     if len(names) <= 1:
-        return servers_for(config, resolver=resolver)
+        return servers_for(config, resolver=resolver, unresolved=unresolved)
 
     def one(name):
         try:
@@ -161,7 +187,7 @@ def resolve(config: cfg.ClientConfig, resolver=None) -> Tuple[TeredoServer, ...]
             raise answer
         return answer
 
-    return servers_for(config, resolver=answered)
+    return servers_for(config, resolver=answered, unresolved=unresolved)
 
 
 def _is_ipv4_literal(name: str) -> bool:

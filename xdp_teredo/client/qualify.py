@@ -4,9 +4,12 @@ out what teredo/qualification.py decides.
 The Qualification state machine says "send this RS", "the address changed", "the
 MTU changed", "flush the peers", "offline"; this mixin of ClientDaemon does it:
 the RS on the socket, the address on the tunnel and in the data path's config,
-the hook, the peer table. When no server name resolves (no DNS yet, at boot), it
+the hook, the peer table. When no server name resolves (no DNS yet, at boot; a
+--server name that failed temporarily included: servers.TemporaryFailure), it
 stays offline and looks the names up again in a thread, so that the loop keeps
-answering `status`.
+answering `status`: after 1 s, then twice as long each time up to
+RESOLVE_RETRY_MAX (or --restart-delay if shorter), logging one line a minute at
+most, as wg-quick retries its endpoints' names.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ from ..teredo.qualification import (
 )
 
 IPv6Address = ipaddress.IPv6Address
+
+# Back-off of the name lookups while no server name resolves: 1 s, doubling to this.
+RESOLVE_RETRY_MAX = 30.0
+# At most one log line per this many seconds while the names keep failing.
+RESOLVE_LOG_EVERY = 60.0
+# Why `status` says offline.
+NO_NAME_RESOLVED = "no server name resolved yet (retrying)"
+NO_SERVER_ANSWERED = "no server answered"
 
 HINT = ("no Teredo server answered: most public Teredo servers are gone; run "
         "`xdp-teredo server --bind ADDR` on any host with two consecutive public IPv4 "
@@ -57,13 +68,10 @@ class Qualifying:
         if not self.servers:
             if resume is not None:
                 self.address_changed(resume, None)  # nobody to confirm it with
-            # The built-in list did not resolve at all (no DNS yet?): stay offline
-            # and try the names again later.
-            self._resolve_at = now + max(self.timers.restart_delay, 1.0)
-            self.log.warning("no_server_answered", servers=list(self.config.servers),
-                             reason="none of the servers resolved", hint=HINT,
-                             retry_in_s=round(self._resolve_at - now, 1))
+            # No name resolved (no DNS yet?): stay offline and try again later.
+            self._names_unresolved(now)
             return
+        self.resolve_tries = 0
         self.qual = Qualification(
             [s.primary for s in self.servers], rng=self._rng,
             timeout=self.timers.qualification_timeout, tries=self.timers.qualification_tries,
@@ -75,7 +83,42 @@ class Qualifying:
         else:
             self.qualification(self.qual.start(now))
 
+    def status_line(self) -> str:
+        """systemd's STATUS= (daemon/notify.py), from the qualification alone: it is
+        read at every change and every few seconds, and status() also walks the
+        guard's flow map."""
+        from ..daemon.render import status_summary
+
+        qual = self.qual
+        mapping = qual.mapping if qual is not None else None
+        return status_summary({
+            "state": qual.state.value if qual is not None else State.OFFLINE.value,
+            "address": str(mapping.address) if mapping else None,
+            "server": str(qual.server) if qual is not None else None,
+            "mapped": f"{mapping.mapped_ip}:{mapping.mapped_port}" if mapping else None,
+            "interface": self.plan.nic.name})
+
     # -- resolving the names again, off the loop's thread --
+
+    def _names_unresolved(self, now: float) -> None:
+        """Offline for want of a server address: why (status), when to try again
+        (back-off), and a log line if the last is a minute old."""
+        unresolved = self.unresolved or tuple((n, f"{n}: no address") for n in self.config.servers)
+        self.offline_reason = f"{NO_NAME_RESOLVED}: " + "; ".join(
+            reason for _, reason in unresolved[:3]) + (
+            f"; and {len(unresolved) - 3} more" if len(unresolved) > 3 else "")
+        cap = min(RESOLVE_RETRY_MAX, max(self.timers.restart_delay, 1.0))
+        delay = min(cap, 2.0 ** self.resolve_tries)
+        self.resolve_tries += 1
+        self._resolve_at = now + delay
+        if self._resolve_logged_at is not None \
+                and now - self._resolve_logged_at < RESOLVE_LOG_EVERY:
+            return
+        self._resolve_logged_at = now
+        self.log.warning("no_server_answered", servers=list(self.config.servers),
+                         reason="none of the servers resolved", offline=self.offline_reason,
+                         tries=self.resolve_tries, hint=HINT,
+                         retry_in_s=round(delay, 1))
 
     def resolve_due(self) -> Optional[float]:
         if self._resolved is not None:
@@ -84,9 +127,13 @@ class Qualifying:
 
     def on_resolve_due(self, now: float) -> None:
         if self._resolved is not None:
-            found, self._resolved = self._resolved, None
+            (found, unresolved), self._resolved = self._resolved, None
             self._resolving = None
-            self.servers = found
+            self.servers, self.unresolved = found, unresolved
+            if found:
+                self.offline_reason = None
+                self.log.info("servers_resolved", servers=[str(s) for s in found],
+                              tries=self.resolve_tries)
             self.start_qualification()
             return
         self._resolve_at = None
@@ -96,11 +143,12 @@ class Qualifying:
 
         def work():
             # Threads are fine here: privileges were dropped before the loop started.
+            unresolved: list = []
             try:
-                found = resolve(self.config)
-            except UsageError:
-                found = ()
-            self._resolved = found
+                found = resolve(self.config, unresolved=unresolved)
+            except UsageError as err:   # a permanent failure now: still offline
+                found, unresolved = (), [("", str(err))]
+            self._resolved = (found, tuple(unresolved))
             self.loop.wake()
 
         self._resolving = threading.Thread(target=work, name="resolve-servers", daemon=True)
@@ -139,11 +187,14 @@ class Qualifying:
                 # they were trusted on the old address as much as the others.
                 self.sync.clear()
             elif isinstance(action, Offline):
+                self.offline_reason = (f"{NO_SERVER_ANSWERED} (tried "
+                                       f"{', '.join(str(s) for s in self.servers)}; retrying)")
                 self.log.warning("no_server_answered", servers=[str(s) for s in self.servers],
                                  next_server=str(action.next_server), hint=HINT,
                                  retry_in_s=round(action.retry_at - self.clock.monotonic(), 1))
             # SetTimer: the loop reads qual.timer_at. ServerLost: qualification.py
             # logged it (no_reply_from_server / lost_connectivity).
+        self.publish_status()   # systemd's STATUS= (daemon/notify.py), if it changed
 
     def address_changed(self, old: Optional[Mapping], new: Optional[Mapping]) -> None:
         try:

@@ -2,11 +2,14 @@
 
 RFC 4380 §5.2.1 needs two consecutive addresses per server: the client qualifies
 against the primary, and the secondary answers the cone test. A server named by the
-user (--server, ServerAddress) that does not resolve, or resolves to an address
-that is not global unicast, is refused with one line, as Miredo refuses it
+user (--server, ServerAddress) that cannot resolve (NXDOMAIN), or resolves to an
+address that is not global unicast, is refused with one line, as Miredo refuses it
 ("Cannot resolve Teredo server address", "Teredo server has a non global IPv4
-address"). Built-in servers are only our guesses: those that fail are skipped and
-logged, and the client carries on with the rest (or stays offline, retrying).
+address"). A temporary failure (EAI_AGAIN: no network or no DNS yet, routine at
+boot) is not the user's mistake: that name is skipped for now, and the client
+stays offline and retries (client/qualify.py). Built-in servers are only our
+guesses: those that fail, either way, are skipped and logged, and the client
+carries on with the rest (or stays offline, retrying).
 
 Name resolution goes through an injectable resolver (name -> IPv4 strings) so tests
 never touch DNS.
@@ -51,6 +54,16 @@ DEFAULT_SERVERS: Tuple[str, ...] = (
 Resolver = Callable[[str], Sequence[str]]
 
 
+# getaddrinfo's answers that say "not now" rather than "no such name": the resolver
+# could not be reached or did not answer (EAI_AGAIN), or the system failed
+# (EAI_SYSTEM: no network at all, among others).
+TEMPORARY_ERRORS = frozenset({socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", -11)})
+
+
+class TemporaryFailure(UsageError):
+    """A name that may resolve later (TEMPORARY_ERRORS): retried, not refused."""
+
+
 def system_resolver(name: str) -> Sequence[str]:
     """getaddrinfo(AF_INET), as Miredo's GetIPv4ByName (src/conf.c)."""
     infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM,
@@ -88,6 +101,11 @@ def resolve_ipv4(name: str, resolver: Optional[Resolver] = None) -> ipaddress.IP
         return ipaddress.IPv4Address(name)
     except ValueError:
         pass
+    if name.rstrip(".").lower().endswith(".invalid") or name.lower() == "invalid":
+        # RFC 6761 §6.4: never resolves, and resolvers should say so at once;
+        # without DNS getaddrinfo would call it a temporary failure instead.
+        raise UsageError(f'cannot resolve Teredo server address "{name}": Name or service '
+                         'not known (.invalid never resolves, RFC 6761)')
     resolver = resolver or system_resolver
     try:
         found = list(resolver(name))
@@ -95,7 +113,9 @@ def resolve_ipv4(name: str, resolver: Optional[Resolver] = None) -> ipaddress.IP
         # gaierror carries gai_strerror's text in args[1]; idna errors for names
         # like "a..b" are UnicodeErrors.
         reason = err.args[1] if isinstance(err, OSError) and len(err.args) > 1 else str(err)
-        raise UsageError(f'cannot resolve Teredo server address "{name}": {reason}') from None
+        kind = TemporaryFailure if isinstance(err, socket.gaierror) \
+            and err.errno in TEMPORARY_ERRORS else UsageError
+        raise kind(f'cannot resolve Teredo server address "{name}": {reason}') from None
     for text in found:
         try:
             return ipaddress.IPv4Address(text)
@@ -123,13 +143,15 @@ def resolve_server(name: str, secondary: Optional[str] = None, *,
 
 def resolve_servers(names: Iterable[str], *, secondary: Optional[str] = None,
                     explicit: bool = True, resolver: Optional[Resolver] = None,
-                    log=None) -> Tuple[TeredoServer, ...]:
+                    log=None, unresolved: Optional[list] = None) -> Tuple[TeredoServer, ...]:
     """Resolve a server list in order; `secondary` applies to the first name only.
 
-    explicit (the user named them): the first failure is a UsageError.
-    Not explicit (the built-in list): a failure logs `server_skipped` and the rest are
-    tried; the result may be empty, which the client reports and retries later
-    (DNS may come up after boot).
+    explicit (the user named them): the first permanent failure is a UsageError; a
+    temporary one (TemporaryFailure) skips the name for now.
+    Not explicit (the built-in list): any failure skips the name.
+    A skipped name logs `server_skipped` and goes on `unresolved` as (name, reason);
+    the result may be empty, which the client reports and retries later (DNS may
+    come up after boot).
     """
     log = log or xlog.get("xdp_teredo.servers")
     resolved = []
@@ -138,17 +160,21 @@ def resolve_servers(names: Iterable[str], *, secondary: Optional[str] = None,
             resolved.append(resolve_server(name, secondary if index == 0 else None,
                                            resolver=resolver))
         except UsageError as err:
-            if explicit:
+            if explicit and not isinstance(err, TemporaryFailure):
                 raise
-            log.info("server_skipped", server=name, reason=str(err))
+            log.info("server_skipped", server=name, reason=str(err),
+                     temporary=isinstance(err, TemporaryFailure))
+            if unresolved is not None:
+                unresolved.append((name, str(err)))
     return tuple(resolved)
 
 
-def servers_for(config, *, resolver: Optional[Resolver] = None, log=None
-                ) -> Tuple[TeredoServer, ...]:
+def servers_for(config, *, resolver: Optional[Resolver] = None, log=None,
+                unresolved: Optional[list] = None) -> Tuple[TeredoServer, ...]:
     """resolve_servers for a config.ClientConfig (its list, secondary, explicitness)."""
     return resolve_servers(config.servers, secondary=config.server2,
-                           explicit=config.servers_explicit, resolver=resolver, log=log)
+                           explicit=config.servers_explicit, resolver=resolver, log=log,
+                           unresolved=unresolved)
 
 
 def _require_global(name: str, address: ipaddress.IPv4Address) -> None:

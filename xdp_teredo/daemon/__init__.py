@@ -3,6 +3,7 @@
     base.py        Daemon and run(): signals before set-up, set-up -> drop privileges
                    -> serve -> teardown (an undo stack, tried step by step)
     loop.py        the event loop: one selector, a wake-up fd, named deadlines
+    notify.py      systemd's readiness protocol: READY, STATUS, WATCHDOG, STOPPING
     control.py     the control socket and its query protocol, for all three roles
     tunnel.py      what the client and the relay share: the slow path's UDP socket
                    and tun, and carrying out the PeerList's actions

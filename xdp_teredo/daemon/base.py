@@ -20,11 +20,13 @@ What run() guarantees for every role, in this order:
 2. set-up registers each thing it makes with `self.teardown` as soon as it exists;
    if set-up fails half-way, the teardown removes exactly what was made.
 3. privileges are dropped (if the role asks) once everything that needs root is done.
-4. the event loop serves until a signal or `stop()`.
+4. the event loop serves until a signal or `stop()`; under systemd (notify.py)
+   READY=1 is sent once `serving()` returned, STATUS= mirrors `status_line()`, and
+   the loop sends WATCHDOG=1 if the unit has WatchdogSec=.
    With `metrics` (--metrics HOST:PORT), the Prometheus listener is opened
    between set-up and the drop, and served from the loop (daemon/metrics.py says why).
-5. the control socket closes first (nobody is told "running" any more), then the
-   teardown runs in reverse, every step tried; what it could not remove is one
+5. STOPPING=1; the control socket closes first (nobody is told "running" any
+   more), then the teardown runs in reverse, every step tried; what it could not remove is one
    RuntimeFailure (exit 1), as is `self.failed` (a fatal error while serving).
 """
 
@@ -43,6 +45,11 @@ from ..teredo.clock import Clock, SystemClock
 from .control import ControlServer, display_name
 from .counters import Counters
 from .loop import EventLoop, Stopped
+from .notify import Notifier
+
+# How often STATUS= is compared with the role's state, besides the role's own
+# publish_status() at each change (a peer count, a retry's countdown).
+STATUS_REFRESH = 5.0
 
 
 class Teardown:
@@ -91,8 +98,11 @@ class Daemon:
     # Signals that stop the daemon; a role may add its own (the client: SIGHUP).
     extra_signals: Tuple[signal.Signals, ...] = ()
 
-    def __init__(self, *, clock: Optional[Clock] = None):
+    def __init__(self, *, clock: Optional[Clock] = None,
+                 notifier: Optional[Notifier] = None):
         self.clock = clock or SystemClock()
+        # The service manager, if any ($NOTIFY_SOCKET): read once, here, as root.
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
         self.log = log.get(f"xdp_teredo.{self.role}")
         self.loop = EventLoop(self.clock)
         self.counters = Counters()
@@ -103,7 +113,8 @@ class Daemon:
         self.started = self.clock.monotonic()
         # A fatal error met while serving (the tunnel deleted under us): exit 1.
         self.failed: Optional[str] = None
-        # Leave the fast path running at the teardown (the client's restart-safe stop).
+        # Leave the fast path running at the teardown (crash-only: a crash while
+        # serving, the client's --restart-safe SIGHUP): the next start adopts it.
         self.keep_datapath = False
         self.serving_now = False
         self.metrics = None         # daemon/metrics.MetricsServer, with --metrics
@@ -132,6 +143,15 @@ class Daemon:
         serving = "serving" if self.serving_now else "starting"
         return Observation(role=self.role, state=serving, states=("starting", "serving"),
                            state_since=self.state_wall, slow_path=self.counters)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status`): the state and the
+        address, e.g. "qualified: 2001:0:... via server 192.0.2.1 on eth0". Read at
+        every publish_status() and every STATUS_REFRESH seconds: a role whose
+        status() is costly (it walks BPF maps) writes a cheaper one."""
+        from .render import status_summary
+
+        return status_summary(self.status())
 
     def privileged_user(self) -> Optional[str]:
         """The user to become after set-up, keeping CAP_NET_ADMIN; None: stay."""
@@ -202,7 +222,33 @@ class Daemon:
         self.serving_now = True
         self.state_wall = time.time()
         self.serving()
+        self._notify_serving()
         self.loop.run()
+
+    def _notify_serving(self) -> None:
+        """READY=1 with the first STATUS=; the watchdog and the status refresh on the
+        loop. Nothing at all without a service manager."""
+        notifier = self.notifier
+        if not notifier.enabled:
+            return
+        notifier.ready(self._status_line())
+        interval = notifier.watchdog_interval
+        if interval is not None:
+            # From the loop itself: a loop stuck in a callback stops the pings, and
+            # systemd restarts the unit (Restart=on-failure takes a watchdog timeout).
+            self.loop.every(interval, notifier.watchdog, first=0.0)
+        self.loop.every(STATUS_REFRESH, self.publish_status)
+
+    def _status_line(self) -> str:
+        try:
+            return self.status_line()
+        except Exception as err:  # noqa: BLE001 (a status must never stop the daemon)
+            return f"status unavailable: {err}"
+
+    def publish_status(self) -> None:
+        """STATUS= if the role's status line changed (a role calls it on a change)."""
+        if self.notifier.enabled and self.serving_now:
+            self.notifier.status(self._status_line())
 
     def stop(self, reason: Optional[str] = None) -> None:
         """Ask serve() to return; safe from a signal handler."""
@@ -245,6 +291,7 @@ def run(daemon: Daemon, *, metrics=None) -> int:
         previous[sig] = signal.signal(sig, lambda signum, _frame: daemon.on_signal(signum))
     old_wakeup = signal.set_wakeup_fd(daemon.loop.wakeup_fd)
     failures: List[str] = []
+    stopping = "stopping"
     try:
         try:
             daemon.setup()
@@ -258,16 +305,21 @@ def run(daemon: Daemon, *, metrics=None) -> int:
             daemon.serve()
         except Stopped:
             pass
-        except Exception:
+        except Exception as err:
+            stopping = f"stopping: {err}"
             daemon.crashed()
             raise
     finally:
         signal.set_wakeup_fd(old_wakeup)
+        if daemon.failed:
+            stopping = f"stopping: {daemon.failed}"
+        daemon.notifier.stopping(stopping)
         try:
             fields = daemon.stopped_fields()
         except Exception as err:  # noqa: BLE001 (a half-made daemon: say so, go on)
             fields = {"fields_unavailable": str(err)}
         failures = daemon.shutdown()
+        daemon.notifier.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     daemon.log.info(f"{daemon.role}_stopped", signal=daemon.loop.stopped_by,

@@ -174,3 +174,11 @@ class EventLoop:
         self.selector.close()
         for end in (self._wake_r, self._wake_w):
             end.close()
+
+
+def release(loop: Optional[EventLoop], sock) -> None:
+    """Stop watching `sock` (if a loop serves it) and close it: the end of a
+    listener or a connection of the control socket or the metrics server."""
+    if loop is not None:
+        loop.remove_reader(sock)
+    sock.close()

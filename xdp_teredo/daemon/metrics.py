@@ -59,6 +59,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import __version__
 from ..errors import RuntimeFailure, UsageError
+from .loop import release
 
 PREFIX = "xdp_teredo"
 # Connections served at once; one more closes the oldest (Prometheus scrapes one
@@ -313,9 +314,7 @@ class MetricsServer:
         for fd in list(self._connections):
             self._drop(fd)
         if self._listener is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._listener)
-            self._listener.close()
+            release(self._loop, self._listener)
             self._listener = None
 
     # -- connections --
@@ -411,6 +410,4 @@ class MetricsServer:
         conn = self._connections.pop(fd, None)
         if conn is None:
             return
-        if self._loop is not None:
-            self._loop.remove_reader(conn.sock)
-        conn.sock.close()
+        release(self._loop, conn.sock)

@@ -1,4 +1,5 @@
-"""Give up root after setup, keeping only the capabilities the running client needs.
+"""Give up root after setup, keeping only the capabilities the running client (and
+relay: relay/daemon.py says why the same set suffices there) needs.
 
 Miredo runs as root only to create the tunnel, then drops to an unprivileged user
 (default "nobody") and leaves address changes to a small privileged helper process

@@ -86,11 +86,64 @@ _RELAY_KEYS = ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tun
                "peers", "pending", "pid", "started")
 
 
-def status_lines(info: dict) -> List[str]:
-    """`xdp-teredo status` for a client or a relay."""
+def status_summary(info: dict) -> str:
+    """One line of a role's status, for systemd's STATUS= (daemon/notify.py)."""
+    role = info.get("role", "client")
+    if role == "server":
+        return (f"serving: {info.get('primary')} and {info.get('secondary')}, "
+                f"UDP port {info.get('port')}, prefix {info.get('prefix')}")
+    if role == "relay":
+        line = (f"{info.get('state', 'relaying')}: {info.get('ipv4')}:{info.get('port')} on "
+                f"{info.get('ipv4_iface')}, 2001::/32 to {info.get('ipv6_iface')}")
+        return line + (f"; {info['peers']} peers" if info.get("peers") is not None else "")
+    state, iface = info.get("state") or "offline", info.get("interface")
+    if state == "qualified":
+        return (f"qualified: {info.get('address')} via server {info.get('server')} on "
+                f"{iface} (mapped {info.get('mapped')})")
+    if state == "qualifying":
+        return f"qualifying: with server {info.get('server')} on {iface}"
+    why = info.get("offline_reason") or info.get("reason") or (
+        "no Teredo server name resolved yet, retrying" if info.get("server") is None
+        else f"no server answered, retrying (next: {info.get('server')})")
+    return f"{state}: {why} on {iface}"
+
+
+# `status` on a terminal: the state in colour, as `systemctl status` does: there,
+# working; on the way; not working.
+STATE_COLOURS = {"qualified": "green", "relaying": "green", "qualifying": "yellow",
+                 "starting": "yellow", "offline": "red"}
+
+
+def colour_wanted(stream, environ) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything
+    (https://no-color.org)."""
+    if environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def _state(value, colour: bool) -> str:
+    text = "-" if value is None else str(value)
+    if not colour:
+        return text
+    import click
+
+    return click.style(text, fg=STATE_COLOURS.get(text, "red"), bold=True)
+
+
+def status_lines(info: dict, colour: bool = False) -> List[str]:
+    """`xdp-teredo status` for a client or a relay; the state in colour if asked."""
     relay = info.get("role") == "relay"
-    lines = [f"{key:<10} {'-' if info.get(key) is None else info.get(key)}"
+    lines = [f"{key:<10} "
+             + (_state(info.get(key), colour) if key == "state" else
+                ('-' if info.get(key) is None else str(info.get(key))))
              for key in (_RELAY_KEYS if relay else _CLIENT_KEYS)]
+    if info.get("reason"):
+        lines.insert(1, f"{'reason':<10} {info['reason']}")   # why offline
     if relay:
         lines += [f"{'hook':<10} {h['interface']}: {h['hook']} ({h['why']})"
                   for h in info.get("hooks", [])]

@@ -1,7 +1,7 @@
 """Finding the data path a previous control plane left running, to adopt it.
 
-A restart-safe client (`attach --restart-safe`, docs/reliability.md) leaves its
-programs attached when it stops for a restart (SIGHUP) or dies (SIGKILL, a crash):
+A client or relay (crash-only, docs/reliability.md) leaves its programs attached
+when it dies (SIGKILL, a crash) or hands over (the client's SIGHUP with --restart-safe):
 the kernel keeps running them, they keep their maps alive, and a trusted peer's
 packets go on flowing with no process around. The next instance finds them here:
 
@@ -20,6 +20,10 @@ Opening maps by id needs CAP_SYS_ADMIN, which set-up has (it runs as root).
     running = adopt.find(nic_ifindex, tun_ifindex)       # None: nothing of ours
     prog = ClientDatapath.compile(maps=adopt.open_maps(running))
     att = prog.adopt(running)                            # client.py
+
+The relay's the same way (find_relay: one program per device, XDP or tc ingress;
+RelayDatapath.adopt): its peer table outlives a killed relay, so the clients it
+knew keep their fast path instead of being learned again.
 """
 
 from __future__ import annotations
@@ -140,8 +144,9 @@ def _complete(nic_ifindex: int, tun_ifindex: int, found: Dict[str, Hooked],
                    found, map_ids)
 
 
-def open_maps(running: Running) -> Dict[str, MapFd]:
-    """Every map of a running data path by name, opened (the caller closes them)."""
+def open_maps(running) -> Dict[str, MapFd]:
+    """Every map of a running data path (Running, RunningRelay) by name, opened (the
+    caller closes them)."""
     opened: Dict[str, MapFd] = {}
     try:
         for name, map_id in running.map_ids.items():
@@ -153,10 +158,81 @@ def open_maps(running: Running) -> Dict[str, MapFd]:
     return opened
 
 
+# -- the relay ----------------------------------------------------------------------------
+
+# The relay's programs (relay.PROGRAMS: "xdp" / "tc" -> function), by kernel name.
+_RELAY_NAMES = {"xdp_teredo_relay"[:15]: "xdp", "tc_teredo_relay"[:15]: "tc"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningRelay:
+    """A relay's data path left attached: one program per device, one set of maps."""
+
+    hooks: Dict[int, str]          # ifindex -> "xdp" | "tc"
+    programs: Dict[int, Hooked]    # ifindex -> the program there
+    map_ids: Dict[str, int]
+
+    def describe(self) -> dict:
+        return {"hooks": {str(i): h for i, h in self.hooks.items()},
+                "programs": {str(i): h.info.id for i, h in self.programs.items()},
+                "maps": dict(self.map_ids)}
+
+
+def find_relay(ifindexes) -> Optional[RunningRelay]:
+    """The relay data path attached to these devices (its IF4 and IF6), None if
+    nothing of ours is there.
+
+    RuntimeFailure when it is not whole (a device without our program, or with both
+    an XDP and a tc one) or its programs do not share their maps: the caller
+    replaces it then (relay.detach_stale), as a relay's state is soft.
+    """
+    from pyroute2 import IPRoute, NetlinkError
+
+    ifindexes = sorted(set(ifindexes))
+    found: Dict[int, list] = {i: [] for i in ifindexes}
+    try:
+        ipr = IPRoute()
+    except Exception as err:
+        raise RuntimeFailure(f"cannot open netlink: {err}") from err
+    try:
+        for ifindex in ifindexes:
+            for key, prog_id in _our_filters(ipr, ifindex, TC_INGRESS, _RELAY_NAMES):
+                found[ifindex].append(Hooked(key, ifindex, libbpf.prog_info(prog_id)))
+            try:
+                link = ipr.get_links(ifindex)[0]
+            except (NetlinkError, IndexError):
+                continue
+            xdp = link.get_attr("IFLA_XDP")
+            prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+            if prog_id:
+                info = libbpf.prog_info(prog_id)
+                if _RELAY_NAMES.get(info.name) == "xdp" \
+                        and xdp.get_attr("IFLA_XDP_ATTACHED") == "xdp":   # native only
+                    found[ifindex].append(Hooked("xdp", ifindex, info))
+    except (NetlinkError, OSError) as err:
+        raise RuntimeFailure(f"cannot look at the hooks of ifindex {ifindexes}: {err}") from err
+    finally:
+        ipr.close()
+    if not any(found.values()):
+        return None
+    if any(len(hooked) != 1 for hooked in found.values()):
+        where = {i: [h.program for h in hs] for i, hs in found.items()}
+        raise RuntimeFailure(f"the relay's data path is not whole ({where}): nothing to adopt")
+    programs = {i: hs[0] for i, hs in found.items()}
+    map_ids: Dict[str, int] = {}
+    for hooked in programs.values():
+        for map_id in hooked.info.map_ids:
+            with _map_by_id(map_id) as m:
+                if map_ids.setdefault(m.name, map_id) != map_id:
+                    raise RuntimeFailure(f"the relay programs on {ifindexes} do not share their "
+                                         f"map {m.name!r}: two data paths are mixed up")
+    return RunningRelay({i: h.program for i, h in programs.items()}, programs, map_ids)
+
+
 # -- netlink and bpf details -------------------------------------------------------------
 
 
-def _our_filters(ipr, ifindex: int, parent: str):
+def _our_filters(ipr, ifindex: int, parent: str, names: Dict[str, str] = _NAMES):
     """(our program name, program id) of our tc filters on one hook."""
     from pyroute2 import NetlinkError
 
@@ -169,8 +245,8 @@ def _our_filters(ipr, ifindex: int, parent: str):
     for f in filters:
         opts = f.get_attr("TCA_OPTIONS")
         name = opts.get_attr("TCA_BPF_NAME") if opts else None
-        key = _NAMES.get(name[:15]) if name else None
-        if key is None or key == "xdp_rx" or f["info"] >> 16 != TC_PRIO:
+        key = names.get(name[:15]) if name else None
+        if key is None or key in ("xdp_rx", "xdp") or f["info"] >> 16 != TC_PRIO:
             continue
         prog_id = _tca_bpf_id(opts)
         if prog_id:

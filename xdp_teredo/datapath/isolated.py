@@ -49,7 +49,8 @@ from .libbpf import MapFd
 
 # What the child builds: our name -> (module, class); both have compile(**options).
 KINDS = {"client": ("xdp_teredo.datapath.client", "ClientDatapath"),
-         "relay": ("xdp_teredo.datapath.relay", "RelayDatapath")}
+         "relay": ("xdp_teredo.datapath.relay", "RelayDatapath"),
+         "server": ("xdp_teredo.datapath.server", "ServerDatapath")}
 MODULE = "xdp_teredo.datapath.isolated"
 # A first compile takes a few seconds; a loaded 2-core machine, several times that.
 TIMEOUT = 180.0

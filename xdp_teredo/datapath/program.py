@@ -26,7 +26,7 @@ _log = log.get("xdp_teredo.datapath")
 
 
 class Program:
-    ROLE = ""                                   # registry.CLIENT / registry.RELAY
+    ROLE = ""                                   # registry.CLIENT / RELAY / SERVER
     PROGRAMS: Dict[str, Tuple[str, str]] = {}   # our name -> (C function, bcc program type)
     PEER_MAX = constants.PEER_LIST_MAX
 
@@ -44,10 +44,14 @@ class Program:
         # probes them in this process (probe.run, with bcc).
         self.features = features
         self.maps = maps
-        self.peers = PeerTable(maps["peers"])
-        self.config = ConfigMap(maps["config"])
+        # Every role counts its verdicts and admits its slow path; the peer list,
+        # the client/relay config and the guard are the tunnel roles' (the server's
+        # unit has none of them: registry.py).
         self.statistics = StatsTable(maps["stats"])
-        self.guard = GuardMaps.of(maps)
+        tunnel = "peers" in maps
+        self.peers = PeerTable(maps["peers"]) if tunnel else None
+        self.config = ConfigMap(maps["config"]) if tunnel else None
+        self.guard = GuardMaps.of(maps) if tunnel else None
         # Admission to the slow path (limits.py); no limit until written.
         self.slow_path = SlowPathMaps.of(maps)
         self.attachment = None
@@ -76,8 +80,9 @@ class Program:
                                  "(tools/kernel-headers.sh)")
         source_dir = source_dir or source.bpf_dir()
         peer_max = cls.PEER_MAX if peer_max is None else peer_max
+        capacities = {"TEREDO_PEER_MAX": int(peer_max)} if "peers" in registry.names(cls.ROLE) else {}
         flags = [f"-I{source_dir}", f"-DTEREDO_TTL={int(ttl)}",
-                 *registry.cflags(cls.ROLE, {"TEREDO_PEER_MAX": int(peer_max)}), *cflags]
+                 *registry.cflags(cls.ROLE, capacities), *cflags]
         src = source.unit_path(cls.ROLE, source_dir)
         text = source.text(cls.ROLE, source_dir)
         try:
@@ -129,11 +134,11 @@ class Program:
 
     def reset(self) -> None:
         """Empty the tables and the counters, zero the config (tests)."""
-        self.peers.clear()
         self.statistics.clear()
-        self.config.clear()
-        self.guard.clear()
         self.slow_path.clear()
+        for table in (self.peers, self.config, self.guard):
+            if table is not None:
+                table.clear()
 
     def close(self) -> None:
         """Detach if attached, then free the programs and maps (each descriptor

@@ -20,8 +20,8 @@ from typing import Dict, Optional, Tuple
 
 from ..teredo import constants
 
-CLIENT, RELAY = "client", "relay"
-ROLES = (CLIENT, RELAY)
+CLIENT, RELAY, SERVER = "client", "relay", "server"
+ROLES = (CLIENT, RELAY, SERVER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +39,14 @@ class MapSpec:
 
 
 _BOTH = (CLIENT, RELAY)
+_ALL = (CLIENT, RELAY, SERVER)
 MAPS: Tuple[MapSpec, ...] = (
     MapSpec("peers", "lru_hash", "struct teredo_peer_key", "struct teredo_peer",
             ("TEREDO_PEER_MAX", constants.PEER_LIST_MAX), _BOTH, "core", ("lookup", "insert"),
             "Peers by IPv6 address (RFC 4380 §5.2.4, §5.4.1); LRU so learning stays bounded."),
     MapSpec("config", "array", "int", "struct teredo_config", (None, 1), _BOTH, "core", ("get",),
             "The control plane's configuration: one entry, index 0."),
-    MapSpec("stats", "percpu_array", "int", "struct teredo_stat", (None, "TEREDO_R_MAX"), _BOTH,
+    MapSpec("stats", "percpu_array", "int", "struct teredo_stat", (None, "TEREDO_R_MAX"), _ALL,
             "core", ("lookup",), "One counter pair per verdict reason, per CPU."),
     MapSpec("relay_slots", "hash", "__u32", "__u32", ("TEREDO_RELAY_PORTS", 8), (RELAY,), "relay",
             ("lookup",), "ifindex -> slot in relay_egress: devices that take XDP-redirected "
@@ -65,14 +66,23 @@ MAPS: Tuple[MapSpec, ...] = (
     MapSpec("guard_allow", "hash", "struct teredo_allow_key", "struct teredo_allow",
             ("TEREDO_ALLOW_MAX", constants.GUARD_ALLOW_MAX), _BOTH, "guard", ("lookup",),
             "(protocol, port) -> hits: what --allow opened."),
-    MapSpec("slow_path_limits", "array", "int", "struct teredo_slow_path_limits", (None, 1), _BOTH,
+    MapSpec("slow_path_limits", "array", "int", "struct teredo_slow_path_limits", (None, 1), _ALL,
             "slow_path", ("get",), "The slow-path rates (datapath/limits.py)."),
     MapSpec("slow_path_sources", "lru_hash", "struct teredo_slow_path_key", "__u64",
-            ("TEREDO_SLOW_PATH_SOURCES", 4096), _BOTH, "slow_path", ("lookup_or_init",),
+            ("TEREDO_SLOW_PATH_SOURCES", 4096), _ALL, "slow_path", ("lookup_or_init",),
             "One GCRA bucket per (IPv4 source, kind); LRU: a spoofer's sources push out "
             "one another."),
-    MapSpec("slow_path_global", "array", "int", "__u64", (None, 1), _BOTH, "slow_path", ("get",),
+    MapSpec("slow_path_global", "array", "int", "__u64", (None, 1), _ALL, "slow_path", ("get",),
             "The one bucket for every sender together."),
+)
+# The server's fast path (bpf/server.c): its RA limits' buckets are slow_path_sources
+# entries of their own kind (TEREDO_SLOW_PATH_RA), so one LRU bounds every sender.
+MAPS += (
+    MapSpec("server_config", "array", "int", "struct teredo_server_config", (None, 1),
+            (SERVER,), "server", ("get",),
+            "The server's addresses, its RA and the RA rates: one entry, written by the daemon."),
+    MapSpec("server_ra_global", "array", "int", "__u64", (None, 1), (SERVER,), "server",
+            ("get",), "The one GCRA bucket of every RA the program sends."),
 )
 BY_NAME: Dict[str, MapSpec] = {m.name: m for m in MAPS}
 # The kernel keeps 15 characters of a map's or program's name (BPF_OBJ_NAME_LEN - 1).

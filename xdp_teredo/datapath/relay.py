@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Optional
 from .. import log
 from ..errors import RuntimeFailure
 from ..teredo import constants
-from . import probe, registry
+from . import libbpf, probe, registry
 from . import stats as _stats
 from .hooks import TC_INGRESS, Hooks, open_iproute, remove_stale, unpin_stale
 from .libbpf import MapFd
@@ -139,6 +139,26 @@ class RelayDatapath(Program):
         return att
 
 
+    def adopt(self, running, *, pin="auto", pin_root: str = _stats.DEFAULT_PIN_ROOT,
+              instance: Optional[str] = None,
+              pin_ifindex: Optional[int] = None) -> "RelayAttachment":
+        """Take over the data path a killed relay left attached (adopt.find_relay),
+        compiled with its maps (compile(maps=adopt.open_maps(running))): its hooks
+        as they are, a program whose code differs (an upgrade) swapped atomically,
+        as ClientDatapath.adopt. Detaching later removes everything."""
+        if self.attachment is not None:
+            raise RuntimeFailure("this relay data path is attached already; detach it first")
+        missing = sorted({n[:registry.NAME_LEN] for n in running.map_ids}
+                         - {n[:registry.NAME_LEN] for n in self.reused})
+        if missing:
+            raise RuntimeFailure(f"cannot adopt the running relay data path: its maps "
+                                 f"{missing} differ from this build's (layout changed)")
+        att = RelayAttachment(self, dict(running.hooks))
+        att._adopt(running, pin, pin_root, instance, pin_ifindex or min(running.hooks))
+        self.attachment = att
+        return att
+
+
 class RelayAttachment(Hooks):
     """The relay's programs on its devices; detach() removes all of it. Everything
     runs in the calling thread's network namespace."""
@@ -147,6 +167,8 @@ class RelayAttachment(Hooks):
         super().__init__()
         self.prog = prog
         self.hooks = hooks
+        self.adopted = False          # taken over from a killed relay
+        self.replaced: List[str] = []  # adopted hooks that got our programs
 
     @property
     def peers(self) -> PeerTable:
@@ -185,6 +207,52 @@ class RelayAttachment(Hooks):
                       instance or instance_name(pin_ifindex))
         _log.info("relay_datapath_attached", hooks={str(k): v for k, v in self.hooks.items()},
                   pin_dir=self.pin_dir)
+
+    def _adopt(self, running, pin, pin_root: str, instance: Optional[str],
+               pin_ifindex: int) -> None:
+        from pyroute2 import NetlinkError
+
+        try:
+            for ifindex, hooked in sorted(running.programs.items()):
+                fn = self.prog.functions[hooked.program]
+                if libbpf.prog_info_by_fd(fn.fd).tag != hooked.info.tag:
+                    if hooked.program == HOOK_XDP:
+                        self._replace_xdp(ifindex, fn, hooked.info.id, "native")
+                    else:
+                        self._replace_filter(ifindex, TC_INGRESS, fn)
+                    self.replaced.append(f"{hooked.program}@{ifindex}")
+                if hooked.program == HOOK_TC:
+                    self._own_filter(ifindex, TC_INGRESS, "relay ingress")
+                else:
+                    self._own_xdp(ifindex, "native")
+            self._pin(self.prog.maps, PINNED_MAPS, pin, pin_root,
+                      instance or instance_name(pin_ifindex))
+        except (NetlinkError, OSError) as err:
+            # Nothing of the running data path is removed: it goes on as it was.
+            self._forget()
+            raise RuntimeFailure(f"adopting the running relay data path failed: {err}") from err
+        except RuntimeFailure:
+            self._forget()
+            raise
+        self.adopted = True
+        _log.info("relay_datapath_adopted", hooks={str(k): v for k, v in self.hooks.items()},
+                  replaced=self.replaced or None, maps=running.map_ids, pin_dir=self.pin_dir)
+
+    def attach_back_in(self, ifindex: int) -> None:
+        """The tc program on the checksum veth's way back in (relay/csum_veth.py), for
+        an adopted data path: the pair is new, so its hook is too."""
+        self._tc_filter(ifindex, TC_INGRESS, self.prog.functions[HOOK_TC],
+                        "checksum veth ingress", "relay.detach_stale")
+        self.hooks[ifindex] = HOOK_TC
+
+    def release(self) -> None:
+        """Leave everything attached and pinned (a crash while serving): the next
+        relay adopts it (adopt.find_relay) or replaces it (detach_stale)."""
+        self._forget()
+        if self.prog.attachment is self:
+            self.prog.attachment = None
+        self._close_iproute()
+        _log.info("relay_datapath_released", hooks={str(k): v for k, v in self.hooks.items()})
 
     def detach(self) -> None:
         """Undo everything attach did, in reverse order. Idempotent."""

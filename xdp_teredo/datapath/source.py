@@ -15,7 +15,7 @@ from ..errors import RuntimeFailure
 from . import registry
 
 MAPS_LINE = '#include "lib/maps.h"'
-UNITS = {registry.CLIENT: "client.c", registry.RELAY: "relay.c"}
+UNITS = {registry.CLIENT: "client.c", registry.RELAY: "relay.c", registry.SERVER: "server.c"}
 PROBE_UNIT = "probe.c"
 
 

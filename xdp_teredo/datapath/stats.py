@@ -59,18 +59,22 @@ class PinnedMaps:
 
     def __init__(self, pin_dir: str):
         self.pin_dir = pin_dir
-        opened = []
+        opened = {}
         try:
-            for name in ("peers", "config", "stats"):
-                opened.append(MapFd.open_pinned(os.path.join(pin_dir, name)))
+            # Every role pins its verdict counters; the peer list and the config are
+            # the client's and the relay's (a server's instance has neither).
+            for name in ("stats", "peers", "config"):
+                path = os.path.join(pin_dir, name)
+                if name == "stats" or os.path.exists(path):
+                    opened[name] = MapFd.open_pinned(path)
         except OSError as err:
-            for m in opened:
+            for m in opened.values():
                 m.close()
             raise RuntimeFailure(f"cannot open the pinned maps in {pin_dir}: {err}") from err
-        self._maps = opened
-        self.peers = PeerTable(opened[0])
-        self.config = ConfigMap(opened[1])
-        self.statistics = StatsTable(opened[2])
+        self._maps = list(opened.values())
+        self.statistics = StatsTable(opened["stats"])
+        self.peers = PeerTable(opened["peers"]) if "peers" in opened else None
+        self.config = ConfigMap(opened["config"]) if "config" in opened else None
 
     def close(self) -> None:
         for m in self._maps:

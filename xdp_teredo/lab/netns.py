@@ -33,6 +33,23 @@ NETNS_PREFIX = "xt-"
 # Generous but finite: a hung `ip` must not hang the test suite.
 DEFAULT_TIMEOUT = 30.0
 
+# Where Debian keeps ip, tc, sysctl, iptables, conntrack, ss and miredo. A PATH
+# without them (CI runners, `su` without -l, cron) must not break the lab: every
+# command, and what `ip netns exec` runs, gets them appended.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def tool_path(path: Optional[str] = None) -> str:
+    """PATH (default: ours) with the sbin directories it lacks appended."""
+    dirs = [d for d in (os.environ.get("PATH", os.defpath) if path is None else path).split(":")
+            if d]
+    return ":".join(dirs + [d for d in SBIN_DIRS if d not in dirs])
+
+
+def tool_env() -> dict:
+    """The environment the lab's commands run with (ours, with tool_path())."""
+    return {**os.environ, "PATH": tool_path()}
+
 
 def _fmt(cmd: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(c)) for c in cmd)
@@ -47,7 +64,8 @@ def run(cmd: Sequence[str], *, check: bool = True, timeout: float = DEFAULT_TIME
     """
     cmd = [str(c) for c in cmd]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
+                             env=tool_env())
     except FileNotFoundError as err:
         raise RuntimeFailure(f"`{_fmt(cmd)}`: program not found") from err
     except subprocess.TimeoutExpired as err:
@@ -230,7 +248,8 @@ class BackgroundProcess:
         try:
             self._popen = subprocess.Popen(
                 ns_cmd(ns, self.cmd), stdin=subprocess.DEVNULL,
-                stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=tool_env())
         except OSError as err:
             self._log.close()
             raise RuntimeFailure(f"cannot start `{_fmt(self.cmd)}` in {ns}: {err}") from err

@@ -9,6 +9,11 @@ and exits 0 on success, 1 on failure (e.g. too few replies).
   ping DST [--count N] [--interval S] [--deadline S] [--size B] [--source A]
       ICMP / ICMPv6 echo (raw socket, needs root) until N replies or the
       deadline; prints {"sent", "received", "rtts_ms", "replies_from"}.
+  steady DST [DST ...] --duration S [--interval S] [--linger S]
+      ICMP / ICMPv6 echo to every DST every interval for `duration` seconds, then
+      waits `linger` for late replies; prints {"flows": [{"dst", "sent": [[seq,
+      wall time]], "replies": [[seq, wall time, from]]}]}: a steady ping to measure
+      an outage with (lab/fleet.py). Wall-clock times: one clock for every namespace.
   udp-echo --port P [--bind A] [--count N] [--timeout S]
       prints {"event": "ready"} once bound, then for each datagram
       {"event": "datagram", "peer": [ip, port], "data": ...} and echoes it back.
@@ -105,6 +110,43 @@ def cmd_ping(args) -> int:
     return 0 if len(rtts) >= args.count else 1
 
 
+def cmd_steady(args) -> int:
+    dsts = [ipaddress.ip_address(d) for d in args.dst]
+    if len({d.version for d in dsts}) != 1:
+        print("steady: one address family at a time", file=sys.stderr)
+        return 2
+    v6 = dsts[0].version == 6
+    fam, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
+    sock = socket.socket(fam, socket.SOCK_RAW, proto)
+    # One echo identifier per destination: a flow is (this host, DST, ident).
+    base = os.getpid() & 0xFFFF
+    flows = {(base + i) & 0xFFFF: {"dst": str(d), "sent": [], "replies": []}
+             for i, d in enumerate(dsts)}
+    idents = list(flows)
+    payload = bytes(56)
+    start = time.monotonic()
+    stop_sending, end = start + args.duration, start + args.duration + args.linger
+    next_send, seq = start, 0
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if now >= next_send and now < stop_sending:
+            for ident, d in zip(idents, dsts):
+                sock.sendto(_echo_request(v6, ident, seq, payload), (str(d), 0))
+                flows[ident]["sent"].append([seq, time.time()])
+            seq = (seq + 1) & 0xFFFF
+            next_send += args.interval
+        wait_until = min(next_send, end) if now < stop_sending else end
+        ready, _, _ = select.select([sock], [], [], max(0.0, wait_until - time.monotonic()))
+        if not ready:
+            continue
+        data, peer = sock.recvfrom(65535)
+        got = _parse_reply(v6, data)
+        if got and got[0] in flows:
+            flows[got[0]]["replies"].append([got[1], time.time(), peer[0]])
+    _emit({"flows": list(flows.values())})
+    return 0
+
+
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
@@ -154,6 +196,12 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=56)
     p.add_argument("--source")
     p.set_defaults(fn=cmd_ping)
+    p = sub.add_parser("steady")
+    p.add_argument("dst", nargs="+")
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--linger", type=float, default=1.0)
+    p.set_defaults(fn=cmd_steady)
     p = sub.add_parser("udp-echo")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--bind", default="0.0.0.0")

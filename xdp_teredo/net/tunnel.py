@@ -23,9 +23,9 @@ Choices made deliberately:
 - The device is not persistent by default: the kernel deletes it, with its
   addresses and routes, when the last fd closes, so even SIGKILL leaves no tunnel
   behind unless another process holds the fd (the fd is O_CLOEXEC so that hooks do
-  not). A restart-safe client (docs/reliability.md) makes it persistent
-  (TUNSETPERSIST) so that it outlives the process, and the next instance takes it
-  over with `Tunnel.adopt`; close() deletes it explicitly either way.
+  not); the relay's is such. The client (crash-only, docs/reliability.md) makes its
+  own persistent (TUNSETPERSIST) so that it outlives a killed process, and the next
+  instance takes it over with `Tunnel.adopt`; close() deletes it explicitly either way.
 
 The fd stays the control plane's: the tc program leaves slow-path packets in the
 tunnel, which read() returns, and write() injects IPv6 packets as if they arrived
@@ -106,7 +106,7 @@ class Tunnel:
                persistent: bool = False) -> "Tunnel":
         """Create the tun device `name`, set its MTU and bring it up (no address yet).
 
-        persistent: the device outlives our fd (a restart-safe client; see adopt).
+        persistent: the device outlives our fd (the client, crash-only; see adopt).
         RuntimeFailure (cause chained) if the device cannot be made: no /dev/net/tun,
         no CAP_NET_ADMIN, or `name` taken (by a running client: see find_tun_holders;
         by something that is not a tun).
@@ -317,7 +317,7 @@ class Tunnel:
 
     def release(self) -> None:
         """Close our fd and leave the device as it is, addresses and routes included
-        (the restart-safe stop: a persistent tun stays for the next instance)."""
+        (a crash or a hand-over: a persistent tun stays for the next instance)."""
         if self._fd < 0:
             return
         os.close(self._fd)

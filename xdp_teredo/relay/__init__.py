@@ -6,12 +6,13 @@
 """
 
 from ..daemon.base import run
-from .plan import DEFAULT_TUNNEL, RelayConfig
+from .plan import DEFAULT_TUNNEL, RelayConfig, preflight
 
 
 def relay(config: RelayConfig, *, metrics=None) -> int:
-    """`xdp-teredo relay`: set up, relay until SIGINT/SIGTERM, remove everything.
-    `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    """`xdp-teredo relay`: preflight, set up, relay until SIGINT/SIGTERM, remove
+    everything. `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    preflight(config)
     from .daemon import RelayDaemon
 
     return run(RelayDaemon(config), metrics=metrics)

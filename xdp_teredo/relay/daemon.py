@@ -34,12 +34,12 @@ from typing import Optional
 from ..daemon.base import iso
 from ..daemon.control import tunnel_socket
 from ..daemon.tunnel import TunnelDaemon
-from ..errors import MalformedPacket
+from ..errors import MalformedPacket, RuntimeFailure
 from ..teredo import constants, encap, guard
 from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.ratelimit import Limits
-from . import csum_veth, egress
+from . import announce, csum_veth, egress
 from . import plan as rp
 
 IPv4Address = ipaddress.IPv4Address
@@ -67,6 +67,7 @@ class RelayDaemon(TunnelDaemon):
         self.icmp_address: Optional[IPv6Address] = None
         self.bubble_address = rp.bubble_source(rng)
         self.egress = egress.Egress(self)
+        self.announcement: Optional[announce.Announcement] = None   # --announce-table
         self.loop.deadline(self.peers.next_deadline, self.peer_timers)
         self.loop.every(egress.CHECK_INTERVAL, self.egress.refresh)
         self.loop.every(SWEEP_INTERVAL, self._sweep_learned)
@@ -76,8 +77,9 @@ class RelayDaemon(TunnelDaemon):
     # -- set-up -------------------------------------------------------------------------
 
     def setup(self) -> None:
+        from ..datapath import adopt
         from ..datapath import stats as dp_stats
-        from ..datapath.relay import RelayDatapath, detach_stale
+        from ..datapath.relay import RelayDatapath
         from ..net.tunnel import Tunnel
         from ..net.udp import TeredoSocket
 
@@ -92,8 +94,9 @@ class RelayDaemon(TunnelDaemon):
         self.open_control(tunnel_socket(cfg.tunnel),
                           f"a Teredo client or relay with tunnel {cfg.tunnel}",
                           "stop it, or use --tunnel NAME")
-        detach_stale({self.ipv4.ifindex, self.ipv6.ifindex}, pin_root=pin_root,
-                     pin_ifindex=self.ipv4.ifindex)
+        # Crash-only: a killed relay's programs keep forwarding for the clients they
+        # know while this one compiles, on their maps, and then adopts them.
+        running = self._running_datapath(pin_root)
         self.tunnel = Tunnel.create(cfg.tunnel, mtu=constants.TEREDO_MTU)
         self.teardown.push("tunnel", self.tunnel.close)
         # 2001::/32 into the tun: what the fast path leaves reaches the control plane.
@@ -101,15 +104,72 @@ class RelayDaemon(TunnelDaemon):
         self.sock = TeredoSocket(self.address, cfg.port)
         self.teardown.push_always("socket", self.sock.close)
         self.checkpoint()
-        self.prog = RelayDatapath.compile_isolated(peer_max=cfg.max_peers)
+        maps = adopt.open_maps(running) if running is not None else {}
+        try:
+            self.prog = RelayDatapath.compile_isolated(peer_max=cfg.max_peers, maps=maps)
+        finally:
+            for m in maps.values():
+                m.close()
         self.teardown.push_always("BPF programs", self.prog.close)
         self.checkpoint()
+        # Left in place by a crash (kept with the data path), replaced at the next start.
         self.csum_veth = csum_veth.create(cfg.tunnel)
         self.teardown.push("checksum veth", lambda: csum_veth.remove(cfg.tunnel))
-        self.att = self.egress.attach(pin_root)
-        self.teardown.push("data path", self.att.detach)
+        # Pins under the bpffs could not be removed once we are not root: a relay
+        # that drops root pins nothing (the control socket serves `stats`).
+        self.att = self.egress.attach(pin_root, running,
+                                      pin="auto" if self._stays_root() else False)
+        if not self._stays_root() and cfg.pin_root:
+            self.log.warning("maps_not_pinned", pin_root=cfg.pin_root,
+                             reason=f"the relay runs as {cfg.user} after set-up: pins need "
+                                    "--user root; `xdp-teredo stats` asks the control socket")
+        self.teardown.push("data path", self.att.detach, keep=self.att.release)
         self.start_peer_sync(self.att.peers)
         self.listen()
+        if cfg.announce_table is not None:
+            self.announcement = announce.Announcement.open(cfg.announce_table,
+                                                           self.tunnel.ifindex)
+            self.teardown.push_always("announcement socket", self.announcement.close)
+
+    # -- privileges and crashes ---------------------------------------------------------
+
+    def _stays_root(self) -> bool:
+        return self.config.user == "root" or os.geteuid() != 0
+
+    def privileged_user(self) -> Optional[str]:
+        """The relay gives up root like the client (daemon/privileges.py) and keeps
+        only CAP_NET_ADMIN (required_capabilities): its teardown detaches the XDP and
+        tc programs and deletes the tunnel and its route (netlink). Nothing else
+        needs privilege once set up: the UDP socket on port 3544 is bound, the maps
+        (peers, devmap, config, guard) are fds opened as root, the slow path reads
+        and writes the tun's fd and sends on the socket; no raw socket (its ICMPv6
+        errors go into the tun), no file to open."""
+        return None if self._stays_root() else self.config.user
+
+    def crashed(self) -> None:
+        # Crash-only: the data path keeps carrying the clients it knows; the next
+        # relay adopts it (or, once set-up adopted it, it stays as it was found).
+        if self.serving_now or (self.att is not None and self.att.adopted):
+            self.keep_datapath = True
+
+    def _running_datapath(self, pin_root: str):
+        """What a killed relay left on our devices (adopt.RunningRelay), or None;
+        anything of ours there that cannot be adopted (half of it, mixed maps) is
+        removed: a relay's state is soft, its clients are learned again."""
+        from ..datapath import adopt
+        from ..datapath.relay import detach_stale
+
+        devices = {self.ipv4.ifindex, self.ipv6.ifindex}
+        try:
+            running = adopt.find_relay(devices)
+        except RuntimeFailure as err:
+            self.log.warning("datapath_not_adoptable", error=str(err), action="replaced")
+            running = None
+        if running is not None:
+            self.log.info("relay_datapath_found", **running.describe())
+            return running
+        detach_stale(devices, pin_root=pin_root, pin_ifindex=self.ipv4.ifindex)
+        return None
 
     def configure_datapath(self) -> None:
         """Configuration, guard and limits, before anything is attached: the
@@ -133,13 +193,18 @@ class RelayDaemon(TunnelDaemon):
         self.prog.slow_path.write(RELAY_LIMITS)
 
     def serving(self) -> None:
+        if self.announcement is not None:
+            # Attached and listening: tell the routing daemon (relay/announce.py).
+            self.announcement.publish()
+            self.teardown.push_always(f"announcement in table {self.announcement.table}",
+                                      self.announcement.withdraw)
         status = self.status()
         self.log.info("relay_started", ipv4=status["ipv4"], port=status["port"],
                       ipv4_iface=status["ipv4_iface"], ipv6_iface=status["ipv6_iface"],
                       tunnel=status["tunnel"],
                       hooks={h["interface"]: h["hook"] for h in status["hooks"]},
                       xdp_targets=[e["interface"] for e in status["egress"] if e["xdp_target"]],
-                      pin_dir=status["pin_dir"])
+                      pin_dir=status["pin_dir"], announce=status["announce"])
 
     def stopped_fields(self) -> dict:
         if self.att is None:
@@ -147,6 +212,16 @@ class RelayDaemon(TunnelDaemon):
         fast = self.att.stats()
         return {"decapsulated": fast["decapsulated"]["packets"],
                 "encapsulated": fast["encapsulated"]["packets"], **self.counters}
+
+    def status_line(self) -> str:
+        """systemd's STATUS= (daemon/notify.py). No peer count: counting the BPF
+        table walks up to --max-peers keys, and this is read every few seconds."""
+        from ..daemon.render import status_summary
+
+        return status_summary({
+            "role": "relay", "state": "relaying" if self.att is not None else "starting",
+            "ipv4": str(self.address) if self.address else None, "port": self.config.port,
+            "ipv4_iface": self.config.ipv4_iface, "ipv6_iface": self.config.ipv6_iface})
 
     # -- deadlines ---------------------------------------------------------------------
 
@@ -240,10 +315,13 @@ class RelayDaemon(TunnelDaemon):
             "bubble_source": str(self.bubble_address),
             "icmp_source": str(self.icmp_address) if self.icmp_address else None,
             "pin_dir": self.att.pin_dir if self.att else None,
+            "adopted": bool(self.att is not None and self.att.adopted),
+            "user": self.user,
             "peers": len(self.att.peers) if self.att else 0,
             "pending": sum(1 for p in self.peers if not p.trusted),
             "pid": os.getpid(),
             "started": iso(self.started_wall),
             "uptime_s": self.uptime(),
             "inbound": self.inbound_status(self.config.inbound),
+            "announce": self.announcement.describe() if self.announcement else None,
         }

@@ -29,8 +29,13 @@ class Egress:
         devices = [r.ipv4] if r.ipv4 == r.ipv6 else [r.ipv4, r.ipv6]
         return [redirect.check_egress(d.ifindex, d.name) for d in devices]
 
-    def attach(self, pin_root: str):
-        """Choose the hooks, configure the programs, attach; the attachment."""
+    def attach(self, pin_root: str, running=None, *, pin="auto"):
+        """Choose the hooks, configure the programs, attach; the attachment.
+
+        running (adopt.RunningRelay): a killed relay's data path, compiled on its
+        maps: adopted with the hooks it has, so that not one packet of a known
+        client meets an empty hook; a choice that would differ now is logged and
+        takes effect at the next start after a SIGTERM."""
         from ..datapath import redirect
         from ..datapath.relay import XdpUnsupported
 
@@ -44,9 +49,26 @@ class Egress:
         r.prog.egress.set(redirect.xdp_targets(self.checks, path))
         # The checksum veth's way back in (relay/csum_veth.py) always takes tc.
         back_in = {r.csum_veth[1]: redirect.HOOK_TC} if r.csum_veth else {}
+        if running is not None:
+            chosen = {h.ifindex: h for h in self.hooks}
+            for ifindex, hook in running.hooks.items():
+                if chosen[ifindex].hook != hook:
+                    r.log.warning("relay_hook_kept", interface=chosen[ifindex].name, hook=hook,
+                                  would_choose=chosen[ifindex].hook, why=chosen[ifindex].why)
+            self.hooks = [h if h.hook == running.hooks[h.ifindex] else
+                          redirect.HookChoice(h.ifindex, h.name, running.hooks[h.ifindex],
+                                              "adopted from the relay that ran before")
+                          for h in self.hooks]
+            att = r.prog.adopt(running, pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
+            for ifindex in back_in:  # a new pair: csum_veth.create replaced the old one
+                att.attach_back_in(ifindex)
+            for hook in self.hooks:
+                r.log.info("relay_hook", interface=hook.name, hook=hook.hook, why=hook.why,
+                           adopted=True)
+            return att
         try:
             att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
-                                pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
+                                pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         except XdpUnsupported as err:
             # A driver without native XDP: tc there (generic XDP would gain nothing).
             self.hooks = [h if h.ifindex != err.ifindex else
@@ -54,7 +76,7 @@ class Egress:
                                               f"the driver of {h.name} has no native XDP")
                           for h in self.hooks]
             att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
-                                pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
+                                pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         for hook in self.hooks:
             fallback = hook.hook == redirect.HOOK_TC and path == "auto"
             # A fallback is worth a warning: it is slower, and the fix is on a

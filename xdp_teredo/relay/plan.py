@@ -37,15 +37,38 @@ class RelayConfig:
     learn: bool = True                     # the data path learns §5.4.2 clients itself
     pin_root: Optional[str] = None         # default: datapath.stats.DEFAULT_PIN_ROOT
     stats_interval: float = 0.0
+    announce_table: Optional[int] = None   # relay/announce.py: 2001::/32 there while serving
     # The inbound guard for the clients it serves (docs/security.md): open by
     # default, a relay carries whatever its clients asked for and more.
     inbound: guard.Settings = guard.Settings(policy=guard.Policy.OPEN)
+    # Who the relay becomes after set-up (daemon/privileges.py); "root": stay.
+    user: str = "nobody"
 
 
 @dataclass(frozen=True)
 class Device:
     name: str
     ifindex: int
+
+
+# --------------------------------------------------------------------------- preflight
+
+def preflight(config: RelayConfig) -> None:
+    """What the relay needs of the machine and of IF4/IF6, checked before anything is
+    compiled or touched: root, BPF, tun, both devices up, no XDP program of another
+    tool on them (unless --path tc). One line, exit 2 or 1 (daemon/preflight.py)."""
+    from ..daemon import preflight as pf
+
+    devices = {config.ipv4_iface: "--ipv4-iface"}
+    devices.setdefault(config.ipv6_iface, "--ipv6-iface")  # one device may be both sides
+    checks = [lambda: pf.capabilities(who="xdp-teredo relay"), pf.bpf_syscall, pf.tun]
+    checks += [lambda n=name, o=option: pf.interface(n, o)
+               for name, option in devices.items()]
+    if config.path != "tc":
+        checks += [lambda n=name, o=option: pf.foreign_xdp(
+            n, o, avoid="detach it (ip link set dev NAME xdp off), or use --path tc")
+            for name, option in devices.items()]
+    pf.require(checks)
 
 
 # --------------------------------------------------------------------------- set-up help

@@ -1,7 +1,8 @@
 """The Teredo server (RFC 4380 §5.3): `xdp-teredo server --bind ADDR [--bind2 ADDR2]`.
 
     plan.py     the two addresses and the rate limits, from the command line
-    daemon.py   ServerDaemon: two UDP sockets and teredo/server_policy.py
+    daemon.py   ServerDaemon: two UDP sockets and teredo/server_policy.py; RSs
+                answered in XDP when the kernel lets it (datapath/server.py)
 
 The protocol decisions are in teredo/server_policy.py (pure) and teredo/ratelimit.py.
 """
@@ -14,15 +15,19 @@ from .plan import (
     DEFAULT_MAX_SOURCES,
     DEFAULT_SOURCE_BPS,
     DEFAULT_SOURCE_PPS,
+    DEFAULT_XDP_RA_PPS,
+    XDP_MODES,
     ServerConfig,
     config_from_options,
+    preflight,
     server_addresses,
 )
 
 
 def serve(config: ServerConfig, *, metrics=None) -> int:
-    """`xdp-teredo server`: serve until SIGINT or SIGTERM; 0 on a clean stop.
-    `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    """`xdp-teredo server`: preflight, then serve until SIGINT or SIGTERM; 0 on a
+    clean stop. `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
+    preflight(config)
     from .daemon import ServerDaemon
 
     return run(ServerDaemon(config), metrics=metrics)
@@ -35,5 +40,6 @@ def query_status(timeout: float = 2.0) -> dict:
 
 
 __all__ = ["DEFAULT_GLOBAL_BPS", "DEFAULT_GLOBAL_PPS", "DEFAULT_MAX_SOURCES",
-           "DEFAULT_SOURCE_BPS", "DEFAULT_SOURCE_PPS", "ServerConfig", "config_from_options",
+           "DEFAULT_SOURCE_BPS", "DEFAULT_SOURCE_PPS", "DEFAULT_XDP_RA_PPS", "XDP_MODES",
+           "ServerConfig", "config_from_options",
            "query_status", "serve", "server_addresses"]

@@ -1,10 +1,16 @@
 """The Teredo server daemon (RFC 4380 §5.3): what `xdp-teredo server` runs.
 
 A server carries no data traffic, only Router Solicitations/Advertisements,
-bubbles and echo tests, so it has no BPF data path: the skeleton's loop over the
-two UDP sockets (primary and secondary address, port 3544) and the control socket
-"@xdp-teredo-server". Each datagram goes to ServerPolicy.handle
-(teredo/server_policy.py), which decides everything; what it returns is sent here.
+bubbles and echo tests: the skeleton's loop over the two UDP sockets (primary and
+secondary address, port 3544) and the control socket "@xdp-teredo-server". Each
+datagram goes to ServerPolicy.handle (teredo/server_policy.py), which decides
+everything; what it returns is sent here.
+
+The per-packet bulk, the RS every client sends every 30 s, is answered in XDP
+when the kernel lets it (--xdp-mode, datapath/server.py, docs/server.md): the
+program sends the RA this policy would (its bytes come from the policy), within
+the same per-address rate; what it leaves goes up to the sockets, as before.
+Without it (--xdp-mode off, or a kernel that refuses) the daemon answers all.
 
 Logs: server_started / server_stopped, and server_stats every --stats-interval
 seconds if asked; never one line per packet.
@@ -21,8 +27,16 @@ from ..daemon.base import Daemon
 from ..daemon.control import SERVER_SOCKET
 from ..errors import RuntimeFailure
 from ..teredo.ratelimit import RateLimiter
-from ..teredo.server_policy import Received, SendIpv6, SendUdp, ServerPolicy
+from ..teredo.server_policy import RATE_LIMITED, Received, SendIpv6, SendUdp, ServerPolicy
 from .plan import ServerConfig
+
+# The XDP program's verdicts (datapath/layout.py) under ServerPolicy's names.
+_XDP_RATE_LIMITED = ("server_ra_source_limit", "server_ra_limit",
+                     "rx_slow_path_source_limit", "rx_slow_path_limit")
+_XDP_DROPS = {"source_not_global": ("server_source_not_global",),
+              "loop": ("server_loop",),
+              "malformed": ("server_rs_malformed", "rx_ipv4_checksum", "rx_ipv4_length",
+                            "rx_udp_length")}
 
 # Datagrams read from one socket before looking at the others (fairness, and a
 # bound on the time between two deadline checks).
@@ -44,11 +58,14 @@ class ServerDaemon(Daemon):
                                    native_ipv6=config.native_ipv6)
         self._sockets: dict = {}          # local IPv4 -> UDP socket
         self._raw6: Optional[socket.socket] = None
+        self.xdp = None                   # the attached fast path (datapath/server.py)
+        self.xdp_prog = None
+        self.xdp_why: Optional[str] = "--xdp-mode off" if config.xdp_mode == "off" else None
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
         if config.stats_interval > 0:
             self.loop.every(config.stats_interval,
-                            lambda: self.log.info("server_stats", **self.status()["counters"]))
+                            lambda: self.log.info("server_stats", **self.counters_all()))
 
     def setup(self) -> None:
         for address in (self.config.primary, self.config.secondary):
@@ -65,6 +82,68 @@ class ServerDaemon(Daemon):
         # After the sockets: their port is the server's lock (a second server on
         # other addresses in this network namespace runs, without a control socket).
         self.open_control(SERVER_SOCKET, "a Teredo server", required=False)
+        if self.config.xdp_mode != "off":
+            self._attach_fast_path()
+
+    def _attach_fast_path(self) -> None:
+        """The XDP program on the addresses' device; "auto" goes on without it."""
+        try:
+            self._attach_xdp()
+        except RuntimeFailure as err:
+            if self.config.xdp_mode != "auto":
+                raise
+            self.xdp_why = str(err)
+            self.log.warning("server_xdp_unavailable", reason=str(err),
+                             hint="the daemon answers every RS (--xdp-mode off says so quietly)")
+
+    def _attach_xdp(self) -> None:
+        from ..datapath import stats as dp_stats
+        from ..datapath.limits import SlowPathLimits
+        from ..datapath.redirect import check_egress
+        from ..datapath.server import SERVER_SLOW_PATH, ServerDatapath, detach_stale
+
+        ifindex, name = _device_of(self.config.primary, self.config.secondary)
+        mode = self.config.xdp_mode
+        if mode == "auto":
+            # On a veth, native XDP_TX hands the RA to the peer's XDP ring, which needs
+            # XDP or GRO on the peer (redirect.py) and, in our lab even with GRO on,
+            # lost most RAs once the ring filled (docs/server.md); generic XDP sends
+            # through the stack's transmit path and lost none. A NIC: native.
+            check = check_egress(ifindex, name)
+            mode = "generic" if check.kind == "veth" else "native"
+            if mode == "generic":
+                self.log.info("server_xdp_generic", device=name,
+                              reason="a veth: XDP_TX there depends on its peer")
+        pin_root = self.config.pin_root or dp_stats.DEFAULT_PIN_ROOT
+        detach_stale(ifindex, pin_root=pin_root)
+        self.xdp_prog = ServerDatapath.compile_isolated()
+        self.teardown.push_always("BPF programs", self.xdp_prog.close)
+        self.checkpoint()
+        # The daemon's own slow path: what the program passes up, per source and in all.
+        self.xdp_prog.slow_path.write(SERVER_SLOW_PATH if self.config.overall else
+                                      SlowPathLimits(global_pps=0))
+        self.xdp_prog.configure(self._fast_path_config())
+        self.xdp = self.xdp_prog.attach(ifindex, xdp_mode=mode, pin_root=pin_root)
+        self.teardown.push("XDP fast path", self.xdp.detach)
+        self.xdp_why = None
+
+    def _fast_path_config(self):
+        """The program's config: ServerPolicy's RA and its per-address RA rate."""
+        from ..datapath.server import RaLimits, server_config
+        from ..teredo.encap import AuthHeader, OriginIndication, build_udp_payload
+
+        limits = self.config.per_source
+        # ServerPolicy charges an RA's payload (headers included) to the packets and
+        # bytes of its "ra" bucket: in RAs per second, the smaller of the two.
+        ra_bytes = len(build_udp_payload(self.policy._router_advertisement(self.policy.link_local),
+                                         auth=AuthHeader(nonce=bytes(8)),
+                                         origin=OriginIndication(port=1, address=self.config.primary)))
+        pps = min(limits.packets_per_s, limits.bytes_per_s / ra_bytes)
+        burst = int(min(limits.packet_burst, limits.byte_burst / ra_bytes))
+        return server_config(self.policy, RaLimits(source_pps=pps, source_burst=max(1, burst),
+                                                   global_pps=self.config.xdp_ra_pps,
+                                                   global_burst=max(1, int(self.config.xdp_ra_pps))),
+                             port=self.config.port)
 
     def serving(self) -> None:
         status = self.status()
@@ -74,7 +153,7 @@ class ServerDaemon(Daemon):
                       control_socket=self.control_socket)
 
     def stopped_fields(self) -> dict:
-        return self.status()["counters"]
+        return self.counters_all()
 
     def _udp_socket(self, address: ipaddress.IPv4Address) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -129,12 +208,40 @@ class ServerDaemon(Daemon):
 
     def observe(self):
         seen = super().observe()
-        seen.server = self.policy.counters()
+        seen.server = self.counters_all()
+        if self.xdp is not None:
+            seen.datapath = self.xdp.stats()
         return seen
 
-    def status(self) -> dict:
+    def xdp_status(self) -> dict:
+        if self.xdp is None:
+            return {"mode": "off", "why": self.xdp_why}
+        fast = self.xdp.stats()
+        return {"mode": self.xdp.xdp_attached, "ifindex": self.xdp.ifindex,
+                "pin_dir": self.xdp.pin_dir,
+                "ra_per_s_limit": self.config.xdp_ra_pps or None,
+                "counters": {k: v["packets"] for k, v in fast.items() if v["packets"]}}
+
+    def counters_all(self) -> dict:
+        """ServerPolicy's counters, with what the XDP program decided itself added
+        under the same names: the server's outcomes, wherever they were decided."""
         counters = self.policy.counters()
         counters["send_failed"] = self.counters["send_failed"]
+        if self.xdp is None:
+            return counters
+        fast = {k: v["packets"] for k, v in self.xdp.stats().items()}
+        dropped = counters["dropped"]
+        for name, reasons in _XDP_DROPS.items():
+            dropped[name] += sum(fast[r] for r in reasons)
+        counters["rs_answered"] += fast["server_ra"]
+        counters[RATE_LIMITED] += sum(fast[r] for r in _XDP_RATE_LIMITED)
+        counters["dropped_total"] = sum(dropped.values())
+        counters["received"] += (fast["server_ra"] + sum(fast[r] for r in _XDP_RATE_LIMITED)
+                                 + sum(fast[r] for rs in _XDP_DROPS.values() for r in rs))
+        return counters
+
+    def status(self) -> dict:
+        counters = self.counters_all()
         return {
             "role": "server",
             "pid": os.getpid(),
@@ -147,4 +254,28 @@ class ServerDaemon(Daemon):
             "uptime_s": self.uptime(),
             "rate_limit": self.policy.limiter.status(),
             "counters": counters,
+            "xdp": self.xdp_status(),
         }
+
+
+def _device_of(primary: ipaddress.IPv4Address, secondary: ipaddress.IPv4Address):
+    """(ifindex, name) of the device holding both server addresses, or RuntimeFailure."""
+    from ..datapath.hooks import open_iproute
+
+    ipr = open_iproute()
+    try:
+        found = {}
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            found[msg.get_attr("IFA_ADDRESS")] = msg["index"]
+        where = {found.get(str(primary)), found.get(str(secondary))}
+        if None in where:
+            raise RuntimeFailure(f"{primary} and {secondary} are not both on a device here "
+                                 "(a server behind DNAT cannot answer in XDP)")
+        if len(where) != 1:
+            raise RuntimeFailure(f"{primary} and {secondary} are on different devices: "
+                                 "the XDP fast path wants them on one")
+        ifindex = where.pop()
+        name = ipr.get_links(ifindex)[0].get_attr("IFLA_IFNAME")
+        return ifindex, name
+    finally:
+        ipr.close()

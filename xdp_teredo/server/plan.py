@@ -27,6 +27,11 @@ DEFAULT_SOURCE_BPS = 2048.0
 DEFAULT_GLOBAL_PPS = 20000.0
 DEFAULT_GLOBAL_BPS = 4_000_000.0
 DEFAULT_MAX_SOURCES = 65536
+# The XDP fast path (bpf/server.c): RAs per second in all. The overall bucket above
+# bounds what Python sends; this one what the program sends (a reflector's output,
+# RFC 4380 §7: an RA is about twice its RS), far above what Python could answer.
+DEFAULT_XDP_RA_PPS = 1_000_000.0
+XDP_MODES = ("auto", "native", "generic", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,30 @@ class ServerConfig:
     overall: Optional[Limits] = Limits(DEFAULT_GLOBAL_PPS, DEFAULT_GLOBAL_BPS)
     max_sources: int = DEFAULT_MAX_SOURCES
     stats_interval: float = 0.0
+    # auto: native XDP, or generic where native XDP_TX would be lost (a veth whose
+    # peer has neither XDP nor GRO), or none when the kernel refuses: the daemon
+    # answers everything then, as with "off".
+    xdp_mode: str = "auto"
+    xdp_ra_pps: float = DEFAULT_XDP_RA_PPS
+    pin_root: Optional[str] = None
+
+
+def preflight(config: ServerConfig) -> None:
+    """What the server needs, checked before any socket is opened: CAP_NET_RAW for
+    the raw IPv6 socket of --native-ipv6 (the default), and both addresses on an
+    interface of this host that is up. One line, exit 2 or 1 (daemon/preflight.py).
+    Without --native-ipv6 a server needs no privilege (UDP 3544 is not a
+    privileged port)."""
+    from ..daemon import preflight as pf
+
+    checks = []
+    if config.native_ipv6:
+        checks.append(lambda: pf.capabilities(
+            {"CAP_NET_RAW": pf.CAP_NET_RAW}, who="xdp-teredo server --native-ipv6",
+            fix="run it as root (sudo), or with --no-native-ipv6"))
+    checks += [lambda: pf.local_address(config.primary, "--bind"),
+               lambda: pf.local_address(config.secondary, "--bind2")]
+    pf.require(checks)
 
 
 def server_addresses(bind: str, bind2: Optional[str] = None):
@@ -77,7 +106,8 @@ def config_from_options(bind: str, bind2: Optional[str] = None, *, native_ipv6: 
                         global_pps: float = DEFAULT_GLOBAL_PPS,
                         global_bps: float = DEFAULT_GLOBAL_BPS,
                         max_sources: int = DEFAULT_MAX_SOURCES,
-                        stats_interval: float = 0.0) -> ServerConfig:
+                        stats_interval: float = 0.0, xdp_mode: str = "auto",
+                        xdp_ra_pps: float = DEFAULT_XDP_RA_PPS) -> ServerConfig:
     """A ServerConfig from the command line's values; UsageError on bad ones.
 
     global_pps or global_bps of 0 turns the overall bucket off.
@@ -94,6 +124,11 @@ def config_from_options(bind: str, bind2: Optional[str] = None, *, native_ipv6: 
         raise UsageError(f"rate limit: {err}") from None
     if stats_interval < 0:
         raise UsageError(f"--stats-interval {stats_interval}: must be 0 (off) or positive")
+    if xdp_mode not in XDP_MODES:
+        raise UsageError(f"--xdp-mode must be one of {', '.join(XDP_MODES)}, not {xdp_mode!r}")
+    if xdp_ra_pps < 0:
+        raise UsageError(f"--xdp-ra-pps {xdp_ra_pps}: must be 0 (no limit) or positive")
     return ServerConfig(primary=primary, secondary=secondary, native_ipv6=native_ipv6,
                         per_source=per_source, overall=overall, max_sources=max_sources,
-                        stats_interval=stats_interval)
+                        stats_interval=stats_interval, xdp_mode=xdp_mode,
+                        xdp_ra_pps=xdp_ra_pps)

@@ -25,6 +25,17 @@ IPv6Like = Union[ipaddress.IPv6Address, str]
 # returns the 12 random flag bits as an int in [0, 4096).
 FlagRandomness = Union[random.Random, Callable[[], int]]
 
+# What an error message echoes of a bad input, at most: a pasted log line or a
+# megabyte of garbage is named, not printed back whole.
+SHOWN_INPUT = 64
+
+# IPv4 addresses that no Teredo server or NAT mapping can be (RFC 1122 §3.2.1.3,
+# RFC 5771, RFC 1112 §4): "this network" (so 2001:: decodes to server 0.0.0.0),
+# loopback, multicast, and class E with the limited broadcast. Private and
+# documentation ranges stay usable: labs and tests use them.
+UNUSABLE_IPV4 = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"))
+
 _RANDOM_BITS = 12
 _PORT_MASK = 0xFFFF
 _IPV4_MASK = 0xFFFFFFFF
@@ -54,7 +65,7 @@ class TeredoAddress:
     def from_ipv6(cls, address: ipaddress.IPv6Address) -> "TeredoAddress":
         """Decode an IPv6 address; NotTeredoAddress if it is outside 2001::/32."""
         if not isinstance(address, ipaddress.IPv6Address):
-            raise NotTeredoAddress(f"not an IPv6 address: {address!r}")
+            raise NotTeredoAddress(f"not an IPv6 address: {shown(address)}")
         if address not in constants.TEREDO_PREFIX:
             raise NotTeredoAddress(
                 f"not a Teredo address (outside {constants.TEREDO_PREFIX}): {address}"
@@ -78,8 +89,21 @@ class TeredoAddress:
             try:
                 address = ipaddress.IPv6Address(address.strip())
             except ValueError:
-                raise NotTeredoAddress(f"not an IPv6 address: {address!r}") from None
+                raise NotTeredoAddress(f"not an IPv6 address: {shown(address)}") from None
         return cls.from_ipv6(address)
+
+    @classmethod
+    def parse_usable(cls, address: IPv6Like) -> "TeredoAddress":
+        """parse(), and NotTeredoAddress unless both the server and the client are
+        unicast IPv4 addresses someone could have (`decode 2001::` is no address)."""
+        decoded = cls.parse(address)
+        for field in ("server", "client"):
+            ip = getattr(decoded, field)
+            if any(ip in net for net in UNUSABLE_IPV4):
+                raise NotTeredoAddress(
+                    f"not a usable Teredo address (its {field} {ip} is not a unicast "
+                    f"IPv4 address): {decoded}")
+        return decoded
 
     # -- encoding -----------------------------------------------------------------
 
@@ -151,6 +175,12 @@ class TeredoAddress:
             "random_flags": self.random_flags,
             "client_global": is_global_unicast(self.client),
         }
+
+
+def shown(text: str, limit: int = SHOWN_INPUT) -> str:
+    """`text` as an error message quotes it: repr, cut to `limit` characters."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[:limit - 3] + "..."
 
 
 def is_teredo(address: Union[IPv6Like, bytes]) -> bool:

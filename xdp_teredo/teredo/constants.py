@@ -157,3 +157,6 @@ SLOW_PATH_GLOBAL_BURST = 2000
 # A relay's slow path serves every client's bubbles (§5.4.1): ten times more.
 RELAY_SLOW_PATH_GLOBAL_PPS = 20000
 RELAY_SLOW_PATH_GLOBAL_BURST = 20000
+# A server with its fast path in XDP (bpf/server.c): what still goes up to the daemon
+# (bubbles, echo tests, odd RSs), in all; about what one Python process answers.
+SERVER_SLOW_PATH_GLOBAL_PPS = 10000

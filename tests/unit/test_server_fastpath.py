@@ -1,0 +1,83 @@
+"""The server's fast path, the pure pieces: the config the XDP program gets from
+ServerPolicy (its RA, the checksum sum, the rates), the daemon's options, and the
+bench's summary. The program itself runs in tests/bpf/test_server.py."""
+
+import ipaddress
+import struct
+
+import pytest
+
+from tools.bench import server_bench
+from xdp_teredo.datapath import layout
+from xdp_teredo.datapath.server import RaLimits, server_config
+from xdp_teredo.errors import UsageError
+from xdp_teredo.server import config_from_options
+from xdp_teredo.teredo.ratelimit import Limits, RateLimiter
+from xdp_teredo.teredo.server_policy import ServerPolicy
+
+
+def _policy(primary="192.0.2.1", secondary="192.0.2.2"):
+    return ServerPolicy(primary, secondary, limiter=RateLimiter(Limits(20, 2048)))
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@pytest.mark.parametrize("dst", ["fe80::ffff:ffff:ffff", "fe80::8000:5445:5245:444f", "fe80::1"])
+def test_ra_sum_plus_destination_is_the_policys_checksum(dst):
+    """What bpf/lib/server.h computes (little-endian words, as loaded), folded."""
+    policy = _policy()
+    value = server_config(policy, RaLimits(0, 1))
+    want = policy._router_advertisement(ipaddress.IPv6Address(dst))
+    words = struct.unpack("<8H", ipaddress.IPv6Address(dst).packed)
+    got = struct.pack("<H", ~_fold(value.ra_sum + sum(words)) & 0xFFFF)
+    assert got == want[42:44]
+    template = bytes(value.ra)
+    assert template[:24] + template[40:42] + template[44:] == want[:24] + want[40:42] + want[44:]
+
+
+def test_addresses_and_flags_as_the_program_reads_them():
+    value = server_config(_policy(), RaLimits(17.5, 70, 1000, 1000), port=3544)
+    raw = bytes(value)
+    assert raw[0:4] == ipaddress.IPv4Address("192.0.2.1").packed
+    assert raw[4:8] == ipaddress.IPv4Address("192.0.2.2").packed
+    assert raw[8:10] == struct.pack("!H", 3544)
+    assert value.flags == layout.ServerFlag.ENABLED
+    assert bytes(value.link_local) == ipaddress.IPv6Address("fe80::8000:f227:3fff:fdfe").packed
+    assert value.ra_source_interval_ns == round(1e9 / 17.5)
+    assert value.ra_source_tolerance_ns == 69 * value.ra_source_interval_ns
+    assert (value.ra_global_interval_ns, value.ra_global_tolerance_ns) == (1_000_000, 999_000_000)
+    assert server_config(_policy(), RaLimits(0, 1), enabled=False).flags == 0
+
+
+def test_xdp_options():
+    config = config_from_options("192.0.2.1")
+    assert (config.xdp_mode, config.xdp_ra_pps) == ("auto", 1_000_000.0)
+    assert config_from_options("192.0.2.1", xdp_mode="off").xdp_mode == "off"
+    with pytest.raises(UsageError, match="--xdp-mode"):
+        config_from_options("192.0.2.1", xdp_mode="fast")
+    with pytest.raises(UsageError, match="--xdp-ra-pps"):
+        config_from_options("192.0.2.1", xdp_ra_pps=-1)
+
+
+def test_bench_summary():
+    def cap(pps, sent, answered, per):
+        return {"answered_pps": pps, "daemon_cpu_us_per_ra": per,
+                "steps": [{"sent": sent, "answered": answered}]}
+
+    def fl(kept):
+        return {"kept": kept, "clients": 8, "rs_answered_pct": 100.0 * kept / 8}
+
+    results = {"flood_pps": 100_000,
+               "capacity": {"xdp-teredo": cap(272_000, 544_000, 544_000, 0.0),
+                            "python": cap(5_000, 600_000, 9_000, 90.0),
+                            "miredo": cap(92_000, 600_000, 184_000, 9.5)},
+               "flood": {"xdp-teredo": fl(8), "python": fl(0), "miredo": fl(8)},
+               "bpf": {"no limits": {"ns_per_rs": 150.0}}}
+    text = server_bench.summary(results)
+    assert "| xdp-teredo (XDP) | 272,000 (all offered: generator-bound) | 0 µs | 8/8 |" in text
+    assert "| xdp-teredo (--xdp-mode off) | 5,000 | 90 µs | 0/8 |" in text
+    assert "no limits: 150 ns" in text
