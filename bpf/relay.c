@@ -52,6 +52,28 @@
 #include "lib/limit.h"
 #include "lib/peer.h"
 
+/* ------------------------------------------------------------ checksum detour */
+
+/*
+ * A same-host sender's offload request (a checksum left pending, or a GSO packet)
+ * that tc cannot carry out for good: no helper changes the skb's offload state. The
+ * packet goes out of the relay's checksum veth (relay/csum_veth.py), whose transmit
+ * path has no offloads: the kernel finishes checksums and segments GSO there, and
+ * the skb comes back in at the other end CHECKSUM_NONE, where this program takes
+ * it like a packet from another machine. What comes back still looking pending (a
+ * complete checksum equal to the pseudo-header sum, once in 65536), or with no
+ * checksum veth configured, is the stack's: never sent round twice.
+ */
+static __always_inline int tc_csum_detour(struct __sk_buff *skb, __u32 *ret)
+{
+	const struct teredo_config *cfg = config_get();
+
+	if (!cfg || !cfg->csum_out_ifindex || skb->ingress_ifindex == cfg->csum_in_ifindex)
+		return TEREDO_R_RELAY_OFFLOAD_PENDING;
+	*ret = bpf_redirect(cfg->csum_out_ifindex, 0);
+	return TEREDO_R_RELAY_CSUM_DETOUR;
+}
+
 /* ------------------------------------------------------------ decapsulation */
 
 /* The receive decision (lib/peer.h), then the relay's own (§5.4.2). */
@@ -156,11 +178,12 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	reason = relay_rx_decide(data, data_end, skb->len, &rx);
 	if (reason != RELAY_GO)
 		return reason;
-	/* Such an skb stays CHECKSUM_PARTIAL, pointing into the headers we would strip:
-	 * an offloading device further on would "complete" a checksum there. The stack
-	 * (the socket) takes it; only a Teredo client on this very host sends these. */
+	/* Only a Teredo client on this very host sends these (a veth passes its UDP
+	 * checksum on unfinished). Stripped as it is, the skb would keep csum_start
+	 * inside the headers we remove (the moved MAC header): a device further on that
+	 * finishes checksums would write into the Ethernet type. */
 	if (rx.udp_csum_pending)
-		return TEREDO_R_RELAY_OFFLOAD_PENDING;
+		return tc_csum_detour(skb, ret);
 	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, skb->ingress_ifindex);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	/* bpf_redirect_neigh resolves a missing neighbour itself: not a reason to stop. */
@@ -415,11 +438,12 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	 * segmentation, or a TCP/UDP checksum. The skb keeps CHECKSUM_PARTIAL whatever
 	 * we write, so completing it here would be undone by any offloading device
 	 * further on; and an encapsulated GSO packet that reaches a Teredo client's
-	 * socket on this host unsegmented is one huge datagram. The stack, forwarding
-	 * into the tun (no offloads), segments and completes: slow path, but right.
+	 * socket on this host unsegmented is one huge datagram. Round the checksum
+	 * veth, which segments and completes (tc_csum_detour); without one, the stack,
+	 * forwarding into the tun (no offloads): slow path, but right.
 	 */
 	if (skb->gso_size)
-		return TEREDO_R_RELAY_OFFLOAD_PENDING;
+		return tc_csum_detour(skb, ret);
 	at = relay_l4_csum_offset(ip6->nexthdr);
 	if (at >= 0) {
 		__u16 *field = (void *)(ip6 + 1) + at;
@@ -428,7 +452,7 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 			return TEREDO_R_TX_MALFORMED;
 		if (csum_left_to_offload(*field, ipv6_pseudo_sum(ip6, ip6_len - TEREDO_IPV6_HDR_LEN,
 								  ip6->nexthdr)))
-			return TEREDO_R_RELAY_OFFLOAD_PENDING;
+			return tc_csum_detour(skb, ret);
 	}
 	hop_limit = ip6->hop_limit - 1;
 

@@ -28,28 +28,10 @@ SERVER = "192.0.2.1"
 QUALIFY_TIMEOUT = 45.0
 
 
-def nic_without_encap_offloads(lab, role: str, nic: str = "eth0") -> None:
-    """Make the lab NIC finish checksums and segmentation itself, as a NIC without
-    encapsulation offloads does.
-
-    Why: TCP and UDP leave the stack CHECKSUM_PARTIAL (and TCP as GSO super-packets);
-    the kernel completes both in validate_xmit_skb, which runs *after* the tun's tc
-    egress program. The program encapsulates them and redirects them to the NIC,
-    where validate_xmit_skb completes them (in software, or the NIC does, for a NIC
-    with encapsulation offloads). A veth advertises those offloads, and its peer
-    namespace delivers the packet locally without ever finishing them: the peer
-    reads an unfinished inner checksum. On hardware, or a veth whose traffic leaves
-    through one, this does not arise; in the lab every hop is a veth.
-    """
-    lab.run(role, "ethtool", "-K", nic, "tx", "off", "tx-udp_tnl-segmentation", "off",
-            "tx-udp_tnl-csum-segmentation", "off")
-
-
 def start_client(lab, role: str, *args: str, log: Optional[str] = None, wait: bool = True,
                  fast: bool = True, server: Optional[str] = SERVER):
     """Spawn `xdp-teredo attach eth0 [--server SERVER] ARGS` in `role`; wait for
     `qualified` unless wait=False."""
-    nic_without_encap_offloads(lab, role)
     cmd = [*CLI, "--log-format", "json", "attach", "eth0"]
     if server:
         cmd += ["--server", server]

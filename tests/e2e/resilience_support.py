@@ -51,7 +51,6 @@ def start_client(lab, role: str, *args: str, log: str, env: dict = None, server:
     XDP_TEREDO_PIN_ROOT); not waited for."""
     from tests.e2e import client_support as cs
 
-    cs.nic_without_encap_offloads(lab, role)
     prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
     cmd = [*prefix, *cs.CLI, "--log-format", "json", "attach", "eth0",
            "--server", server or cs.SERVER, *cs.FAST, *args]

@@ -75,6 +75,22 @@ def test_we_reach_miredo(teredo):
     assert there.ok and there.replies_from == [str(teredo.theirs.address)], there
 
 
+def _tx_checksum(lab, role):
+    out = lab.run(role, "ethtool", "-k", "eth0").stdout
+    return next(line.split(":")[1].split()[0] for line in out.splitlines()
+                if line.startswith("tx-checksumming:"))
+
+
+def test_offloads_are_as_the_kernel_set_them_but_our_veth_finishes_checksums(teredo):
+    """Nobody in the lab touched an offload (docs/client.md, "Checksums over a
+    veth"): Miredo's veth keeps them; ours turned its veth's tx checksum offload
+    off itself, so that Miredo's userspace decapsulation reads finished checksums."""
+    lab = teredo.lab
+    assert _tx_checksum(lab, "client2") == "on"
+    assert _tx_checksum(lab, "client1") == "off"
+    assert '"event": "nic_offloads_off"' in teredo.ours.output()
+
+
 def test_a_tcp_transfer_both_ways_takes_the_fast_path(teredo):
     lab = teredo.lab
     raw0 = cs.query(lab, "client1", "stats")
@@ -132,3 +148,10 @@ def test_peers_command_lists_them(teredo):
     assert res.returncode == 0
     assert str(teredo.theirs.address) in res.stdout
     assert str(teredo.lab["v6host"].ipv6[0]) in res.stdout
+
+
+def test_our_exit_gives_the_veth_its_offloads_back(teredo):
+    """Last in the module: it stops our client."""
+    teredo.ours.stop()
+    assert teredo.ours.returncode == 0, teredo.ours.output()[-2000:]
+    assert _tx_checksum(teredo.lab, "client1") == "on"

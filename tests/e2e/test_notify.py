@@ -131,7 +131,6 @@ def test_a_failed_start_never_says_ready(make_lab, manager):
 def _client(lab, manager, *args, log):
     from tests.e2e import client_support as cs
 
-    cs.nic_without_encap_offloads(lab, "client1")
     return lab.spawn("client1", "env", f"NOTIFY_SOCKET={manager.path}", "WATCHDOG_USEC=2000000",
                      *cs.CLI, "--log-format", "json", "attach", "eth0", *cs.FAST, *args,
                      log=log)
@@ -229,7 +228,6 @@ def test_the_client_runs_with_its_units_capabilities(client_lab, manager):
     from tests.e2e import client_support as cs
 
     require_tool("setpriv")
-    cs.nic_without_encap_offloads(client_lab, "client1")
     proc = client_lab.spawn(
         "client1", "env", f"NOTIFY_SOCKET={manager.path}", *_bounded("xdp-teredo@.service"),
         *cs.CLI, "--log-format", "json", "attach", "eth0", "--server", cs.SERVER, *cs.FAST,

@@ -17,11 +17,14 @@ Twice, because the lab's links are veths:
   redirecting into eth1, and the packets take the slow path instead of vanishing.
 
 Checksum offload: a sender on this host hands its veth TCP/UDP checksums (and TSO
-segments) to finish later, and over veths nobody ever does. A relay's traffic
+segments) to finish later, and over veths nobody ever does. The Miredo clients keep
+their offloads as the kernel sets them: their UDP checksums arrive pending, and tc
+sends those packets round the relay's checksum veth, which finishes them, and
+decapsulates them on the way back (`relay_csum_detour`, relay.md). Native traffic
 normally comes from other machines, complete; so the tc phase first runs with TX
-offload off at the clients and v6host, as remote hosts would look, then turns it
-on to show that tc leaves such packets to the stack (correct, slow path), while
-the XDP phase runs with it on: XDP completes the checksums itself (relay.md).
+offload off at v6host, as a remote host would look, then turns it on: its checksums
+and TSO go round the checksum veth too, while the XDP phase runs with it on: XDP
+completes the checksums itself (relay.md).
 
 The relay pins its maps under a bpffs mounted outside /sys (`ip netns exec` hides
 /sys/fs/bpf), so `xdp-teredo stats --json` reads them as it reads a client's.
@@ -100,7 +103,7 @@ def teredo(make_module_lab, pin_root):
     require_tool("miredo-server")
     require_tool("ethtool")
     lab = make_module_lab("server", *CLIENTS, "v6host")
-    _tx_offload(lab, "off", *SENDERS)
+    _tx_offload(lab, "off", "v6host")
     server = miredo.start_server(lab, "server")
     clients = {role: miredo.start_client(lab, role, server.primary) for role in CLIENTS}
     return SimpleNamespace(lab=lab, server=server, clients=clients, pin_root=pin_root,
@@ -223,6 +226,10 @@ def test_clients_and_v6host_reach_each_other_through_tc(teredo, tc_relay):
     # steady state went through BPF (the very first may wait for the bubbles).
     assert after["decapsulated"] - before["decapsulated"] >= 8, after
     assert after["encapsulated"] - before["encapsulated"] >= 8, after
+    # The Miredo clients' UDP checksums arrive pending (offloads as the kernel set
+    # them): round the checksum veth, then decapsulated; none left to the stack.
+    assert after["relay_csum_detour"] - before["relay_csum_detour"] >= 8, after
+    assert after["relay_offload_pending"] == before["relay_offload_pending"], after
     # The first packet to each client took the §5.4.1 way: bubbles, then trust.
     slow = _slow(teredo)
     assert slow["bubble_indirect"] >= 2 and slow["peer_trusted"] >= 2, slow
@@ -260,16 +267,21 @@ def test_tcp_transfer_takes_the_tc_fast_path(teredo, tc_relay):
     _check_fast_path_carried_the_transfer(teredo, "client1", 5001)
 
 
-def test_tc_leaves_offloads_of_local_senders_to_the_stack(teredo, tc_relay):
+def test_tc_sends_offloads_of_local_senders_round_the_checksum_veth(teredo, tc_relay):
     """Checksums and TSO left to offload by senders on this host: tc cannot finish
-    them for good (the skb keeps its offload state), so the stack does, on the slow
-    path; the transfer arrives intact."""
+    them for good (the skb keeps its offload state), so they go out of the relay's
+    checksum veth, which finishes and segments them, and tc takes them when they
+    come back in; the transfer arrives intact, and nothing is left to the stack."""
     _tx_offload(teredo.lab, "on", *SENDERS)
     before = _fast(teredo)
     size = 300_000
     assert _transfer(teredo, "client1", 5003, size) == size
     after = _fast(teredo)
-    assert after["relay_offload_pending"] - before["relay_offload_pending"] >= 50, after
+    # v6host's segments (GSO units) and the Miredo client's ACKs (pending UDP
+    # checksums) alike.
+    assert after["relay_csum_detour"] - before["relay_csum_detour"] >= 50, after
+    assert after["relay_offload_pending"] == before["relay_offload_pending"], after
+    assert after["encapsulated"] - before["encapsulated"] >= size // 1220, after
 
 
 # --------------------------------------------------------------------- with GRO: XDP

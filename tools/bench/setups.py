@@ -61,11 +61,9 @@ def prepare_lab(lab) -> None:
     - IPv4 forwarding on the relay (the plain path needs it; so does bpf_fib_lookup
       for our relay's XDP encapsulation);
     - GRO on the far ends of the relay's veths, so that they take XDP-redirected
-      frames (a real NIC does);
-    - the endpoints finish checksums and segmentation themselves, as traffic from
-      another machine arrives (roles.veth_without_encap_offloads explains why a
-      tunnel between two namespaces needs it). Applied to every implementation,
-      the plain path included.
+      frames (a real NIC does).
+    The offloads stay as the kernel sets them: our client turns a veth NIC's
+    tx checksum offload off itself while it runs (xdp_teredo/net/offloads.py).
     """
     lab.run("relay", "ip", "addr", "add", f"{RELAY_LAN_IPV4}/28", "dev", lab["relay"].lan)
     lab.run("v6host", "ip", "addr", "add", f"{V6HOST_IPV4}/28", "dev", lab["v6host"].uplink)
@@ -74,8 +72,6 @@ def prepare_lab(lab) -> None:
     lab.run("inet", "ip", "route", "add", "192.0.2.32/28", "via", str(lab["relay"].ipv4[0]))
     lab.run("inet", "ethtool", "-K", "to-relay", "gro", "on")
     lab.run("v6host", "ethtool", "-K", lab["v6host"].uplink, "gro", "on")
-    for host in ("client1", "client2", "public", "v6host"):
-        roles.veth_without_encap_offloads(lab, host, lab[host].uplink)
 
 
 def plain(lab, path: str) -> Endpoint:

@@ -14,9 +14,11 @@
 Set-up (as root, in this order; daemon/base.py undoes what was made if a step
 fails): the control socket (the lock against a second client with the same
 tunnel), the BPF programs (compiled in a child, not attached), the tunnel, the
-UDP socket bound to the NIC's address, the data path attached and configured
-disabled until qualified, the inbound guard, the hook, the NIC watch. Then the
-skeleton drops root (--user keeps CAP_NET_ADMIN only) and serves.
+UDP socket bound to the NIC's address, the data path attached (on a veth NIC, its
+tx checksum offload off: net/offloads.py) and configured disabled until qualified,
+the inbound guard, the hook, the NIC watch, local discovery (client/discovery.py,
+§5.2.8). Then the skeleton drops root (--user keeps CAP_NET_ADMIN only) and
+serves.
 
 Events: a UDP datagram is a Router Advertisement for the Qualification, or, once
 qualified, goes to PeerList.on_incoming (§5.2.3); a packet read from the tun to
@@ -56,6 +58,7 @@ from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.qualification import Mapping, Qualification, State
 from ..teredo.ratelimit import Limits
+from . import discovery
 from .interface import FollowingTheNic
 from .plan import Plan, pin_root
 from .qualify import Qualifying
@@ -145,6 +148,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         previous = self.prog.config.read() if running is not None else None
         self.own_socket(self._bind(previous))
         self.own_datapath(self._attach(running))
+        self.own_nic_offloads()
         self.start_peer_sync(self.att.peers)
         if running is not None:
             self._resume = self._resumable(previous)
@@ -158,6 +162,7 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self._guard_and_limits()
         self.own_hook()
         self._watch_nic()
+        discovery.start(self)
         self.listen()
 
     def own_tunnel(self, tunnel) -> None:
@@ -179,6 +184,16 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         # that is about to go away.
         self.att = att
         self.teardown.push("data path", att.detach, keep=att.release)
+
+    def own_nic_offloads(self) -> None:
+        # On a veth, the NIC's transmit path finishes checksums (net/offloads.py);
+        # restored at exit, left as it is while a kept fast path runs on.
+        from ..net import offloads
+
+        nic = self.plan.nic
+        restore = offloads.finish_checksums_on_veth(nic.name, nic.kind)
+        if restore is not None:
+            self.teardown.push("NIC offloads", restore, keep=lambda: None)
 
     def own_hook(self) -> None:
         from .hook import Hook

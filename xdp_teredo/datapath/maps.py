@@ -183,6 +183,9 @@ class Config:
     peer_timeout: float = constants.PEER_RECENT  # seconds; 0: never stale
     mtu: int = constants.TEREDO_MTU
     l2_len: int = 0
+    # The relay's checksum veth (relay/csum_veth.py): out of one end, back in at the other.
+    csum_out_ifindex: int = 0
+    csum_in_ifindex: int = 0
 
     def __post_init__(self):
         self.local_ipv4 = ipaddress.IPv4Address(self.local_ipv4)
@@ -207,6 +210,7 @@ class Config:
             local_ipv4=_be32(self.local_ipv4), local_port=_be16(self.local_port),
             flags=int(self.flags), nic_ifindex=self.nic_ifindex, tun_ifindex=self.tun_ifindex,
             peer_timeout_ns=int(round(self.peer_timeout * 1e9)), mtu=self.mtu, l2_len=self.l2_len,
+            csum_out_ifindex=self.csum_out_ifindex, csum_in_ifindex=self.csum_in_ifindex,
         )
         ctypes.memmove(value.teredo_addr, self.teredo_address.packed, 16)
         return value
@@ -222,6 +226,7 @@ class Config:
             learn_peers=bool(flags & layout.ConfigFlag.LEARN_PEERS),
             relay=bool(flags & layout.ConfigFlag.RELAY),
             peer_timeout=value.peer_timeout_ns / 1e9, mtu=value.mtu, l2_len=value.l2_len,
+            csum_out_ifindex=value.csum_out_ifindex, csum_in_ifindex=value.csum_in_ifindex,
         )
 
 

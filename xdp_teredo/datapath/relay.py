@@ -238,6 +238,13 @@ class RelayAttachment(Hooks):
         _log.info("relay_datapath_adopted", hooks={str(k): v for k, v in self.hooks.items()},
                   replaced=self.replaced or None, maps=running.map_ids, pin_dir=self.pin_dir)
 
+    def attach_back_in(self, ifindex: int) -> None:
+        """The tc program on the checksum veth's way back in (relay/csum_veth.py), for
+        an adopted data path: the pair is new, so its hook is too."""
+        self._tc_filter(ifindex, TC_INGRESS, self.prog.functions[HOOK_TC],
+                        "checksum veth ingress", "relay.detach_stale")
+        self.hooks[ifindex] = HOOK_TC
+
     def release(self) -> None:
         """Leave everything attached and pinned (a crash while serving): the next
         relay adopts it (adopt.find_relay) or replaces it (detach_stale)."""

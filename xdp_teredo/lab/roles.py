@@ -47,19 +47,6 @@ def cli(lab, host: str, *args: str, check: bool = False, timeout: float = 30.0):
     return lab.run(host, *CLI, *args, check=check, timeout=timeout)
 
 
-def veth_without_encap_offloads(lab, host: str, nic: str = "eth0") -> None:
-    """Have the lab NIC finish checksums and segmentation itself.
-
-    The stack leaves TCP/UDP checksums (and TCP segmentation) to be finished at the
-    NIC, after the tun's tc program has encapsulated the packet. A real NIC, or a
-    veth whose traffic leaves through one, finishes them; between two namespaces
-    on one machine a veth hands the unfinished packet over and the far end sees a
-    bad inner checksum (docs/client.md, "Limits and caveats").
-    """
-    lab.run(host, "ethtool", "-K", nic, "tx", "off", "tx-udp_tnl-segmentation", "off",
-            "tx-udp_tnl-csum-segmentation", "off")
-
-
 def start_server(lab, impl: str, host: str = "server") -> Role:
     _check(impl)
     if impl == "miredo":
@@ -91,7 +78,6 @@ def start_client(lab, impl: str, host: str, server, *args: str) -> Role:
     if impl == "miredo":
         cl = miredo.start_client(lab, host, server)
         return Role("client", host, impl, cl.process, cl.address)
-    veth_without_encap_offloads(lab, host)
     proc = lab.spawn(host, *CLI, "--log-format", "json", "attach", lab[host].uplink,
                      "--server", server, *args, log=f"{host}-xdp-teredo-client.log")
     proc.wait_for_output(r'"event": "qualified"', timeout=START_TIMEOUT)

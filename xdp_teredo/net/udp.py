@@ -52,6 +52,9 @@ class TeredoSocket:
         if not 0 <= bind_port <= 0xFFFF:
             raise ValueError(f"port out of range: {bind_port}")
         self.refusals: collections.Counter = collections.Counter()
+        # Non-global IPv4 networks we may send to all the same: our own link's, and
+        # the local discovery group, when client/discovery.py runs (RFC 4380 §5.2.8).
+        self.also_allowed: tuple = ()
         self.sent = 0
         self.received = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
@@ -89,7 +92,8 @@ class TeredoSocket:
     def sendto(self, payload: bytes, address: IPv4Like, port: int) -> bool:
         """Send one datagram; False (and a counted refusal) if it was not sent."""
         destination = as_ipv4(address)
-        if not is_global_unicast(destination):
+        if not is_global_unicast(destination) and \
+                not any(destination in net for net in self.also_allowed):
             self.refusals[REFUSED_NOT_GLOBAL] += 1
             return False
         try:

@@ -39,7 +39,7 @@ from ..teredo import constants, encap, guard
 from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.ratelimit import Limits
-from . import announce, egress
+from . import announce, csum_veth, egress
 from . import plan as rp
 
 IPv4Address = ipaddress.IPv4Address
@@ -62,6 +62,7 @@ class RelayDaemon(TunnelDaemon):
         self.peers = peerlist.PeerList(self.clock, rng=rng, relay=True,
                                        capacity=config.max_peers, accept_unknown=config.learn)
         self.ipv4 = self.ipv6 = None       # plan.Device
+        self.csum_veth = None              # (out, in) ifindexes of relay/csum_veth.py
         self.address: Optional[IPv4Address] = None
         self.icmp_address: Optional[IPv6Address] = None
         self.bubble_address = rp.bubble_source(rng)
@@ -111,6 +112,9 @@ class RelayDaemon(TunnelDaemon):
                 m.close()
         self.teardown.push_always("BPF programs", self.prog.close)
         self.checkpoint()
+        # Left in place by a crash (kept with the data path), replaced at the next start.
+        self.csum_veth = csum_veth.create(cfg.tunnel)
+        self.teardown.push("checksum veth", lambda: csum_veth.remove(cfg.tunnel))
         # Pins under the bpffs could not be removed once we are not root: a relay
         # that drops root pins nothing (the control socket serves `stats`).
         self.att = self.egress.attach(pin_root, running,
@@ -177,7 +181,9 @@ class RelayDaemon(TunnelDaemon):
         self.prog.config.write(Config(
             local_ipv4=self.address, local_port=cfg.port, nic_ifindex=self.ipv4.ifindex,
             tun_ifindex=self.tunnel.ifindex, enabled=True, learn_peers=cfg.learn, relay=True,
-            peer_timeout=constants.PEER_RECENT, mtu=constants.TEREDO_MTU, l2_len=14))
+            peer_timeout=constants.PEER_RECENT, mtu=constants.TEREDO_MTU, l2_len=14,
+            csum_out_ifindex=(self.csum_veth or (0, 0))[0],
+            csum_in_ifindex=(self.csum_veth or (0, 0))[1]))
         # The guard too; the slow path decides with the same policy and maps.
         self.prog.guard.configure(cfg.inbound)
         self.guard = guard.Guard(cfg.inbound, self.prog.guard.flows, self.prog.guard.fragments,

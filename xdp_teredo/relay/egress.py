@@ -47,6 +47,8 @@ class Egress:
                                            ipv4_forwarding=forwarding4, path=path)
         r.configure_datapath()
         r.prog.egress.set(redirect.xdp_targets(self.checks, path))
+        # The checksum veth's way back in (relay/csum_veth.py) always takes tc.
+        back_in = {r.csum_veth[1]: redirect.HOOK_TC} if r.csum_veth else {}
         if running is not None:
             chosen = {h.ifindex: h for h in self.hooks}
             for ifindex, hook in running.hooks.items():
@@ -58,12 +60,14 @@ class Egress:
                                               "adopted from the relay that ran before")
                           for h in self.hooks]
             att = r.prog.adopt(running, pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
+            for ifindex in back_in:  # a new pair: csum_veth.create replaced the old one
+                att.attach_back_in(ifindex)
             for hook in self.hooks:
                 r.log.info("relay_hook", interface=hook.name, hook=hook.hook, why=hook.why,
                            adopted=True)
             return att
         try:
-            att = r.prog.attach({h.ifindex: h.hook for h in self.hooks},
+            att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
                                 pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         except XdpUnsupported as err:
             # A driver without native XDP: tc there (generic XDP would gain nothing).
@@ -71,7 +75,7 @@ class Egress:
                           redirect.HookChoice(h.ifindex, h.name, redirect.HOOK_TC,
                                               f"the driver of {h.name} has no native XDP")
                           for h in self.hooks]
-            att = r.prog.attach({h.ifindex: h.hook for h in self.hooks},
+            att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
                                 pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         for hook in self.hooks:
             fallback = hook.hook == redirect.HOOK_TC and path == "auto"

@@ -203,6 +203,11 @@ class PeerList:
         self._by_activity = {False: _LazyHeap(), True: _LazyHeap()}  # by `trusted`
         self._deadlines = _LazyHeap()
         self._holding: Dict[IPv6Address, None] = {}  # peers with queued packets
+        # Local discovery (§5.2.8, client/discovery.py): the IPv4 networks of our own
+        # link (empty: off), and the local address and port each peer found on it
+        # has there, which its Teredo address cannot tell.
+        self.local_networks: tuple = ()
+        self._local: Dict[IPv6Address, Tuple[IPv4Address, int]] = {}
 
     def __len__(self) -> int:
         return len(self.peers)
@@ -266,10 +271,12 @@ class PeerList:
         peer.last_tx = now
         # Direct first: it opens our own NAT for the answer the indirect one asks for;
         # to the mapping proven before, if any (a stale trusted peer). The indirect
-        # one carries our challenge: its answer may come from another mapping.
+        # one carries our challenge: its answer may come from another mapping. A
+        # peer on our own link answers from its local address (§5.2.8); a NAT that
+        # does not hairpin would never bring the bubble to its mapped one.
         challenge = self.challenge(dst)
-        direct = SendDirectBubble(dst, peer.mapped_ip, peer.mapped_port,
-                                  source=challenge if self.relay else None)
+        ip, port = self._local.get(dst, (peer.mapped_ip, peer.mapped_port))
+        direct = SendDirectBubble(dst, ip, port, source=challenge if self.relay else None)
         return actions + [direct, SendIndirectBubble(dst, server, source=challenge)]
 
     def _outgoing_native(self, dst: IPv6Address, packet: bytes, now: float) -> list:
@@ -348,6 +355,8 @@ class PeerList:
             actions += self._received(peer, now)
             return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
 
+        if parts is not None and parts[1:] != udp and self.is_local(udp[0]):
+            return actions + self._incoming_local(pkt, src, udp, now)
         if parts is not None:
             if parts[1:] != udp:
                 return actions + self._challenge_mismatch(peer, src, parts, now)
@@ -497,6 +506,50 @@ class PeerList:
         self.drops[reason] += 1
         return []
 
+    # -- local discovery (RFC 4380 §5.2.8, as Miredo 1.3 has it) --
+
+    def is_local(self, ip) -> bool:
+        """Whether an IPv4 address is on one of our own link's networks."""
+        ip = _ipv4(ip)
+        return any(ip in net for net in self.local_networks)
+
+    def on_local_discovery(self, address, ip, port: int) -> list:
+        """A discovery bubble (to 224.0.0.253) from `address`, sent from ip:port on
+        our link: note where it is and send it a direct bubble there. It is trusted
+        once it answers from there (_incoming_local), not on the multicast alone."""
+        src, udp = _ipv6(address), (_ipv4(ip), int(port))
+        if teredo_parts(src) is None or not self.is_local(udp[0]):
+            return self._drop("discovery_not_local")
+        now = self._clock.monotonic()
+        try:
+            peer, actions = self._lookup_or_create(src, now)
+            self._local[src] = udp
+            if peer.trusted and peer.mapping == udp:
+                return actions
+            peer.last_tx = now
+            return actions + [SendDirectBubble(src, udp[0], udp[1])]
+        finally:
+            self._refile_address(src)
+
+    def _incoming_local(self, pkt: Incoming, src: IPv6Address, udp, now: float) -> list:
+        """A Teredo source whose mapping is not the UDP source, from an address of
+        our own link: a peer behind the same NAT, talking to us directly (§5.2.8).
+        Trusted at its local address, as Miredo 1.3 does for discovered networks:
+        the link is where the NAT's protection ends anyway. The first time, a direct
+        bubble back, so that it trusts us too (its answer to ours finds us trusted
+        and asks for nothing more: the exchange ends)."""
+        peer, actions = self._lookup_or_create(src, now)
+        known = peer.trusted and peer.mapping == udp
+        self._local[src] = udp
+        actions += self._trust(peer, udp, now)
+        if not known:
+            peer.last_tx = now
+            actions.append(SendDirectBubble(src, udp[0], udp[1]))
+        return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
+
+    def local_peers(self) -> Dict[IPv6Address, Tuple[IPv4Address, int]]:
+        return dict(self._local)
+
     def _lookup_or_create(self, address: IPv6Address, now: float) -> Tuple[Peer, list]:
         peer = self.peers.get(address)
         if peer is not None:
@@ -550,6 +603,7 @@ class PeerList:
     def _remove(self, peer: Peer, reason: str) -> list:
         del self.peers[peer.address]
         self._order.pop(peer.address, None)
+        self._local.pop(peer.address, None)
         for index in (self._by_activity[False], self._by_activity[True], self._deadlines):
             index.discard(peer.address)
         self._holding.pop(peer.address, None)
