@@ -11,8 +11,15 @@ from xdp_teredo.teredo import encap
 from xdp_teredo.teredo.address import TeredoAddress
 from xdp_teredo.teredo.clock import FakeClock
 from xdp_teredo.teredo.packet import build_bubble
-from xdp_teredo.teredo.peers import (Deliver, Incoming, PeerList, PeerTrusted, SendDirect,
-                                     SendDirectBubble, SendIndirectBubble)
+from xdp_teredo.teredo.peers import (
+    Deliver,
+    Incoming,
+    PeerList,
+    PeerTrusted,
+    SendDirect,
+    SendDirectBubble,
+    SendIndirectBubble,
+)
 
 IPv4, IPv6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 SERVER = IPv4("192.0.2.1")
@@ -61,11 +68,16 @@ def test_the_answer_from_the_local_address_trusts_it_there_and_answers_once():
     assert data == [Deliver(PKT)]
 
 
-def test_without_local_networks_a_mismatching_source_is_still_dropped():
+def test_without_local_networks_a_mismatching_source_is_dropped_and_only_challenged():
     _, peers = make()
     peers.local_networks = ()
-    assert peers.on_incoming(incoming()) == []
+    actions = peers.on_incoming(incoming())
+    # Not delivered, not trusted at its UDP source: a challenge through the server
+    # its address names, never to the UDP source (trust on proof, docs/security.md).
+    assert [type(a) for a in actions] == [SendIndirectBubble]
+    assert (actions[0].peer, actions[0].server) == (PEER, SERVER)
     assert peers.drops["teredo_source_mismatch"] == 1
+    assert not peers.get(PEER).trusted
 
 
 def test_sending_to_a_local_peer_that_went_quiet_bubbles_its_local_address():
