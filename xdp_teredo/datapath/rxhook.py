@@ -2,7 +2,7 @@
 
 Both work on any device (bpf/client.c has xdp_teredo_rx + tc_teredo_ingress, and
 the tc-only tc_teredo_rx); what differs is the cost, and it depends on the device
-(docs/kernel-notes.md, "Receive hook"):
+(docs/kernel-notes.md, "Helpers and hooks"):
 
 - a driver with native XDP (a physical NIC, virtio_net): XDP runs on the driver's
   buffer before any skb exists: the cheapest place;
