@@ -104,8 +104,8 @@ def test_relay(make_lab, moment):
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
 def test_server(make_lab, delay):
-    """The server's set-up is short (two sockets): stopped as soon as its control
-    socket is up, and a little later."""
+    """The server's set-up is short (two sockets; its XDP program compiles while it
+    serves): stopped as soon as its control socket is up, and a little later."""
     lab = make_lab("server")
     proc = lab.spawn("server", *CLI, "server", "--bind", "192.0.2.1", log=f"server-{delay}.log")
     _wait("control socket", lambda: _listening(lab, "server", "@xdp-teredo-server"), proc)
@@ -113,3 +113,6 @@ def test_server(make_lab, delay):
     _terminate(proc, "server")
     assert not _listening(lab, "server", "@xdp-teredo-server")
     assert "3544" not in lab.run("server", "ss", "-u", "-l", "-n").stdout
+    # It serves while its XDP program compiles: the teardown stops that child.
+    assert not cs.events(proc, "server_fast_path_ready")
+    _no_compiler_left(proc)

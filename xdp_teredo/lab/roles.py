@@ -69,6 +69,10 @@ def start_server(lab, impl: str, host: str = "server") -> Role:
     proc = lab.spawn(host, *CLI, "--log-format", "json", "server", "--bind", str(primary),
                      log=f"{host}-xdp-teredo-server.log")
     proc.wait_for_output(r'"event": "server_started"', timeout=START_TIMEOUT)
+    # It answers from Python at once; XDP follows once compiled (the benchmark's
+    # server runs as it does in service).
+    proc.wait_for_output(r'"event": "(server_fast_path_ready|server_xdp_unavailable)"',
+                         timeout=START_TIMEOUT)
     return Role("server", host, impl, proc)
 
 
