@@ -204,3 +204,13 @@ def test_status_text_says_the_receive_hook_why_and_the_fast_path():
     lines = status_lines({"state": "qualified", "decap": "tc", "decap_why": "eth0 is a veth",
                           "fast_path": "compiling", "fast_path_s": None})
     assert "decap      tc (eth0 is a veth)" in lines and "fast path  compiling" in lines
+
+
+def test_the_startup_target_is_judged_on_the_median():
+    from tools.bench import report
+
+    runs = [{"address_s": 0.3, "fast_path_s": 2.8}] * 5
+    lines = report.targets({"startup": {"xdp-teredo": {"runs": runs, "address_s": 0.3,
+                                                       "fast_path_s": 2.8}}}, {})
+    [line] = [l for l in lines if "attach" in l]
+    assert "0.30 s, **met**" in line and "2.80 s" in line and "5 starts" in line
