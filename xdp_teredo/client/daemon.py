@@ -121,11 +121,7 @@ class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
     # -- set-up, as root ---------------------------------------------------------------
 
     def setup(self) -> None:
-        from ..datapath import adopt
-        from ..datapath.client import ClientDatapath
-        from ..net.tunnel import Tunnel
-
-        config, nic = self.config, self.plan.nic
+        config = self.config
         self.open_control(tunnel_socket(config.tunnel),
                           f"a Teredo client or relay with tunnel {config.tunnel}",
                           "stop it, or use --tunnel NAME")
@@ -230,7 +226,7 @@ class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
         return TeredoSocket(nic.ipv4, port, device=nic.name)
 
     def _attach(self, running):
-        nic, config = self.plan.nic, self.config
+        nic = self.plan.nic
         # Pins under /sys/fs/bpf could not be removed once we are not root; the
         # control socket serves the statistics either way.
         pin = "auto" if self._stays_root() else False
