@@ -305,8 +305,10 @@ def _hidden_seconds(name: str, help_text: str):
 @click.option("--hook", default=None, metavar="PATH",
               help="Run PATH on every change with Miredo's client-hook environment.")
 @click.option("--xdp-mode", type=click.Choice(list(XDP_MODES)), default=None,
-              help="XDP attach mode on IFACE; off: decapsulate in tc instead, which costs "
-                   "less on a veth (containers).  [default: auto]")
+              help="Receive hook on IFACE. auto: per device, XDP where the driver has "
+                   "native XDP, tc on a veth (containers) or a driver without it (`status` "
+                   "says which and why); native/generic: XDP in that mode; off: tc.  "
+                   "[default: auto]")
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A miredo.conf.  [default: /etc/miredo/miredo.conf if it exists]")
 @click.option("--restart-safe", is_flag=True, default=False,

@@ -23,23 +23,35 @@ CLI = [sys.executable, "-m", "xdp_teredo.cli"]
 FAST = ["--refresh-interval", "2", "--qualification-timeout", "1", "--restart-delay", "2",
         "--sync-interval", "1"]
 SERVER = "192.0.2.1"
-# Compiling the BPF programs takes ~8 s; two clients compiling at once on 2 cores
-# take longer.
+# A client qualifies on its slow path at once; compiling the BPF programs takes
+# ~8 s more before the fast path carries the traffic (fast_path_ready); two clients
+# compiling at once on 2 cores take longer.
 QUALIFY_TIMEOUT = 45.0
+# Where XDP itself is what a test looks at: --xdp-mode auto takes tc on a veth
+# (datapath/rxhook.py), so those tests force it.
+XDP = ("--xdp-mode", "native")
 
 
 def start_client(lab, role: str, *args: str, log: Optional[str] = None, wait: bool = True,
                  fast: bool = True, server: Optional[str] = SERVER):
     """Spawn `xdp-teredo attach eth0 [--server SERVER] ARGS` in `role`; wait for
-    `qualified` unless wait=False."""
+    `qualified` and the fast path (wait_ready) unless wait=False."""
     cmd = [*CLI, "--log-format", "json", "attach", "eth0"]
     if server:
         cmd += ["--server", server]
     cmd += [*(FAST if fast else []), *args]
     proc = lab.spawn(role, *cmd, log=log or f"{role}-client.log")
     if wait:
-        proc.wait_for_output(r'"event": "qualified"', timeout=QUALIFY_TIMEOUT)
+        wait_ready(proc)
     return proc
+
+
+def wait_ready(proc, timeout: float = QUALIFY_TIMEOUT) -> None:
+    """Qualified, and the fast path carrying the traffic: the client qualifies on
+    its slow path first and hands the peers over once the programs are loaded
+    (client/handover.py), so a test that counts fast-path packets waits for both."""
+    proc.wait_for_output(r'"event": "qualified"', timeout=timeout)
+    proc.wait_for_output(r'"event": "fast_path_ready"', timeout=timeout)
 
 
 def cli(lab, role: str, *args: str, check: bool = False, timeout: float = 30.0):

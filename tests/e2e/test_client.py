@@ -98,13 +98,21 @@ def test_the_tunnel_looks_like_miredos(teredo):
 
 
 def test_the_data_path_is_attached_and_sees_the_server_traffic(teredo):
+    """--xdp-mode auto (the default) on the lab's veth: tc, and `status` says why
+    (native XDP on a veth copies every frame: datapath/rxhook.py)."""
     lab = teredo.lab
-    assert "prog/xdp" in lab.run("client1", "ip", "link", "show", "dev", "eth0").stdout
+    code, info = cs.status(lab, "client1")
+    assert code == 0 and info["decap"] == "tc" and info["xdp"] is None, info
+    assert "eth0 is a veth" in info["decap_why"], info
+    assert info["fast_path"] == "on" and info["fast_path_s"] > 0, info
+    assert "prog/xdp" not in lab.run("client1", "ip", "link", "show", "dev", "eth0").stdout
     ingress = lab.run("client1", "tc", "filter", "show", "dev", "eth0", "ingress").stdout
     egress = lab.run("client1", "tc", "filter", "show", "dev", "teredo", "egress").stdout
-    assert "tc_teredo_ingress" in ingress and "tc_teredo_tx" in egress
+    assert "tc_teredo_rx" in ingress and "tc_teredo_tx" in egress
+    [started] = cs.events(teredo.client, "client_started")
+    assert started["fast_path"] == "compiling" and started["decap"] == "tc", started
     before = cs.packets(cs.query(lab, "client1", "stats"))
-    # Refresh RAs carry an authentication header: XDP leaves them to the socket.
+    # Refresh RAs carry an authentication header: the fast path leaves them to the socket.
     cs.wait_until("a refresh RA counted as rx_auth",
                   lambda: cs.packets(cs.query(lab, "client1", "stats"))["rx_auth"]
                   > before["rx_auth"], timeout=10)
@@ -256,7 +264,7 @@ def test_sigterm_leaves_nothing_and_detach_cleans_up_after_sigkill(make_lab, hoo
     miredo.start_server(lab)
     hook = hooks.script("env-hook-stop", cs.ENV_HOOK)
 
-    client = cs.start_client(lab, "client1", "--hook", hook, log="term.log")
+    client = cs.start_client(lab, "client1", "--hook", hook, *cs.XDP, log="term.log")
     assert cs.leftovers(lab, "client1")["xdp"]
     assert client.stop() == 0
     assert cs.leftovers(lab, "client1") == cs.NOTHING_LEFT
@@ -266,7 +274,7 @@ def test_sigterm_leaves_nothing_and_detach_cleans_up_after_sigkill(make_lab, hoo
     assert states == ["up", "down", "destroy"]   # Miredo's last two runs at exit
     assert lab.run("client1", "ip", "-6", "route", "show", "default").stdout == ""
 
-    client = cs.start_client(lab, "client1", log="kill.log")
+    client = cs.start_client(lab, "client1", *cs.XDP, log="kill.log")
     os.kill(client.pid, signal.SIGKILL)
     client.wait(timeout=10)
     left = cs.leftovers(lab, "client1")

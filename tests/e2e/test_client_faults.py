@@ -46,12 +46,12 @@ def teredo(make_module_lab, tmp_path_factory):
                        log="xdp-teredo-server.log")
     server.wait_for_output(r'"event": "server_started"', timeout=10)
     not_bpffs = tmp_path_factory.mktemp("pins")   # a plain directory
-    one = rs.start_client(lab, "client1", "--restart-safe", "--user", "root",
+    one = rs.start_client(lab, "client1", "--restart-safe", "--user", "root", *cs.XDP,
                           "--peer-max", str(PEER_MAX), log="client1.log",
                           env={"XDP_TEREDO_PIN_ROOT": not_bpffs})
     two = cs.start_client(lab, "client2", wait=False)
     for proc in (one, two):
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)
     t = SimpleNamespace(lab=lab, procs={"client1": one, "client2": two}, pin_root=str(not_bpffs))
     t.address = lambda role: cs.status(lab, role)[1]["address"]
     assert lab.ping("client1", t.address("client2"), count=3, deadline=10).ok

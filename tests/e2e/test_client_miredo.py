@@ -32,9 +32,9 @@ def teredo(make_module_lab):
     server = miredo.start_server(lab)
     # The inbound guard is stateful by default: open the port Miredo's side
     # connects to in test_a_tcp_transfer_both_ways_takes_the_fast_path.
-    ours = cs.start_client(lab, "client1", "--allow", "tcp/5202", wait=False)
+    ours = cs.start_client(lab, "client1", "--allow", "tcp/5202", *cs.XDP, wait=False)
     theirs = miredo.start_client(lab, "client2", server.primary)
-    ours.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+    cs.wait_ready(ours)
     _, info = cs.status(lab, "client1")
     return SimpleNamespace(lab=lab, ours=ours, theirs=theirs, address=info["address"])
 

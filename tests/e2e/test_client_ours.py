@@ -1,5 +1,5 @@
 """Two of our clients, behind one NAT (client1) and two stacked NATs (client2),
-qualified with our own server (`xdp-teredo server`). client1 decapsulates in XDP,
+qualified with our own server (`xdp-teredo server`). client1 decapsulates in XDP (`--xdp-mode native`),
 client2 in tc (`--xdp-mode off`).
 
 client1 starts the conversation: its packet waits in the queue while it bubbles
@@ -38,12 +38,12 @@ def teredo(make_module_lab):
     allow = {"client1": "tcp/5202", "client2": "tcp/5201"}
     # client1 decapsulates in XDP, client2 in tc (--xdp-mode off): every test
     # below runs across the two receive paths.
-    decap = {"client1": [], "client2": ["--xdp-mode", "off"]}
+    decap = {"client1": list(cs.XDP), "client2": ["--xdp-mode", "off"]}
     procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY), "--allow", allow[role],
                                    *decap[role], wait=False)
              for role in CLIENTS}
     for proc in procs.values():
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)
     addresses = {role: cs.status(lab, role)[1]["address"] for role in CLIENTS}
     return SimpleNamespace(lab=lab, server=server, procs=procs, addresses=addresses)
 

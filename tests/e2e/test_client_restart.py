@@ -45,10 +45,11 @@ def teredo(make_module_lab):
     server = lab.spawn("server", *cs.CLI, "--log-format", "json", "server", "--bind", cs.SERVER,
                        log="xdp-teredo-server.log")
     server.wait_for_output(r'"event": "server_started"', timeout=10)
-    one = cs.start_client(lab, "client1", "--restart-safe", log="client1-first.log", wait=False)
+    one = cs.start_client(lab, "client1", "--restart-safe", *cs.XDP, log="client1-first.log",
+                          wait=False)
     two = cs.start_client(lab, "client2", wait=False)
     for proc in (one, two):
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)
     addresses = {role: cs.status(lab, role)[1]["address"] for role in ("client1", "client2")}
     return SimpleNamespace(lab=lab, procs={"client1": one, "client2": two}, addresses=addresses)
 
@@ -79,7 +80,7 @@ def test_restarts_and_an_upgrade_lose_no_packet(teredo, tmp_path):
     kept = cs.leftovers(lab, "client1")
     assert kept["tunnel"] and kept["xdp"] and not kept["control_socket"], kept
     second = _start_again(lab, "client1-second.log", upgrade, "--restart-safe")
-    second.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+    cs.wait_ready(second)
     [adopted] = cs.events(second, "datapath_adopted")
     assert sorted(adopted["replaced"]) == ["tc_ingress", "tc_tx", "xdp_rx"], adopted
     [qualified] = cs.events(second, "qualified")
@@ -94,7 +95,7 @@ def test_restarts_and_an_upgrade_lose_no_packet(teredo, tmp_path):
     os.kill(second.pid, signal.SIGKILL)
     second.wait(timeout=10)
     third = _start_again(lab, "client1-third.log", upgrade)
-    third.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+    cs.wait_ready(third)
     [adopted] = cs.events(third, "datapath_adopted")
     assert adopted["replaced"] is None, adopted
     assert cs.events(third, "qualified")[0]["address"] == address

@@ -44,10 +44,10 @@ def teredo(make_module_lab, require_bcc):
     lab = make_module_lab("server", "relay", "client1", "client2", "v6host")
     server = roles.start_server(lab, "xdp-teredo")
     relay = roles.start_relay(lab, "xdp-teredo")
-    one = cs.start_client(lab, "client1", log="client1-0.log", wait=False)
+    one = cs.start_client(lab, "client1", *cs.XDP, log="client1-0.log", wait=False)
     two = cs.start_client(lab, "client2", log="client2-0.log", wait=False)
     for proc in (one, two):
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)
     addresses = {role: cs.status(lab, role)[1]["address"] for role in ("client1", "client2")}
     native = str(lab["v6host"].ipv6[0])
     # Trust first (bubbles §5.2.6, the relay's §5.4.1 dance): then the fast path.
@@ -82,7 +82,7 @@ def test_a_killed_client_is_adopted_by_the_same_command_and_loses_nothing(teredo
     again = cs.start_client(lab, "client1", log="client1-1.log", wait=False)
     again.wait_for_output(r'"event": "datapath_adopted"', timeout=cs.QUALIFY_TIMEOUT)
     adopted_after = time.monotonic() - killed
-    again.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+    cs.wait_ready(again)
     qualified_after = time.monotonic() - killed
     teredo.procs["client1"] = again
     [adopted] = cs.events(again, "datapath_adopted")

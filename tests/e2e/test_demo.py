@@ -22,7 +22,7 @@ def test_demo_walks_through_every_role_and_leaves_nothing(require_bcc):
     steps = re.findall(r"^\[(\d+)/(\d+)\]", out, re.M)
     assert steps and steps[-1][0] == steps[-1][1], "every step ran"
     # The client behind two NATs qualified, and its address names the outer NAT.
-    assert re.search(r"qualified in [\d.]+ s .*: 2001:0:c000:201:", out)
+    assert re.search(r"qualified in [\d.]+ s: 2001:0:c000:201:", out)
     assert re.search(r"^\s+client\s+198\.51\.100\.17$", out, re.M)
     # Both pings answered in full; the relay used XDP on both sides.
     assert len(re.findall(r"5/5 replies", out)) == 2

@@ -121,7 +121,7 @@ def world(make_module_lab):
         "client2": cs.start_client(lab, "client2", "--inbound", "open", wait=False),
     }
     for proc in procs.values():
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)
     a = cs.status(lab, "client1")[1]["address"]
     b = cs.status(lab, "client2")[1]["address"]
     listeners = {

@@ -67,7 +67,7 @@ def teredo(make_module_lab):
     procs = {role: cs.start_client(lab, role, *CLIENT_ARGS, wait=False)
              for role in ("client1", "client2")}
     for proc in procs.values():
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)
     status = {role: cs.status(lab, role)[1] for role in procs}
     assert lab.ping("client2", status["client1"]["address"], count=3, deadline=10).ok
     return SimpleNamespace(lab=lab, server=server, procs=procs, status=status)

@@ -15,9 +15,8 @@ What is asserted:
   client that contacts our client works both ways even behind a symmetric NAT,
   where Miredo <-> Miredo does not.
 
-Our clients' NICs run with the encapsulation offloads off (roles.start_client:
-roles.veth_without_encap_offloads) until the data path finishes checksums itself
-(the other half of issue 11); docs/interop.md says so.
+The lab leaves the NICs' offloads as the kernel sets them; on a veth, our client
+turns its NIC's tx checksum offload off itself while it runs (net/offloads.py).
 """
 
 import ipaddress

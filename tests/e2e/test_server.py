@@ -72,6 +72,10 @@ def _cli(*args) -> list:
 def _start_server(lab, *args, log="xdp-teredo-server.log"):
     proc = lab.spawn("server", *_cli("--log-format", "json", "server", *args), log=log)
     proc.wait_for_output(r'"event": "server_started"', timeout=10)
+    if "off" not in args:
+        # RSs are answered from Python at once; XDP takes over once compiled.
+        proc.wait_for_output(r'"event": "(server_fast_path_ready|server_xdp_unavailable)"',
+                             timeout=60)
     return proc
 
 

@@ -184,3 +184,33 @@ def test_iperf_ports_stay_where_the_guard_lets_them_in():
     ports = [traffic._next_port() for _ in range(3 * (last - first + 1))]
     assert min(ports) == first and max(ports) == last
     assert len(set(ports[: last - first + 1])) == last - first + 1   # each once per lap
+
+
+def test_startup_section_reports_the_median_of_the_starts():
+    from tools.bench import report
+
+    runs = [{"address_s": a, "fast_path_s": f} for a, f in ((0.3, 2.8), (0.29, 2.7), (0.31, 5.5))]
+    start = {"miredo": {"runs": [{"address_s": 0.03, "fast_path_s": None}] * 3},
+             "xdp-teredo": {"runs": runs}}
+    text = "\n".join(report.startup_section(start))
+    assert "| miredo | 3 | 0.03 s (0.03..0.03) | - |" in text
+    assert "| xdp-teredo | 3 | 0.30 s (0.29..0.31) | 2.80 s (2.70..5.50) |" in text
+    assert report.startup_section(None) == []
+
+
+def test_status_text_says_the_receive_hook_why_and_the_fast_path():
+    from xdp_teredo.daemon.render import status_lines
+
+    lines = status_lines({"state": "qualified", "decap": "tc", "decap_why": "eth0 is a veth",
+                          "fast_path": "compiling", "fast_path_s": None})
+    assert "decap      tc (eth0 is a veth)" in lines and "fast path  compiling" in lines
+
+
+def test_the_startup_target_is_judged_on_the_median():
+    from tools.bench import report
+
+    runs = [{"address_s": 0.3, "fast_path_s": 2.8}] * 5
+    lines = report.targets({"startup": {"xdp-teredo": {"runs": runs, "address_s": 0.3,
+                                                       "fast_path_s": 2.8}}}, {})
+    [line] = [l for l in lines if "attach" in l]
+    assert "0.30 s, **met**" in line and "2.80 s" in line and "5 starts" in line

@@ -503,3 +503,104 @@ def test_status_before_anything_resolved(client):
     status = client.status()
     assert status["state"] == "offline" and status["server"] is None
     assert SimpleNamespace(**status).address is None
+
+
+# -- qualify first, fast path later (client/handover.py) ----------------------------------------
+
+@pytest.fixture
+def slow_client():
+    """A client as a fresh set-up leaves it while the programs compile: no data path."""
+    from xdp_teredo.datapath.rxhook import ReceiveHook
+
+    journal = []
+    config = cfg.ClientConfig(servers=(str(SERVER),), server_source=cfg.SOURCE_COMMAND_LINE,
+                              interface="eth0")
+    plan = C.Plan(config=config, nic=C.Nic("eth0", 2, LOCAL[0], "veth"),
+                  servers=(TeredoServer(str(SERVER), SERVER, SERVER + 1),),
+                  timers=C.Timers(refresh_interval=30, restart_delay=10, sync_interval=1))
+    clock = FakeClock(1000.0)
+    c = ClientDaemon(plan, clock=clock, rng=random.Random(4380).randbytes)
+    c.receive = ReceiveHook("tc", None, "eth0 is a veth")
+    c.own_tunnel(FakeTunnel(journal))
+    c.own_socket(FakeSocket())
+    c.start_peer_sync(None)
+    c.slow_path_guard()
+    c.hook = FakeHook(journal)
+    c.control = SimpleNamespace(close=lambda: journal.append(("control_close",)),
+                                served=0, refused=0)
+    c.journal, c.fake_clock = journal, clock
+    yield c
+    c.loop.close()
+
+
+def _udp(src, dst, sport, dport):
+    import struct
+    return _ipv6(src, dst, struct.pack("!HHHH", sport, dport, 12, 0) + b"data")
+
+
+def test_it_qualifies_and_carries_a_peer_before_the_programs_are_loaded(slow_client):
+    c = slow_client
+    ours = qualify(c)
+    assert c.tunnel.address == ours                      # the address does not wait
+    status = c.status()
+    assert status["fast_path"] == "off" and status["decap"] == "tc", status
+    # A peer trusted and carried on the slow path alone (as Miredo).
+    data = _udp(ours, PEER, 5000, 6000)
+    c.on_tun_packet(data)
+    c.sock.take()
+    c.on_datagram(P.build_bubble(PEER, ours), *PEER_MAPPED)
+    assert c.sock.take() == [(data, *PEER_MAPPED)]
+    # Its answer comes in through the guard, which saw our packet leave.
+    c.on_datagram(_udp(PEER, ours, 6000, 5000), *PEER_MAPPED)
+    assert c.tunnel.written == [_udp(PEER, ours, 6000, 5000)]
+    c.on_datagram(_udp(PEER, ours, 6000, 5001), *PEER_MAPPED)   # nobody asked for it
+    assert len(c.tunnel.written) == 1
+    assert c.peer_table() and c.peer_table()[0]["address"] == str(PEER)
+    c.loop.tick()                                       # the sync has no table: nothing happens
+
+
+def test_the_hand_over_installs_the_trusted_peers_flows_and_the_mapping(slow_client):
+    c = slow_client
+    ours = qualify(c)
+    c.on_tun_packet(_udp(ours, PEER, 5000, 6000))
+    c.on_datagram(P.build_bubble(PEER, ours), *PEER_MAPPED)
+    flows = dict(c.guard.flows)
+    assert flows, "the slow path recorded our flow"
+    att = FakeAttachment(c.journal)
+    att.guard = SimpleNamespace(configure=lambda settings: None, flows={}, fragments={},
+                                allowed=set())
+    c.prog = SimpleNamespace(slow_path=SimpleNamespace(write=lambda limits: None), guard=None)
+    c._attach = lambda running: att
+    c.hand_over()
+    assert c.att is att and c.sync.table is att.peers
+    entry = att.peers.get(PEER)
+    assert entry is not None and (entry.mapped_ipv4, entry.mapped_port) == PEER_MAPPED
+    assert att.guard.flows == flows and c.guard.flows is att.guard.flows
+    config = att.configs[-1]
+    assert config.enabled and config.teredo_address == ours
+    assert c.status()["fast_path"] == "on"
+    # From here the tc program records the flows: the slow path does not again.
+    c.on_tun_packet(_udp(ours, NATIVE, 5000, 6000))
+    assert att.guard.flows == flows
+
+
+def test_a_compile_that_fails_after_qualifying_stops_the_client(slow_client):
+    c = slow_client
+    qualify(c)
+
+    class Failed:
+        timeout = 1.0
+
+        def fileno(self):
+            return -1
+
+        def result(self):
+            raise RuntimeFailure("cannot compile bpf/client.c: boom")
+
+        def cancel(self):
+            pass
+
+    c.compiling = Failed()
+    c.on_compiled()
+    assert c.failed == "cannot compile bpf/client.c: boom" and c.loop.stopping
+    assert c.att is None and c.compiling is None

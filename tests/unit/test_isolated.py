@@ -172,3 +172,31 @@ def test_the_child_module_refuses_a_bad_request():
 def test_unknown_kind():
     with pytest.raises(ValueError):
         isolated.load("gateway", {})
+
+
+def test_started_answers_on_a_socket_an_event_loop_can_watch(child, clean):
+    import selectors
+
+    child("""
+        socket.send_fds(sock, [json.dumps({"ok": False, "error": "no", "log": []}).encode()], [])
+    """)
+    compiling = isolated.start("client", {})
+    with selectors.DefaultSelector() as sel:
+        sel.register(compiling, selectors.EVENT_READ)
+        assert sel.select(timeout=30), "the answer makes it readable"
+        sel.unregister(compiling)
+    with pytest.raises(RuntimeFailure, match=r"^no$"):
+        compiling.result()
+    compiling.cancel()                  # after the answer: nothing left to do
+
+
+def test_a_started_compile_is_cancelled_without_waiting_for_it(child, clean):
+    child("import time; time.sleep(60)")
+    compiling = isolated.start("client", {})
+    started = time.monotonic()
+    compiling.cancel()
+    compiling.cancel()                  # idempotent (the teardown may run it twice)
+    assert time.monotonic() - started < 5, "killed, not waited for"
+    assert compiling.proc.returncode is not None
+    with pytest.raises(RuntimeFailure, match="cancelled"):
+        compiling.result()

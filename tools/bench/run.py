@@ -14,6 +14,8 @@ Parts, in this order (each can be left out with --skip, or run alone with --only
   server       answered Router Solicitations per second and legitimate clients kept
                under a 100k/s flood: our server in XDP, ours with --xdp-mode off,
                miredo-server; BPF ns per RS (server_bench.py).
+  startup      the command -> a Teredo address, and -> the fast path carrying the
+               traffic: our client and Miredo's, 5 starts each (startup.py).
 Memory (resident set of every daemon, kernel memory of its BPF maps) is taken
 along the way: after each comparison round, and idle/full in the last two parts.
 """
@@ -28,10 +30,11 @@ from pathlib import Path
 
 from xdp_teredo.lab import Lab, traffic
 
-from . import admission, datapath, memory, profile, relay_scale, report, server_bench, setups
+from . import (admission, datapath, memory, profile, relay_scale, report, server_bench, setups,
+               startup)
 
 UDP_SIZES = (64, 512, 1200)
-PARTS = ("datapath", "compare", "profile", "relay-table", "admission", "server")
+PARTS = ("datapath", "compare", "profile", "relay-table", "admission", "server", "startup")
 
 
 def measure(lab, ep: setups.Endpoint, seconds: float, streams: int) -> dict:
@@ -89,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--admission-seconds", type=float, default=2.0, help="length of each rate step")
     ap.add_argument("--server-seconds", type=float, default=2.0,
                     help="length of each rate step of the server part")
+    ap.add_argument("--starts", type=int, default=startup.STARTS,
+                    help="starts of each client in the start-up part (the median is reported)")
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--no-docs", action="store_true",
                     help="leave docs/benchmarks.md and docs/img alone (report in OUT only)")
@@ -137,6 +142,9 @@ def main(argv=None) -> int:
             if "server" in parts:
                 results["server"] = timed("server", lambda: server_bench.measure(
                     lab, seconds=args.server_seconds))
+            if "startup" in parts:
+                results["startup"] = timed("startup", lambda: startup.measure(
+                    lab, starts=args.starts))
     results["durations"]["total"] = time.monotonic() - started
     out = Path(args.out)
     out.mkdir(exist_ok=True)

@@ -134,6 +134,10 @@ def _start(lab, impl: str, *extra: str):
     proc = lab.spawn("server", *CLI, "--log-format", "json", "server", "--bind", primary,
                      *mode, *extra, log=f"bench-server-{impl}.log")
     proc.wait_for_output(r'"event": "server_started"', timeout=60)
+    if not mode:
+        # It answers from Python at once; XDP follows once compiled.
+        proc.wait_for_output(r'"event": "(server_fast_path_ready|server_xdp_unavailable)"',
+                             timeout=60)
     return proc.stop, proc
 
 

@@ -13,12 +13,15 @@
 
 Set-up (as root, in this order; daemon/base.py undoes what was made if a step
 fails): the control socket (the lock against a second client with the same
-tunnel), the BPF programs (compiled in a child, not attached), the tunnel, the
-UDP socket bound to the NIC's address, the data path attached (on a veth NIC, its
-tx checksum offload off: net/offloads.py) and configured disabled until qualified,
-the inbound guard, the hook, the NIC watch, local discovery (client/discovery.py,
-§5.2.8). Then the skeleton drops root (--user keeps CAP_NET_ADMIN only) and
-serves.
+tunnel), the compile of the BPF programs started in a child (not waited for),
+the tunnel, the UDP socket bound to the NIC's address, on a veth NIC its tx
+checksum offload off (net/offloads.py), the inbound guard, the hook, the NIC watch,
+local discovery (client/discovery.py, §5.2.8). Then the skeleton drops root
+(--user keeps CAP_NET_ADMIN only) and serves: qualification starts at once on the
+slow path (the tun and the socket, as Miredo), and when the programs arrive
+handover.py attaches them and hands the trusted peers to the fast path. Adopting a
+running data path compiles during set-up instead (the running programs carry the
+traffic).
 
 Events: a UDP datagram is a Router Advertisement for the Qualification, or, once
 qualified, goes to PeerList.on_incoming (§5.2.3); a packet read from the tun to
@@ -59,6 +62,7 @@ from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.qualification import Mapping, Qualification, State
 from ..teredo.ratelimit import Limits
 from . import discovery
+from .handover import HandingOver
 from .interface import FollowingTheNic
 from .plan import Plan, pin_root
 from .qualify import Qualifying
@@ -71,7 +75,7 @@ IPv6Address = ipaddress.IPv6Address
 _ECHO_IDENTIFIER = 0x7E3E
 
 
-class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
+class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
     role = "client"
     extra_signals = (signal.SIGHUP,)
     # Miredo's rate for the ICMPv6 errors we send into the tunnel: one per 100 ms.
@@ -108,6 +112,8 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         # The NIC as last seen (net/watch.py tells when to look again).
         self.interface_up = True
         self._address_lost = False
+        # The receive hook on the NIC and why (datapath/rxhook.py), chosen at set-up.
+        self.receive = None
         # The loop's deadlines, in this order on every turn.
         self.loop.deadline(self.qualification_due, self.on_qualification_timer)
         self.loop.deadline(self.resolve_due, self.on_resolve_due)
@@ -118,10 +124,6 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
     # -- set-up, as root ---------------------------------------------------------------
 
     def setup(self) -> None:
-        from ..datapath import adopt
-        from ..datapath.client import ClientDatapath
-        from ..net.tunnel import Tunnel
-
         config = self.config
         self.open_control(tunnel_socket(config.tunnel),
                           f"a Teredo client or relay with tunnel {config.tunnel}",
@@ -130,7 +132,40 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         # over with SIGHUP) is adopted, whatever the options; half a data path is
         # refused with a line naming `detach` (adopt.find).
         running = self._running_datapath()
-        maps = adopt.open_maps(running) if running is not None else {}
+        if running is None:
+            self._setup_slow_path_first()
+        else:
+            self._setup_adopting(running)
+        self.own_nic_offloads()
+        self.own_hook()
+        self._watch_nic()
+        discovery.start(self)
+        self.listen()
+
+    def _setup_slow_path_first(self) -> None:
+        """A fresh start: the compile runs in its child while we qualify (handover.py)."""
+        from ..datapath import rxhook
+        from ..net.tunnel import Tunnel
+
+        config, nic = self.config, self.plan.nic
+        self.receive = rxhook.for_device(nic.ifindex, nic.name, nic.kind, config.xdp_mode)
+        self.start_compile()
+        # Persistent: a killed instance's tunnel, address and routes stay for the
+        # next one (the fast path redirects into it meanwhile); SIGTERM's teardown
+        # deletes it (Tunnel.close).
+        self.own_tunnel(Tunnel.create(config.tunnel, mtu=config.mtu, persistent=True))
+        self.own_socket(self._bind(None))
+        self.start_peer_sync(None)   # no table yet: the PeerList alone decides
+        self.slow_path_guard()
+        self.log.info("inbound_guard", **self.plan.inbound.describe())
+
+    def _setup_adopting(self, running) -> None:
+        from ..datapath import adopt, rxhook
+        from ..datapath.client import ClientDatapath
+        from ..net.tunnel import Tunnel
+
+        config = self.config
+        maps = adopt.open_maps(running)
         try:
             self.prog = ClientDatapath.compile_isolated(peer_max=self.plan.peer_max, maps=maps)
         finally:
@@ -138,32 +173,22 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
                 m.close()
         self.teardown.push_always("BPF programs", self.prog.close)
         self.checkpoint()
-        if running is not None:
-            self.own_tunnel(Tunnel.adopt(config.tunnel))
-        else:
-            # Persistent: a killed instance's tunnel, address and routes stay for
-            # the next one (the fast path redirects into it meanwhile); SIGTERM's
-            # teardown deletes it (Tunnel.close).
-            self.own_tunnel(Tunnel.create(config.tunnel, mtu=config.mtu, persistent=True))
-        previous = self.prog.config.read() if running is not None else None
+        self.receive = rxhook.ReceiveHook(running.ingress, running.xdp_mode,
+                                          "adopted from the running data path")
+        self.own_tunnel(Tunnel.adopt(config.tunnel))
+        previous = self.prog.config.read()
         self.own_socket(self._bind(previous))
         self.own_datapath(self._attach(running))
-        self.own_nic_offloads()
         self.start_peer_sync(self.att.peers)
-        if running is not None:
-            self._resume = self._resumable(previous)
+        self._resume = self._resumable(previous)
         if self._resume is None:
-            if self.adopted:
-                # Nothing to carry on with (another address or port now, or it
-                # was not qualified): the same devices, a clean slate.
-                self.tunnel.clear_address()
-                self.att.peers.clear()
+            # Nothing to carry on with (another address or port now, or it was
+            # not qualified): the same devices, a clean slate.
+            self.tunnel.clear_address()
+            self.att.peers.clear()
             self.configure_datapath_disabled()
         self._guard_and_limits()
-        self.own_hook()
-        self._watch_nic()
-        discovery.start(self)
-        self.listen()
+        self.fast_path_at = self.clock.monotonic()
 
     def own_tunnel(self, tunnel) -> None:
         """The tunnel, and what goes on it (addresses, the hook's runs), for the teardown:
@@ -216,18 +241,17 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         return TeredoSocket(nic.ipv4, port, device=nic.name)
 
     def _attach(self, running):
-        nic, config = self.plan.nic, self.config
+        nic = self.plan.nic
         # Pins under /sys/fs/bpf could not be removed once we are not root; the
         # control socket serves the statistics either way.
         pin = "auto" if self._stays_root() else False
         if running is not None:
             self.adopted = True
             return self.prog.adopt(running, pin=pin, pin_root=pin_root())
-        off = config.xdp_mode == "off"
+        receive = self.receive
         try:
-            return self.prog.attach(nic.ifindex, self.tunnel.ifindex,
-                                    ingress="tc" if off else "xdp",
-                                    xdp_mode="auto" if off else config.xdp_mode,
+            return self.prog.attach(nic.ifindex, self.tunnel.ifindex, ingress=receive.hook,
+                                    xdp_mode=receive.xdp_mode or "auto",
                                     pin=pin, pin_root=pin_root())
         except RuntimeFailure as err:
             if "another XDP program" not in str(err) and "already" not in str(err):
@@ -251,12 +275,12 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         self.guard = guard.Guard(inbound, self.att.guard.flows, self.att.guard.fragments,
                                  self.att.guard.allowed, now_ns=time.monotonic_ns)
         self.log.info("inbound_guard", **inbound.describe())
-        if nic.kind == "veth" and self.att.ingress == "xdp":
-            # XDP on a veth copies each frame a local sender built before it runs
-            # (docs/client.md, "XDP or tc"): say what costs less here.
+        if nic.kind == "veth" and self.att.ingress == "xdp" and not self.adopted:
+            # Forced (--xdp-mode native/generic): XDP on a veth copies each frame a
+            # local sender built before it runs (datapath/rxhook.py): say what costs less.
             self.log.info("decap_hint", interface=nic.name, kind=nic.kind,
-                          hint="on a veth, --xdp-mode off (decapsulation in tc) costs less "
-                               "CPU per packet than XDP")
+                          hint="on a veth, --xdp-mode off (decapsulation in tc, what auto "
+                               "picks there) costs less CPU per packet than XDP")
         # What may reach this process from the NIC, in XDP (docs/reliability.md).
         self.prog.slow_path.write(SlowPathLimits())
 
@@ -337,11 +361,19 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
         for note in self.config.notes:
             self.log.info("config_note", note=note)
         self.log.info("client_started", interface=nic.name, tunnel=self.tunnel.name,
-                      local=f"{self.local[0]}:{self.local[1]}", xdp=self.att.xdp_attached,
+                      local=f"{self.local[0]}:{self.local[1]}",
+                      xdp=self.att.xdp_attached if self.att else None,
+                      decap=self.receive.hook, decap_why=self.receive.why,
+                      fast_path=self.fast_path,
                       servers=[str(s) for s in self.servers], user=self.user,
                       control_socket=self.control_socket,
                       restart_safe=self.plan.restart_safe, adopted=self.adopted,
-                      replaced=self.att.replaced or None)
+                      replaced=(self.att.replaced or None) if self.att else None)
+        if self.att is not None:
+            # Adopted: the running programs never stopped carrying the traffic.
+            self.log.info("fast_path_ready", seconds=round(self.fast_path_at - self.started, 3),
+                          decap=self.att.ingress, decap_why=self.receive.why,
+                          xdp=self.att.xdp_attached, adopted=True)
         self.start_qualification()
 
     def stopped_fields(self) -> dict:
@@ -442,6 +474,10 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
             # A peer only trusts what comes from our Teredo address (§5.2.3).
             self.counters.drop("tx_source_not_ours")
             return
+        if self.att is None and self.guard is not None:
+            # No tc program on the tun yet to record the flow (guard_outbound):
+            # the slow path does, so that the answer is let in.
+            self.guard.outbound(packet)
         self.carry_out(self.peers.on_outgoing(ipv6.dst, packet))
 
     # -- the client's part of the peers' actions ----------------------------------------
@@ -522,8 +558,15 @@ class ClientDaemon(Qualifying, FollowingTheNic, TunnelDaemon):
             "servers": [str(s) for s in self.servers],
             "resolve_tries": self.resolve_tries,
             "xdp": self.att.xdp_attached if self.att else None,
-            # Where incoming Teredo is decapsulated: "xdp" or "tc" (--xdp-mode off).
-            "decap": self.att.ingress if self.att else None,
+            # Where incoming Teredo is decapsulated: "xdp" or "tc", and why
+            # (datapath/rxhook.py: per device under --xdp-mode auto).
+            "decap": self.receive.hook if self.receive else None,
+            "decap_why": self.receive.why if self.receive else None,
+            # "compiling": the slow path carries everything until the programs
+            # are loaded (handover.py); "on": the fast path carries trusted peers.
+            "fast_path": self.fast_path,
+            "fast_path_s": round(self.fast_path_at - self.started, 3)
+            if self.fast_path_at is not None else None,
             "pid": os.getpid(),
             "user": self.user,
             "started": iso(self.started_wall),

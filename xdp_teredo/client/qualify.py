@@ -264,6 +264,8 @@ class Qualifying:
     def configure_datapath(self) -> None:
         from ..datapath.maps import Config
 
+        if self.att is None:
+            return   # no data path yet: handover.py writes the config when it attaches
         mapping = self.qual.mapping if self.qual is not None else None
         self.att.configure(Config(
             local_ipv4=self.local[0], local_port=self.local[1],

@@ -159,6 +159,17 @@ def status_lines(info: dict, colour: bool = False) -> List[str]:
     if relay:
         lines += [f"{'hook':<10} {h['interface']}: {h['hook']} ({h['why']})"
                   for h in info.get("hooks", [])]
+    elif info.get("decap"):
+        # The receive hook and why (--xdp-mode auto chooses per device), and whether
+        # the fast path carries the traffic yet (client/handover.py).
+        at = next(i for i, line in enumerate(lines) if line.startswith("decap "))
+        if info.get("decap_why"):
+            lines[at] += f" ({info['decap_why']})"
+        fast = info.get("fast_path")
+        if fast:
+            after = info.get("fast_path_s")
+            lines.insert(at + 1, f"{'fast path':<10} {fast}"
+                         + (f" ({after:g} s after the start)" if after is not None else ""))
     inbound_info = info.get("inbound")
     if inbound_info:
         allowed = ", ".join(inbound_info.get("allowed") or []) or "nothing"

@@ -232,7 +232,8 @@ class TunnelDaemon(Daemon):
     def peer_table(self) -> list:
         from ..datapath.maps import now_ns
 
-        return render.peer_rows(self.att.peers, self.peers, now_ns=now_ns(),
+        return render.peer_rows(self.att.peers if self.att is not None else (),
+                                self.peers, now_ns=now_ns(),
                                 now=self.clock.monotonic(),
                                 is_relay_peer=self.is_native_peer)
 
@@ -241,6 +242,9 @@ class TunnelDaemon(Daemon):
 
     def stats(self) -> dict:
         """The data path's counters, as datapath.stats.read() returns them."""
+        if self.att is None:
+            raise RuntimeFailure("the data path is not loaded yet (compiling): "
+                                 "the slow path carries everything meanwhile")
         return self.att.stats()
 
     def observe(self):

@@ -113,10 +113,20 @@ def load(kind: str, options: dict, maps: Optional[Dict[str, MapFd]] = None, *,
     or that the child died, said nothing or took longer than `timeout` seconds.
     Nothing is left open and no child is left behind on any path.
     """
+    return start(kind, options, maps, timeout=timeout).loaded()
+
+
+def start(kind: str, options: dict, maps: Optional[Dict[str, MapFd]] = None, *,
+          timeout: float = TIMEOUT, make=None) -> "Compiling":
+    """load() without waiting: the child is started and compiles while the caller
+    goes on (the client qualifies on its slow path meanwhile). The answer is read
+    with Compiling.result() once its socket is readable (an event loop's reader),
+    or at once, blocking; Compiling.cancel() kills and reaps the child."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}")
     passed = {name: m.fd for name, m in (maps or {}).items()}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    os.set_inheritable(ours.fileno(), False)
     request = {"kind": kind, "options": options, "socket": theirs.fileno(), "maps": passed,
                "parent": os.getpid()}
     try:
@@ -132,37 +142,96 @@ def load(kind: str, options: dict, maps: Optional[Dict[str, MapFd]] = None, *,
     finally:
         # Only the child holds its end now: its exit is our end-of-file.
         theirs.close()
-    started = time.monotonic()
-    try:
-        reply, fds = _receive(ours, proc, timeout)
-    finally:
-        ours.close()
-        status = _reap(proc)
-    try:
-        for event in reply.get("log", ()):
-            _replay(event, proc.pid)
-        if not reply.get("ok"):
-            raise RuntimeFailure(str(reply.get("error") or "the data path did not compile"))
-    except BaseException:
-        _close_fds(fds)
-        raise
-    loaded = _loaded(reply, fds)  # owns the descriptors from here, also when it fails
-    _log.debug("datapath_received", kind=kind, pid=proc.pid, exit_status=status,
-               seconds=round(time.monotonic() - started, 3),
-               programs=sorted(loaded.programs), maps=len(loaded.maps))
-    return loaded
+    return Compiling(kind, proc, ours, timeout, make)
+
+
+class Compiling:
+    """A compile under way in a child process (start()).
+
+    fileno(): the socket the answer arrives on, for an event loop; `deadline`
+    (time.monotonic()) after which the caller gives up. result() is called once:
+    the Loaded (or make(loaded)), or one RuntimeFailure; either way the child is
+    reaped and the socket closed. cancel() is the teardown's: idempotent."""
+
+    def __init__(self, kind: str, proc: subprocess.Popen, sock: socket.socket,
+                 timeout: float, make=None):
+        self.kind = kind
+        self.proc = proc
+        self.sock: Optional[socket.socket] = sock
+        self.timeout = timeout
+        self.make = make
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def loaded(self) -> Loaded:
+        """Wait for the answer (at most until the deadline): the descriptors."""
+        if self.sock is None:
+            raise RuntimeFailure("the compile was cancelled")
+        sock, self.sock = self.sock, None
+        proc = self.proc
+        try:
+            reply, fds = _receive(sock, proc, max(0.0, self.deadline - time.monotonic()),
+                                  self.timeout)
+        finally:
+            sock.close()
+            status = _reap(proc)
+        try:
+            for event in reply.get("log", ()):
+                _replay(event, proc.pid)
+            if not reply.get("ok"):
+                raise RuntimeFailure(str(reply.get("error") or "the data path did not compile"))
+        except BaseException:
+            _close_fds(fds)
+            raise
+        loaded = _loaded(reply, fds)  # owns the descriptors from here, also when it fails
+        _log.debug("datapath_received", kind=self.kind, pid=proc.pid, exit_status=status,
+                   seconds=round(time.monotonic() - self.started, 3),
+                   programs=sorted(loaded.programs), maps=len(loaded.maps))
+        return loaded
+
+    def result(self):
+        """loaded(), then make(loaded) if a `make` was given (see build())."""
+        loaded = self.loaded()
+        if self.make is None:
+            return loaded
+        try:
+            return self.make(loaded)
+        except BaseException:
+            loaded.close()
+            raise
+
+    def cancel(self) -> None:
+        """Stop the child and forget its answer. After the daemon dropped root
+        the child (still root) cannot be signalled: closing our end makes its
+        answer fail, and PR_SET_PDEATHSIG kills it when the daemon exits."""
+        if self.sock is None:
+            return
+        self.sock.close()
+        self.sock = None
+        if self.proc.returncode is not None:
+            return
+        try:
+            self.proc.kill()
+        except (PermissionError, ProcessLookupError):
+            pass
+        try:
+            self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def build(kind: str, options: dict, make, maps: Optional[Dict[str, MapFd]] = None, *,
           timeout: float = TIMEOUT):
     """load(), then make(loaded) (a ClientDatapath / RelayDatapath taking the descriptors
     over); if make fails, every descriptor is closed before the error goes on."""
-    loaded = load(kind, options, maps, timeout=timeout)
-    try:
-        return make(loaded)
-    except BaseException:
-        loaded.close()
-        raise
+    return start(kind, options, maps, timeout=timeout, make=make).result()
 
 
 def _child_argv(request: dict) -> List[str]:
@@ -182,15 +251,22 @@ def _child_env() -> Dict[str, str]:
     return env
 
 
-def _receive(sock: socket.socket, proc: subprocess.Popen, timeout: float) -> Tuple[dict, List[int]]:
+def _receive(sock: socket.socket, proc: subprocess.Popen, timeout: float,
+             limit: Optional[float] = None) -> Tuple[dict, List[int]]:
     """The child's one message: (decoded JSON, descriptors). Received descriptors
-    are close-on-exec: the hooks and scripts the daemon runs later get none."""
+    are close-on-exec: the hooks and scripts the daemon runs later get none.
+    `timeout`: how long to wait from now; `limit`: the whole allowance, for the message."""
+    timeout = max(timeout, 0.001)
+    limit = timeout if limit is None else limit
     sock.settimeout(timeout)
     try:
         data, fds, flags, _ = socket.recv_fds(sock, _MAX_REPLY, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
     except socket.timeout:
-        proc.kill()
-        raise RuntimeFailure(f"compiling the data path took more than {timeout:g} s "
+        try:
+            proc.kill()
+        except (PermissionError, ProcessLookupError):
+            pass  # root's child after the drop: PR_SET_PDEATHSIG ends it with us
+        raise RuntimeFailure(f"compiling the data path took more than {limit:g} s "
                              f"(pid {proc.pid}, stopped)") from None
     except OSError as err:
         raise RuntimeFailure(f"no answer from the process that compiles the data path: "
@@ -250,7 +326,10 @@ def _reap(proc: subprocess.Popen) -> int:
     try:
         return proc.wait(timeout=EXIT_GRACE if proc.returncode is None else None)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        try:
+            proc.kill()
+        except PermissionError:
+            return -1   # root's child after the drop: PR_SET_PDEATHSIG ends it with us
         return proc.wait()
     except BaseException:
         proc.kill()

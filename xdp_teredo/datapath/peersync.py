@@ -35,10 +35,38 @@ def seconds(ns: int) -> Optional[float]:
     return ns / 1e9 if ns else None
 
 
+class NoTable:
+    """The peer table before there is one: empty, every write a no-op."""
+
+    def get(self, address):
+        return None
+
+    def put(self, entry) -> None:
+        pass
+
+    def update(self, address, **fields) -> None:
+        pass
+
+    def delete(self, address) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 class PeerSync:
     def __init__(self, table, counters, logger, *, clock_ns: Callable[[], int] = now_ns,
                  verbose: bool = True):
-        self.table = table          # maps.PeerTable (or a fake in unit tests)
+        # maps.PeerTable (or a fake in unit tests). None: no data path yet (the
+        # client qualifies before its programs are loaded, client/handover.py):
+        # an empty table that takes nothing, until the hand-over sets the real one.
+        self.table = NoTable() if table is None else table
         self.counters = counters
         self.log = logger
         self.now_ns = clock_ns

@@ -117,13 +117,24 @@ class Program:
         the kernel's features: this process never imports bcc. The same options and
         the same RuntimeFailure messages; `maps` are passed to the child (the
         caller still closes its own). What the daemons use."""
+        return cls.compile_started(peer_max=peer_max, ttl=ttl, cflags=cflags,
+                                   source_dir=source_dir, debug=debug, maps=maps,
+                                   timeout=timeout).result()
+
+    @classmethod
+    def compile_started(cls, *, peer_max: Optional[int] = None, ttl: int = 64,
+                        cflags: Tuple[str, ...] = (), source_dir: Optional[str] = None,
+                        debug: int = 0, maps: Optional[Dict[str, MapFd]] = None,
+                        timeout: float = isolated.TIMEOUT) -> isolated.Compiling:
+        """compile_isolated() without waiting: the child compiles while the caller
+        goes on; `.result()` (once its fileno() is readable) is the Program."""
         options = {"peer_max": int(cls.PEER_MAX if peer_max is None else peer_max),
                    "ttl": int(ttl), "cflags": list(cflags), "source_dir": source_dir,
                    "debug": int(debug)}
-        return isolated.build(
-            cls.ROLE, options,
-            lambda got: cls(got.programs, got.maps, got.cflags, got.reused, features=got.features),
-            maps=maps, timeout=timeout)
+        return isolated.start(
+            cls.ROLE, options, maps, timeout=timeout,
+            make=lambda got: cls(got.programs, got.maps, got.cflags, got.reused,
+                                 features=got.features))
 
     def fd(self, program: str) -> int:
         """File descriptor of a program by our name (PROGRAMS), for test runs."""

@@ -11,6 +11,10 @@ when the kernel lets it (--xdp-mode, datapath/server.py, docs/server.md): the
 program sends the RA this policy would (its bytes come from the policy), within
 the same per-address rate; what it leaves goes up to the sockets, as before.
 Without it (--xdp-mode off, or a kernel that refuses) the daemon answers all.
+The sockets answer from the first moment: the programs compile in a child while
+the daemon serves (datapath/isolated.py, as the client does: issue 13), and XDP
+is attached when they arrive (`server_fast_path_ready`); until then, and if the
+compile fails under --xdp-mode auto, Python answers every RS.
 
 Logs: server_started / server_stopped, and server_stats every --stats-interval
 seconds if asked; never one line per packet.
@@ -61,6 +65,8 @@ class ServerDaemon(Daemon):
         self.xdp = None                   # the attached fast path (datapath/server.py)
         self.xdp_prog = None
         self.xdp_why: Optional[str] = "--xdp-mode off" if config.xdp_mode == "off" else None
+        self.compiling = None             # isolated.Compiling while the child compiles
+        self._xdp_target = None           # (ifindex, mode, pin_root) for the attach
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
         if config.stats_interval > 0:
@@ -86,21 +92,28 @@ class ServerDaemon(Daemon):
             self._attach_fast_path()
 
     def _attach_fast_path(self) -> None:
-        """The XDP program on the addresses' device; "auto" goes on without it."""
+        """Start compiling the XDP program for the addresses' device; "auto" goes on
+        without it if that fails (now or when the child answers)."""
         try:
-            self._attach_xdp()
+            self._start_xdp()
         except RuntimeFailure as err:
-            if self.config.xdp_mode != "auto":
-                raise
-            self.xdp_why = str(err)
-            self.log.warning("server_xdp_unavailable", reason=str(err),
-                             hint="the daemon answers every RS (--xdp-mode off says so quietly)")
+            self._xdp_failed(err)
 
-    def _attach_xdp(self) -> None:
+    def _xdp_failed(self, err: RuntimeFailure) -> None:
+        if self.config.xdp_mode != "auto":
+            if self.serving_now:
+                self.log.error("datapath_failed", error=str(err))
+                self.fail(str(err))
+                return
+            raise err
+        self.xdp_why = str(err)
+        self.log.warning("server_xdp_unavailable", reason=str(err),
+                         hint="the daemon answers every RS (--xdp-mode off says so quietly)")
+
+    def _start_xdp(self) -> None:
         from ..datapath import stats as dp_stats
-        from ..datapath.limits import SlowPathLimits
         from ..datapath.redirect import check_egress
-        from ..datapath.server import SERVER_SLOW_PATH, ServerDatapath, detach_stale
+        from ..datapath.server import ServerDatapath, detach_stale
 
         ifindex, name = _device_of(self.config.primary, self.config.secondary)
         mode = self.config.xdp_mode
@@ -116,9 +129,41 @@ class ServerDaemon(Daemon):
                               reason="a veth: XDP_TX there depends on its peer")
         pin_root = self.config.pin_root or dp_stats.DEFAULT_PIN_ROOT
         detach_stale(ifindex, pin_root=pin_root)
-        self.xdp_prog = ServerDatapath.compile_isolated()
-        self.teardown.push_always("BPF programs", self.xdp_prog.close)
-        self.checkpoint()
+        self._xdp_target = (ifindex, mode, pin_root)
+        self.compiling = ServerDatapath.compile_started()
+        self.teardown.push_always("compiling the data path", self._cancel_compile)
+        self.xdp_why = "compiling: the daemon answers every RS meanwhile"
+        self.loop.add_reader(self.compiling, self._on_compiled)
+        deadline = self.clock.monotonic() + self.compiling.timeout
+        self.loop.deadline(lambda: deadline if self.compiling is not None else None,
+                           lambda now: self._on_compiled())
+
+    def _cancel_compile(self) -> None:
+        compiling, self.compiling = self.compiling, None
+        if compiling is not None:
+            self.loop.remove_reader(compiling)
+            compiling.cancel()
+
+    def _on_compiled(self) -> None:
+        compiling, self.compiling = self.compiling, None
+        if compiling is None:
+            return
+        self.loop.remove_reader(compiling)
+        try:
+            self.xdp_prog = compiling.result()
+            self.teardown.push_always("BPF programs", self.xdp_prog.close)
+            self._attach_xdp()
+        except RuntimeFailure as err:
+            self._xdp_failed(err)
+            return
+        self.log.info("server_fast_path_ready", mode=self.xdp.xdp_attached,
+                      seconds=round(self.clock.monotonic() - self.started, 3))
+
+    def _attach_xdp(self) -> None:
+        from ..datapath.limits import SlowPathLimits
+        from ..datapath.server import SERVER_SLOW_PATH
+
+        ifindex, mode, pin_root = self._xdp_target
         # The daemon's own slow path: what the program passes up, per source and in all.
         self.xdp_prog.slow_path.write(SERVER_SLOW_PATH if self.config.overall else
                                       SlowPathLimits(global_pps=0))
