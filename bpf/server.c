@@ -37,23 +37,9 @@
  * source and in all, as the client's and relay's slow paths are (lib/limit.h). */
 static __always_inline int server_admit(int reason, __be32 saddr)
 {
-	const struct teredo_slow_path_limits *limits = slow_path_limits_get();
 	struct teredo_slow_path_key key = { .saddr = saddr, .kind = TEREDO_SLOW_PATH_OTHER };
-	__u64 now, *tat;
 
-	if (!limits)
-		return reason;
-	now = bpf_ktime_get_ns();
-	if (limits->source_interval_ns) {
-		tat = slow_path_sources_lookup_or_init(&key);
-		if (tat && !gcra_admit(tat, now, limits->source_interval_ns,
-				       limits->source_tolerance_ns))
-			return TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT;
-	}
-	tat = slow_path_global_get();
-	if (tat && !gcra_admit(tat, now, limits->global_interval_ns, limits->global_tolerance_ns))
-		return TEREDO_R_RX_SLOW_PATH_LIMIT;
-	return reason;
+	return slow_path_buckets(reason, &key);
 }
 
 /* The RA rates (ServerPolicy's "ra" bucket): to this IPv4 address, then in all. */

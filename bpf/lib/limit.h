@@ -64,32 +64,20 @@ static __always_inline int gcra_admit(__u64 *tat, __u64 now, __u64 interval, __u
 }
 
 /*
- * The reason to count for a frame the receive decision gave `reason`: itself, or a
- * slow-path limit when it would go to the control plane and its buckets are empty.
- * `data` is the frame as the decision saw it (Ethernet first; unchanged, since
- * nothing is decapsulated for a pass reason).
+ * `reason`, or a slow-path limit when the bucket of `key` (its IPv4 source and
+ * kind) or the global one is empty: what reaches the control plane is bounded per
+ * sender and in all (docs/reliability.md).
  */
-static __always_inline int slow_path_admit(int reason, void *data, void *data_end)
+static __always_inline int slow_path_buckets(int reason, struct teredo_slow_path_key *key)
 {
-	const struct teredo_slow_path_limits *limits;
-	struct teredo_slow_path_key key = {};
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	const struct teredo_slow_path_limits *limits = slow_path_limits_get();
 	__u64 now, *tat;
 
-	if (!reason_is_punt(reason))
-		return reason;
-	/* The relay's IPv6 side counts rx_link_local_source too: not ours to limit. */
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return reason;
-	limits = slow_path_limits_get();
 	if (!limits)
 		return reason;
 	now = bpf_ktime_get_ns();
-	key.saddr = ip->saddr;
-	key.kind = reason == TEREDO_R_RX_AUTH ? TEREDO_SLOW_PATH_AUTH : TEREDO_SLOW_PATH_OTHER;
 	if (limits->source_interval_ns) {
-		tat = slow_path_sources_lookup_or_init(&key);
+		tat = slow_path_sources_lookup_or_init(key);
 		if (tat && !gcra_admit(tat, now, limits->source_interval_ns,
 				       limits->source_tolerance_ns))
 			return TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT;
@@ -98,6 +86,28 @@ static __always_inline int slow_path_admit(int reason, void *data, void *data_en
 	if (tat && !gcra_admit(tat, now, limits->global_interval_ns, limits->global_tolerance_ns))
 		return TEREDO_R_RX_SLOW_PATH_LIMIT;
 	return reason;
+}
+
+/*
+ * The reason to count for a frame the receive decision gave `reason`: itself, or a
+ * slow-path limit when it would go to the control plane and its buckets are empty.
+ * `data` is the frame as the decision saw it (Ethernet first; unchanged, since
+ * nothing is decapsulated for a pass reason).
+ */
+static __always_inline int slow_path_admit(int reason, void *data, void *data_end)
+{
+	struct teredo_slow_path_key key = {};
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if (!reason_is_punt(reason))
+		return reason;
+	/* The relay's IPv6 side counts rx_link_local_source too: not ours to limit. */
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return reason;
+	key.saddr = ip->saddr;
+	key.kind = reason == TEREDO_R_RX_AUTH ? TEREDO_SLOW_PATH_AUTH : TEREDO_SLOW_PATH_OTHER;
+	return slow_path_buckets(reason, &key);
 }
 
 #endif /* TEREDO_LIMIT_H */

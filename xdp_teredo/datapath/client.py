@@ -213,17 +213,12 @@ class ClientAttachment(hooks.Hooks):
         _log.info("datapath_released", nic_ifindex=self.nic_ifindex,
                   tun_ifindex=self.tun_ifindex, pin_dir=self.pin_dir)
 
-    def detach(self) -> None:
-        """Undo everything attach did, in reverse order. Idempotent."""
-        failures = self._undo_all()
+    def _after_undo(self) -> List[str]:
         self.xdp_attached = None
-        self.pin_dir = None
-        if self.prog.attachment is self:
-            self.prog.attachment = None
-        self._close_iproute()
-        if failures:
-            raise RuntimeFailure("detaching left things behind: " + "; ".join(failures))
-        _log.info("datapath_detached", nic_ifindex=self.nic_ifindex, tun_ifindex=self.tun_ifindex)
+        return []
+
+    def _detached_fields(self) -> dict:
+        return {"nic_ifindex": self.nic_ifindex, "tun_ifindex": self.tun_ifindex}
 
 
 def detach_stale(nic_ifindex: int, tun_ifindex: int, *, netns: Optional[str] = None,

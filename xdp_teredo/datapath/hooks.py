@@ -233,8 +233,26 @@ class Hooks:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    def detach(self) -> None:  # pragma: no cover - each role's own
-        raise NotImplementedError
+    # The log event of a detach (each role's name for it) and its fields.
+    detached_event = "datapath_detached"
+
+    def _detached_fields(self) -> dict:
+        return {}
+
+    def _after_undo(self) -> List[str]:
+        """What a role removes after its undo stack (the relay's devmap); the failures."""
+        return []
+
+    def detach(self) -> None:
+        """Undo everything attach did, in reverse order. Idempotent."""
+        failures = self._undo_all() + self._after_undo()
+        self.pin_dir = None
+        if self.prog.attachment is self:
+            self.prog.attachment = None
+        self._close_iproute()
+        if failures:
+            raise RuntimeFailure("detaching left things behind: " + "; ".join(failures))
+        _log.info(self.detached_event, **self._detached_fields())
 
 
 def rmdir_quiet(path: str) -> None:

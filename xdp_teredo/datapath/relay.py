@@ -254,20 +254,17 @@ class RelayAttachment(Hooks):
         self._close_iproute()
         _log.info("relay_datapath_released", hooks={str(k): v for k, v in self.hooks.items()})
 
-    def detach(self) -> None:
-        """Undo everything attach did, in reverse order. Idempotent."""
-        failures = self._undo_all()
-        self.pin_dir = None
+    detached_event = "relay_datapath_detached"
+
+    def _after_undo(self) -> List[str]:
         try:
             self.prog.egress.clear()
         except (OSError, RuntimeFailure) as err:
-            failures.append(f"devmap: {err}")
-        if self.prog.attachment is self:
-            self.prog.attachment = None
-        self._close_iproute()
-        if failures:
-            raise RuntimeFailure("detaching left things behind: " + "; ".join(failures))
-        _log.info("relay_datapath_detached", hooks={str(k): v for k, v in self.hooks.items()})
+            return [f"devmap: {err}"]
+        return []
+
+    def _detached_fields(self) -> dict:
+        return {"hooks": {str(k): v for k, v in self.hooks.items()}}
 
 
 def instance_name(ifindex: int) -> str:

@@ -154,16 +154,10 @@ class ServerAttachment(Hooks):
         _log.info("server_datapath_attached", ifindex=self.ifindex, xdp_mode=self.xdp_attached,
                   pin_dir=self.pin_dir)
 
-    def detach(self) -> None:
-        """Undo everything attach did, in reverse order. Idempotent."""
-        failures = self._undo_all()
-        self.pin_dir = None
-        if self.prog.attachment is self:
-            self.prog.attachment = None
-        self._close_iproute()
-        if failures:
-            raise RuntimeFailure("detaching left things behind: " + "; ".join(failures))
-        _log.info("server_datapath_detached", ifindex=self.ifindex)
+    detached_event = "server_datapath_detached"
+
+    def _detached_fields(self) -> dict:
+        return {"ifindex": self.ifindex}
 
 
 def instance_name(ifindex: int) -> str:

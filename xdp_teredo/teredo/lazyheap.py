@@ -1,5 +1,23 @@
 """A min-heap keyed by IPv6 address with at most one live entry per address: the
-peer list's expiry and eviction orders in O(log n) (peers.py)."""
+peer list's expiry and eviction orders in O(log n) (peers.py).
+
+On a busy node the list is full (a flood of new or spoofed peers
+keeps it so), every new peer evicts one, and the daemon asks for the next
+deadline on every turn of its loop; scanning all peers for each of these made
+admitting a peer cost O(capacity). So besides the peers themselves (a dict, in
+creation order) the list keeps three lazy min-heaps: untrusted and trusted peers
+by last activity, ties to the older entry (what `min` over the dict chose), and
+every peer's next deadline (echo retry, else expiry). An entry is never changed
+in place: when a peer's key changes a new entry is pushed and the old one goes
+stale, dropped when it reaches the top or when stale entries outnumber live ones
+(a rebuild: O(n) once per Omega(n) pushes). Last activity can even go back
+(`observe` may report a last_tx later than a `now` that follows), which a heap
+handles and an ordered list touched "at the end" would not. Every public method
+re-files the peer it touched before it returns (`_refile`), so each costs
+O(log n) amortized; Peer objects are therefore changed only through the list.
+`due` and `holding` name the few peers a daemon must `observe` before on_timer
+(those it will act on, those holding packets), so that it need not observe all.
+"""
 
 from __future__ import annotations
 

@@ -68,22 +68,7 @@ bubble sent in the last BUBBLE_WINDOW s, or a connectivity test running, is kept
 so that forgetting it cannot reset the bubble rate limit. Eviction under a flood
 may still forget it: bounded memory comes first.
 
-Data structures: on a busy node the list is full (a flood of new or spoofed peers
-keeps it so), every new peer evicts one, and the daemon asks for the next
-deadline on every turn of its loop; scanning all peers for each of these made
-admitting a peer cost O(capacity). So besides the peers themselves (a dict, in
-creation order) the list keeps three lazy min-heaps: untrusted and trusted peers
-by last activity, ties to the older entry (what `min` over the dict chose), and
-every peer's next deadline (echo retry, else expiry). An entry is never changed
-in place: when a peer's key changes a new entry is pushed and the old one goes
-stale, dropped when it reaches the top or when stale entries outnumber live ones
-(a rebuild: O(n) once per Omega(n) pushes). Last activity can even go back
-(`observe` may report a last_tx later than a `now` that follows), which a heap
-handles and an ordered list touched "at the end" would not. Every public method
-re-files the peer it touched before it returns (`_refile`), so each costs
-O(log n) amortized; Peer objects are therefore changed only through the list.
-`due` and `holding` name the few peers a daemon must `observe` before on_timer
-(those it will act on, those holding packets), so that it need not observe all.
+Data structures: lazyheap.py says how the list stays O(log n) per admission.
 """
 
 from __future__ import annotations
@@ -115,6 +100,7 @@ from xdp_teredo.teredo.constants import (
 # Miredo's is_ipv4_global_unicast: nothing is ever sent to a mapping outside it.
 from xdp_teredo.teredo.ipv4 import is_global_unicast
 from xdp_teredo.teredo.lazyheap import LazyHeap as _LazyHeap
+from xdp_teredo.teredo.peer_local import LocalPeers
 from xdp_teredo.teredo.peer_model import (  # noqa: F401 (re-exported: the actions)
     Action,
     Deliver,
@@ -132,6 +118,7 @@ from xdp_teredo.teredo.peer_model import (  # noqa: F401 (re-exported: the actio
     _ipv6,
     teredo_parts,
 )
+from xdp_teredo.teredo.peer_proof import ProvingMappings
 
 IPv4Address = ipaddress.IPv4Address
 IPv6Address = ipaddress.IPv6Address
@@ -158,7 +145,7 @@ def _debug_enabled() -> bool:
 # --- the list -------------------------------------------------------------------
 
 
-class PeerList:
+class PeerList(ProvingMappings, LocalPeers):
     """Peers of a Teredo client (or, with relay=True, of a relay)."""
 
     def __init__(
@@ -220,10 +207,6 @@ class PeerList:
 
     def get(self, address) -> Optional[Peer]:
         return self.peers.get(_ipv6(address))
-
-    def challenge(self, address) -> IPv6Address:
-        """The source of our challenging bubbles to `address`; its answer's destination."""
-        return security.bubble_challenge(self._challenge_key, _ipv6(address))
 
     # -- sending --
 
@@ -383,42 +366,6 @@ class PeerList:
         self._enqueue(peer, QueuedPacket(pkt.packet, True, udp[0], udp[1]))
         return actions + self._start_echo_test(peer, now)
 
-    def _answered_challenge(self, src: IPv6Address, parts, udp, now: float) -> list:
-        """A bubble answering our challenge: `src` owns its address, `udp` is its mapping."""
-        peer = self.peers.get(src)
-        if peer is None and self.relay and not self.accept_unknown:
-            return self._drop("relay_unknown_peer")
-        if not is_global_unicast(udp[0]):
-            return self._drop("peer_mapping_not_global")
-        peer, actions = self._lookup_or_create(src, now)
-        if udp != parts[1:]:
-            self.proven += 1
-        actions += self._trust(peer, udp, now)
-        if not self.relay:
-            # The peer may be waiting for us (it sent first and we challenged it):
-            # a bubble from our address, at its proven mapping, makes us trusted.
-            actions.append(SendDirectBubble(src, udp[0], udp[1]))
-        return actions
-
-    def _challenge_mismatch(self, peer: Optional[Peer], src: IPv6Address, parts,
-                            now: float) -> list:
-        """A Teredo source not embedding the UDP source: dropped; and challenged
-        through its server, so that an answer may prove its mapping."""
-        self.drops["teredo_source_mismatch"] += 1
-        if peer is None and self.relay and not self.accept_unknown:
-            return []
-        server, ip, port = parts
-        if not is_global_unicast(server) or not is_global_unicast(ip):
-            return []
-        peer, actions = self._lookup_or_create(src, now)
-        if peer.mapped_ip is None:
-            peer.mapped_ip, peer.mapped_port = ip, port
-        if self._bubble_verdict(peer, now) != "send":
-            return actions
-        peer.bubbles.append(now)
-        peer.last_tx = now
-        return actions + [SendIndirectBubble(src, server, source=self.challenge(src))]
-
     # -- time --
 
     def on_timer(self) -> list:
@@ -505,50 +452,6 @@ class PeerList:
     def _drop(self, reason: str) -> list:
         self.drops[reason] += 1
         return []
-
-    # -- local discovery (RFC 4380 §5.2.8, as Miredo 1.3 has it) --
-
-    def is_local(self, ip) -> bool:
-        """Whether an IPv4 address is on one of our own link's networks."""
-        ip = _ipv4(ip)
-        return any(ip in net for net in self.local_networks)
-
-    def on_local_discovery(self, address, ip, port: int) -> list:
-        """A discovery bubble (to 224.0.0.253) from `address`, sent from ip:port on
-        our link: note where it is and send it a direct bubble there. It is trusted
-        once it answers from there (_incoming_local), not on the multicast alone."""
-        src, udp = _ipv6(address), (_ipv4(ip), int(port))
-        if teredo_parts(src) is None or not self.is_local(udp[0]):
-            return self._drop("discovery_not_local")
-        now = self._clock.monotonic()
-        try:
-            peer, actions = self._lookup_or_create(src, now)
-            self._local[src] = udp
-            if peer.trusted and peer.mapping == udp:
-                return actions
-            peer.last_tx = now
-            return actions + [SendDirectBubble(src, udp[0], udp[1])]
-        finally:
-            self._refile_address(src)
-
-    def _incoming_local(self, pkt: Incoming, src: IPv6Address, udp, now: float) -> list:
-        """A Teredo source whose mapping is not the UDP source, from an address of
-        our own link: a peer behind the same NAT, talking to us directly (§5.2.8).
-        Trusted at its local address, as Miredo 1.3 does for discovered networks:
-        the link is where the NAT's protection ends anyway. The first time, a direct
-        bubble back, so that it trusts us too (its answer to ours finds us trusted
-        and asks for nothing more: the exchange ends)."""
-        peer, actions = self._lookup_or_create(src, now)
-        known = peer.trusted and peer.mapping == udp
-        self._local[src] = udp
-        actions += self._trust(peer, udp, now)
-        if not known:
-            peer.last_tx = now
-            actions.append(SendDirectBubble(src, udp[0], udp[1]))
-        return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
-
-    def local_peers(self) -> Dict[IPv6Address, Tuple[IPv4Address, int]]:
-        return dict(self._local)
 
     def _lookup_or_create(self, address: IPv6Address, now: float) -> Tuple[Peer, list]:
         peer = self.peers.get(address)
