@@ -6,7 +6,7 @@ PeerList (peers.py), which holds the state (`local_networks`, `_local`).
 
 from __future__ import annotations
 
-import ipaddress
+from ipaddress import IPv4Address, IPv6Address
 from typing import Dict, Tuple
 
 from xdp_teredo.teredo.peer_model import (
@@ -18,11 +18,10 @@ from xdp_teredo.teredo.peer_model import (
     teredo_parts,
 )
 
-IPv4Address = ipaddress.IPv4Address
-IPv6Address = ipaddress.IPv6Address
-
 
 class LocalPeers:
+    """Mixed into PeerList: where the peers of our own link are (`_local`)."""
+
     def is_local(self, ip) -> bool:
         """Whether an IPv4 address is on one of our own link's networks."""
         ip = _ipv4(ip)

@@ -9,7 +9,7 @@ mapping"). A mixin of PeerList (peers.py), which holds the state.
 
 from __future__ import annotations
 
-import ipaddress
+from ipaddress import IPv6Address
 from typing import Optional
 
 from xdp_teredo.teredo import security
@@ -21,11 +21,10 @@ from xdp_teredo.teredo.peer_model import (
     _ipv6,
 )
 
-IPv4Address = ipaddress.IPv4Address
-IPv6Address = ipaddress.IPv6Address
-
 
 class ProvingMappings:
+    """Mixed into PeerList: challenges and what their answers prove."""
+
     def challenge(self, address) -> IPv6Address:
         """The source of our challenging bubbles to `address`; its answer's destination."""
         return security.bubble_challenge(self._challenge_key, _ipv6(address))
