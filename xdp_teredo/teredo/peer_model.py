@@ -144,6 +144,8 @@ class Incoming:
 
 @dataclass
 class QueuedPacket:
+    """A packet held until its peer is trusted (§5.2.4: sent, or delivered, then)."""
+
     packet: bytes
     incoming: bool
     # For held incoming packets: the relay they came through (Miredo delivers
@@ -154,6 +156,9 @@ class QueuedPacket:
 
 @dataclass
 class Peer:
+    """One entry of the list (§5.2.4): its mapping and trust, when it was last heard
+    from and sent to, the bubbles and the connectivity test under way, the queue."""
+
     address: IPv6Address
     created: float
     mapped_ip: Optional[IPv4Address] = None
