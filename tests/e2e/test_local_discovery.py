@@ -34,7 +34,7 @@ def lan(make_module_lab):
              for role in ("lan1", "lan2")}
     addresses = {}
     for role, proc in procs.items():
-        proc.wait_for_output(r'"event": "qualified"', timeout=cs.QUALIFY_TIMEOUT)
+        cs.wait_ready(proc)   # qualified, and the fast path loaded (client/handover.py)
         addresses[role] = cs.status(lab, role)[1]["address"]
     return SimpleNamespace(lab=lab, procs=procs, address=addresses)
 
