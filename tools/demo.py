@@ -45,6 +45,21 @@ class Demo:
             raise TeredoError(f"`xdp-teredo {' '.join(args)}` in {host} exited {res.returncode}")
         return res.stdout
 
+    def failed(self, lab, err: Exception) -> int:
+        """Say which step failed and the tail of each process's log, remove the lab
+        whatever happens while reporting (a closed stdout, say); exit status 1."""
+        try:
+            print(f"\nFAILED at step {self.n}: {err}", file=sys.stderr)
+            if self.verbose:
+                traceback.print_exc()
+            for proc in getattr(lab, "_procs", []):
+                tail = "\n".join(proc.output().splitlines()[-8:])
+                if tail:
+                    print(f"--- {proc!r}\n{tail}", file=sys.stderr)
+        finally:
+            lab.close()
+        return 1
+
 
 def _ping(demo: Demo, lab, src: str, dst, what: str, count: int = 5) -> None:
     demo.say(f"$ ping {dst}    ({what}, from {src})")
@@ -127,18 +142,7 @@ def run(args) -> int:
 
         demo.step("Tear down")
     except (TeredoError, OSError) as err:
-        # Whatever happens while reporting (a closed stdout, say), the lab goes.
-        try:
-            print(f"\nFAILED at step {demo.n}: {err}", file=sys.stderr)
-            if args.verbose:
-                traceback.print_exc()
-            for proc in getattr(lab, "_procs", []):
-                tail = "\n".join(proc.output().splitlines()[-8:])
-                if tail:
-                    print(f"--- {proc!r}\n{tail}", file=sys.stderr)
-        finally:
-            lab.close()
-        return 1
+        return demo.failed(lab, err)
     except KeyboardInterrupt:
         lab.close()
         return 130

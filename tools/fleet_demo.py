@@ -20,7 +20,6 @@ import argparse
 import signal
 import sys
 import time
-import traceback
 
 from demo import Demo  # tools/demo.py: the same step-by-step output as `make demo`
 
@@ -152,17 +151,7 @@ def run(args) -> int:
 
         demo.step("Tear down")
     except (TeredoError, OSError) as err:
-        try:
-            print(f"\nFAILED at step {demo.n}: {err}", file=sys.stderr)
-            if args.verbose:
-                traceback.print_exc()
-            for proc in getattr(lab, "_procs", []):
-                tail = "\n".join(proc.output().splitlines()[-8:])
-                if tail:
-                    print(f"--- {proc!r}\n{tail}", file=sys.stderr)
-        finally:
-            lab.close()
-        return 1
+        return demo.failed(lab, err)
     except KeyboardInterrupt:
         lab.close()
         return 130
