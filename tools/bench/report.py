@@ -271,7 +271,8 @@ def targets(results: dict, table: dict) -> list:
     lines.append(host_traffic.target_line(results.get("host_traffic")))
     lines.append(baseline.offloads_off_target(collate(results.get("offloads_off") or {}),
                                               results.get("baseline")))
-    lines.append(baseline.datapath_target(results.get("datapath"), results.get("baseline")))
+    lines.append(baseline.datapath_target(results.get("datapath"), results.get("baseline"),
+                                          (results.get("machine") or {}).get("cpu", "")))
     return lines + [""]
 
 
