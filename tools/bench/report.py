@@ -60,7 +60,7 @@ def load_baseline(path=None) -> dict:
         ratios[path_] = {k: _ratio(_med(ours.get(k, [])), _med(plain.get(k, [])))
                          for k in ("udp1200", "tcp")}
     m = data.get("machine", {})
-    return {"source": str(source), "machine": f"{m.get('cpu')}, Linux {m.get('kernel')}",
+    return {"source": str(source), "machine": f"{m.get('cpu', '?')}, Linux {m.get('kernel', '?')}",
             "offloads": "every lab veth's tx offloads off", "datapath": data.get("datapath") or {},
             "ratios": ratios}
 

@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-docs", action="store_true",
                     help="leave docs/benchmarks.md and docs/img alone (report in OUT only)")
     args = ap.parse_args(argv)
+    if args.baseline and not report.load_baseline(args.baseline):
+        ap.error(f"--baseline {args.baseline}: not a results.json of make bench")
     impls = args.impl or list(setups.IMPLEMENTATIONS)
     paths = args.path or list(setups.PATHS)
     parts = [p for p in PARTS if p in (args.only or PARTS) and p not in args.skip]
