@@ -386,3 +386,20 @@ def test_lab_offloads_summary_counts_the_states():
     text = lab_offloads.summary(rec)
     assert text.startswith("2 veths with tx-checksumming off")
     assert "1 veth with tx-checksumming on" in text
+
+
+def test_plots_from_a_results_document(tmp_path: Path):
+    """Every figure the report links is drawn from the results alone (or none at all
+    where matplotlib, the `bench` extra, is not installed)."""
+    import importlib.util
+
+    from tools.bench import plots
+
+    results = _results()
+    made = plots.plot(results, report.collate(results), tmp_path)
+    if importlib.util.find_spec("matplotlib") is None:
+        assert made == []
+        return
+    assert {p.name for p in made} == {"bench-rate-p2p.png", "bench-ratio-p2p.png",
+                                      "bench-relay-table.png"}
+    assert all(p.stat().st_size > 0 for p in made)

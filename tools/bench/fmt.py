@@ -9,6 +9,9 @@ from __future__ import annotations
 import statistics
 
 MIB = 1024 * 1024
+# The comparison's implementations, in the tables' column order, and UDP payloads.
+IMPLS = ["plain", "miredo", "xdp-teredo"]
+SIZES = (64, 512, 1200)
 
 
 def _med(values):

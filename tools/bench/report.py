@@ -16,12 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import baseline, host_traffic
+from .fmt import IMPLS, MIB, SIZES, _fmt, _get, _med, _ratio, _spread, _table  # noqa: F401 (tests use them)
+from .plots import plot
+from .relay_scale import TABLE_TOLERANCE, by_size as _scale_summary
+
 BEGIN = "<!-- make bench: begin (generated, do not edit) -->"
 END = "<!-- make bench: end -->"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 IMG = DOC.parent / "img"
-IMPLS = ["plain", "miredo", "xdp-teredo"]
-SIZES = (64, 512, 1200)
 
 # The issues' targets, checked (never asserted) here: (path, metric, base, ratio).
 # Issue 6: three times Miredo; issue 13: close to the plain path, with the lab's
@@ -33,10 +36,6 @@ TARGETS = [
     ("p2p", "tcp", "plain", 0.8),
     ("relay", "tcp", "plain", 0.8),
 ]
-# "No loss of throughput" from 10 to 100,000 peers: the 100,000-peer median at
-# least this share of the 10-peer one. The tolerance is for noise, and is below
-# the run-to-run spread of one size on the 2-core VM these were developed on.
-TABLE_TOLERANCE = 0.95
 
 
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
@@ -86,10 +85,6 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "memory": mem,
             "python": platform.python_version(),
             "iperf3": ver(["iperf3", "--version"]), "miredo": ver(["miredo", "-V"])}
-
-
-from . import baseline, host_traffic
-from .fmt import MIB, _fmt, _get, _med, _ratio, _spread, _table  # noqa: F401 (tests use them)
 
 
 # ----------------------------------------------------------------- comparison
@@ -351,25 +346,6 @@ def datapath_section(dp: dict) -> list:
 
 # ----------------------------------------------------------------- relay table size
 
-def _scale_summary(scale: dict) -> dict:
-    by_size: dict = {}
-    for run in scale["runs"]:
-        cell = by_size.setdefault(int(run["size"]), {"udp_pps": [], "tcp_bps": [], "prog_ns": [],
-                                                     "relay_cpu": [], "cpu": [], "entries": [],
-                                                     "loss": [], "relay_share": []})
-        cell["udp_pps"].append(run["udp_pps"])
-        cell["tcp_bps"].append(run["tcp_bps"])
-        cell["relay_cpu"].append(run["relay_cpu_ns_per_pkt"])
-        cell["cpu"].append(run["cpu_ns_per_pkt"])
-        cell["entries"].append(run["entries"])
-        cell["loss"].append(run["udp_loss"])
-        cell["relay_share"].append(run.get("relay_cpu_share"))
-        progs = [v for k, v in run["relay_programs"].items() if k.startswith(("xdp_teredo_rel", "tc_teredo_rela"))]
-        total = sum(v["runs"] for v in progs)
-        cell["prog_ns"].append(sum(v["runs"] * v["ns_per_run"] for v in progs) / total if total else None)
-    return by_size
-
-
 def relay_table_section(scale: dict) -> list:
     if not scale:
         return []
@@ -497,90 +473,6 @@ def memory_section(results: dict, table: dict) -> list:
              "maps it holds (memlock in the fdinfo of its map descriptors); first comparison round.", ""]
             + _table(["daemon", "state", "RSS, MiB", "anonymous + files, MiB", "BPF maps, MiB",
                       "peer map"], rows, ["---", "---", "---:", "---:", "---:", "---"]))
-
-
-# ----------------------------------------------------------------- plots
-
-def plot(results: dict, table: dict, img_dir: Path = IMG) -> list:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    img_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-
-    def save(fig, name):
-        fig.tight_layout()
-        dest = img_dir / name
-        fig.savefig(dest, dpi=90)
-        plt.close(fig)
-        out.append(dest)
-
-    for path in sorted({p for p, _ in table}):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for impl in IMPLS:
-            cell = table.get((path, impl))
-            if cell:
-                ax.plot(SIZES, [_med(cell[f"udp{s}"]) for s in SIZES], marker="o", label=impl)
-        ax.set_xlabel("UDP payload (bytes)")
-        ax.set_ylabel("delivered packets/s")
-        ax.set_title(f"Rate against packet size, path {path}")
-        ax.set_yscale("log")
-        ax.legend()
-        save(fig, f"bench-rate-{path}.png")
-        if (path, "xdp-teredo") in table:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for base in ("miredo", "plain"):
-                if (path, base) not in table:
-                    continue
-                ratios = [_ratio(_med(table[(path, "xdp-teredo")][f"udp{s}"]),
-                                 _med(table[(path, base)][f"udp{s}"])) or 0 for s in SIZES]
-                ax.plot(SIZES, ratios, marker="o", label=f"xdp-teredo / {base}")
-            ax.axhline(1.0, color="grey", lw=0.5)
-            ax.set_xlabel("UDP payload (bytes)")
-            ax.set_ylabel("ratio of delivered packets/s")
-            ax.set_title(f"Ratios, path {path}")
-            ax.legend()
-            save(fig, f"bench-ratio-{path}.png")
-
-    scale = results.get("relay_table")
-    if scale:
-        s = _scale_summary(scale)
-        small, big = min(s), max(s)
-        labels, values = [], []
-        for label, key in (("UDP 1200 B pkt/s", "udp_pps"), ("TCP bit/s", "tcp_bps"),
-                           ("relay program ns/run", "prog_ns"), ("machine CPU ns/pkt", "cpu")):
-            r = _ratio(_med(s[big][key]), _med(s[small][key]))
-            if r:
-                labels.append(label)
-                values.append(r)
-        if values:
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            ax.bar(labels, values, color=["C0", "C0", "C1", "C1"][:len(values)])
-            ax.axhline(1.0, color="grey", lw=0.5)
-            ax.axhline(TABLE_TOLERANCE, color="red", lw=0.5, ls="--")
-            ax.set_ylabel(f"{big:,} peers / {small:,} peers")
-            ax.set_title("Relay: the table's size (throughput: blue, cost: orange)")
-            ax.tick_params(axis="x", labelsize=8)
-            save(fig, "bench-relay-table.png")
-
-    adm = results.get("admission")
-    if adm and adm.get("steps"):
-        steps = sorted(adm["steps"], key=lambda x: x["rate"])
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-            ax.plot([st["rate"] for st in steps], [st[key] for st in steps], marker="o", label=label)
-        ax.axhline(1000 * 0.100, color="red", lw=0.5, ls="--", label="lag threshold (p99)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("new peers offered per second")
-        ax.set_ylabel("admission latency (ms)")
-        ax.set_title("Client control plane: admitting new peers")
-        ax.legend()
-        save(fig, "bench-admission.png")
-    return out
 
 
 # ----------------------------------------------------------------- the document
