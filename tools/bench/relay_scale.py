@@ -140,3 +140,31 @@ def measure(lab, *, repeats: int, seconds: float, streams: int, sizes=SIZES) -> 
         peers_map.close()
         ep.teardown()
     return out
+
+
+# ----------------------------------------------------------------- report (pure)
+
+# "No loss of throughput" from 10 to 100,000 peers: the 100,000-peer median at
+# least this share of the 10-peer one. The tolerance is for noise, and is below
+# the run-to-run spread of one size on the 2-core VM these were developed on.
+TABLE_TOLERANCE = 0.95
+
+
+def by_size(scale: dict) -> dict:
+    """table size -> metric -> per-round values, from this part's results."""
+    by_size: dict = {}
+    for run in scale["runs"]:
+        cell = by_size.setdefault(int(run["size"]), {"udp_pps": [], "tcp_bps": [], "prog_ns": [],
+                                                     "relay_cpu": [], "cpu": [], "entries": [],
+                                                     "loss": [], "relay_share": []})
+        cell["udp_pps"].append(run["udp_pps"])
+        cell["tcp_bps"].append(run["tcp_bps"])
+        cell["relay_cpu"].append(run["relay_cpu_ns_per_pkt"])
+        cell["cpu"].append(run["cpu_ns_per_pkt"])
+        cell["entries"].append(run["entries"])
+        cell["loss"].append(run["udp_loss"])
+        cell["relay_share"].append(run.get("relay_cpu_share"))
+        progs = [v for k, v in run["relay_programs"].items() if k.startswith(("xdp_teredo_rel", "tc_teredo_rela"))]
+        total = sum(v["runs"] for v in progs)
+        cell["prog_ns"].append(sum(v["runs"] * v["ns_per_run"] for v in progs) / total if total else None)
+    return by_size

@@ -8,6 +8,15 @@ Parts, in this order (each can be left out with --skip, or run alone with --only
                implementations in a rotated order, so that the machine's drift
                (thermal, other load) hits all of them alike; each round stands an
                implementation up, measures everything on it, and tears it down.
+               The lab's offloads as the kernel sets them: the headline table.
+  compare-offloads-off
+               the same comparison with every lab veth's transmit offloads off
+               (tx-checksumming, hence TSO), for every implementation alike
+               (lab_offloads.py), fewer rounds and 1200-byte UDP only: the
+               second table. The veths are set back afterwards.
+  host-traffic plain IPv4 TCP and UDP of a lab host through its NIC, our client
+               attached there (its default receive hook, and native XDP) or not,
+               interleaved (host_traffic.py).
   profile      perf and the BPF run-time statistics on the p2p path (profile.py).
   relay-table  the relay with 100,000 peers versus 10 (relay_scale.py).
   admission    new peers per second before the control plane lags (admission.py).
@@ -30,22 +39,25 @@ from pathlib import Path
 
 from xdp_teredo.lab import Lab, traffic
 
-from . import (admission, datapath, memory, profile, relay_scale, report, server_bench, setups,
-               startup)
+from . import (admission, datapath, host_traffic, lab_offloads, memory, profile, relay_scale,
+               report, server_bench, setups, startup)
 
 UDP_SIZES = (64, 512, 1200)
-PARTS = ("datapath", "compare", "profile", "relay-table", "admission", "server", "startup")
+OFFLOADS_OFF_SIZES = (1200,)
+PARTS = ("datapath", "compare", "compare-offloads-off", "host-traffic", "profile", "relay-table",
+         "admission", "server", "startup")
 
 
-def measure(lab, ep: setups.Endpoint, seconds: float, streams: int) -> dict:
+def measure(lab, ep: setups.Endpoint, seconds: float, streams: int, sizes=UDP_SIZES) -> dict:
     out = {"udp": {}, "tcp": None, "latency": None}
-    for size in UDP_SIZES:
+    for size in sizes:
         flow = traffic.iperf3(lab, ep.src, ep.dst, ep.address, udp_payload=size,
                               seconds=seconds, streams=streams, daemons=ep.daemons)
         out["udp"][size] = {
             "offered_pps": flow.offered_pps, "delivered_pps": flow.delivered_pps,
             "loss": flow.loss, "sender_cpu_pct": flow.sender_cpu_pct,
             "cpu_ns_per_pkt": flow.cpu_ns_per_packet(),
+            "cpu_ns_per_offered": flow.cpu_ns_per_offered(),
             "daemon_cpu_ns_per_pkt": {k: flow.cpu_ns_per_packet(k) for k in ep.daemons},
         }
     tcp = traffic.iperf3(lab, ep.src, ep.dst, ep.address, seconds=seconds, daemons=ep.daemons)
@@ -58,20 +70,47 @@ def measure(lab, ep: setups.Endpoint, seconds: float, streams: int) -> dict:
     return out
 
 
-def compare(lab, args, impls, paths) -> list:
+def compare(lab, args, impls, paths, *, repeats=None, sizes=UDP_SIZES, before_round=None) -> list:
+    """before_round(): called before each implementation's round (the offloads-off
+    table sets the veths again there)."""
     runs = []
-    for rnd in range(args.repeats):
+    repeats = args.repeats if repeats is None else repeats
+    for rnd in range(repeats):
         order = impls[rnd % len(impls):] + impls[:rnd % len(impls)]
         for impl in order:
             for path in paths:
-                print(f"round {rnd + 1}/{args.repeats}: {impl} {path}", file=sys.stderr, flush=True)
+                print(f"round {rnd + 1}/{repeats}: {impl} {path}", file=sys.stderr, flush=True)
+                if before_round:
+                    before_round()
                 ep = setups.IMPLEMENTATIONS[impl](lab, path)
                 try:
-                    m = measure(lab, ep, args.seconds, args.streams)
+                    m = measure(lab, ep, args.seconds, args.streams, sizes)
                 finally:
                     ep.teardown()
                 runs.append({"round": rnd, "impl": impl, "path": path, **m})
     return runs
+
+
+def compare_offloads_off(lab, args, impls, paths) -> dict:
+    """The comparison again with every lab veth's tx offloads off (lab_offloads.py)."""
+    devices = lab_offloads.veths(lab)
+    before = {(d["host"], d["iface"]): d.get("tx-checksumming")
+              for d in (dict(host=h, iface=i, **lab_offloads.features(lab, h, i))
+                        for h, i in devices)}
+    applied = {}
+
+    def off():
+        applied["devices"] = lab_offloads.apply(lab, devices, "off")
+
+    try:
+        runs = compare(lab, args, impls, paths, repeats=args.offloads_off_repeats,
+                       sizes=OFFLOADS_OFF_SIZES, before_round=off)
+    finally:
+        for (host, iface), tx in before.items():
+            lab.run(host, "ethtool", "-K", iface, "tx", "on" if tx == "on" else "off",
+                    check=False)
+    return {"runs": runs, "devices": applied.get("devices", []),
+            "sizes": list(OFFLOADS_OFF_SIZES), "repeats": args.offloads_off_repeats}
 
 
 def main(argv=None) -> int:
@@ -84,6 +123,15 @@ def main(argv=None) -> int:
     ap.add_argument("--path", action="append", choices=sorted(setups.PATHS))
     ap.add_argument("--skip", action="append", choices=PARTS, default=[], help="leave a part out")
     ap.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
+    ap.add_argument("--offloads-off-repeats", type=int, default=2,
+                    help="rounds of the comparison with the lab's veth offloads off")
+    ap.add_argument("--host-repeats", type=int, default=3,
+                    help="rounds of the host-traffic part (each variant once per round)")
+    ap.add_argument("--host-no-native", action="store_true",
+                    help="host-traffic: leave out the --xdp-mode native variant")
+    ap.add_argument("--baseline", help="an earlier run's results.json to compare the BPF ns per "
+                    "packet and the offloads-off ratios with (default: tools/bench/baseline.json, "
+                    "the last published run)")
     ap.add_argument("--dp-rounds", type=int, default=5, help="rounds of the BPF micro-benchmarks")
     ap.add_argument("--dp-runs", type=int, default=2000, help="single runs per round")
     ap.add_argument("--dp-repeat", type=int, default=100000, help="kernel loop length per round")
@@ -98,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-docs", action="store_true",
                     help="leave docs/benchmarks.md and docs/img alone (report in OUT only)")
     args = ap.parse_args(argv)
+    if args.baseline and not report.load_baseline(args.baseline):
+        ap.error(f"--baseline {args.baseline}: not a results.json of make bench")
     impls = args.impl or list(setups.IMPLEMENTATIONS)
     paths = args.path or list(setups.PATHS)
     parts = [p for p in PARTS if p in (args.only or PARTS) and p not in args.skip]
@@ -110,6 +160,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     given = sys.argv[1:] if argv is None else list(argv)
     results = {"machine": report.machine(), "config": vars(args), "parts": parts,
+               "complete": complete,
                "command": "make bench" + (f" BENCH_ARGS='{' '.join(given)}'" if given else ""),
                "runs": [], "durations": {}}
 
@@ -129,6 +180,13 @@ def main(argv=None) -> int:
             setups.prepare_lab(lab)
             if "compare" in parts:
                 results["runs"] = timed("compare", lambda: compare(lab, args, impls, paths))
+            if "compare-offloads-off" in parts:
+                results["offloads_off"] = timed("compare-offloads-off", lambda: compare_offloads_off(
+                    lab, args, impls, paths))
+            if "host-traffic" in parts:
+                results["host_traffic"] = timed("host-traffic", lambda: host_traffic.measure(
+                    lab, repeats=args.host_repeats, seconds=args.seconds, streams=args.streams,
+                    native=not args.host_no_native))
             if "profile" in parts:
                 results["profile"] = timed("profile", lambda: profile.measure(
                     lab, seconds=args.seconds, streams=args.streams))
@@ -146,6 +204,7 @@ def main(argv=None) -> int:
                 results["startup"] = timed("startup", lambda: startup.measure(
                     lab, starts=args.starts))
     results["durations"]["total"] = time.monotonic() - started
+    results["baseline"] = report.load_baseline(args.baseline)
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))

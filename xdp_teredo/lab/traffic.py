@@ -133,18 +133,29 @@ class Flow:
 
     def cpu_ns_per_packet(self, label: Optional[str] = None) -> Optional[float]:
         """CPU-ns per delivered packet: machine-wide, or one daemon's."""
-        if not self.cpu or not self.delivered_packets:
+        return self._per(self.delivered_packets, label)
+
+    def cpu_ns_per_offered(self, label: Optional[str] = None) -> Optional[float]:
+        """CPU-ns per offered (sent) packet. Per delivered packet, a lossy path is
+        charged the work of the packets it dropped on top of its own; per offered
+        packet it is not. The two columns together tell the costs apart."""
+        return self._per(self.sent_packets, label)
+
+    def _per(self, packets: int, label: Optional[str]) -> Optional[float]:
+        if not self.cpu or not packets:
             return None
         secs = self.cpu.machine if label is None else self.cpu.daemons.get(label)
-        return None if secs is None else secs * 1e9 / self.delivered_packets
+        return None if secs is None else secs * 1e9 / packets
 
 
 def iperf3(lab, src: str, dst: str, address, *, udp_payload: int = 0, seconds: float = 3.0,
-           streams: int = 1, daemons: Optional[dict] = None) -> Flow:
+           streams: int = 1, daemons: Optional[dict] = None, reverse: bool = False) -> Flow:
     """Run iperf3 from host `src` to host `dst` (listening on `address`).
 
     udp_payload > 0: UDP with that payload size at unlimited offered rate (-b 0);
     0: one TCP stream per `streams`. daemons: label -> pids whose CPU to account.
+    reverse: the data flows dst -> src (iperf3 -R; src still opens the
+    connection, so it may sit behind a NAT).
     """
     port = _next_port()
     server = lab.spawn(dst, "iperf3", "-s", "-1", "-p", str(port), "-B", str(address),
@@ -154,6 +165,8 @@ def iperf3(lab, src: str, dst: str, address, *, udp_payload: int = 0, seconds: f
            "-P", str(streams), "--json"]
     if udp_payload:
         cmd += ["-u", "-b", "0", "-l", str(udp_payload)]
+    if reverse:
+        cmd.append("-R")
     before = CpuSample.take(daemons or {})
     res = lab.run(src, *cmd, check=False, timeout=seconds + 30)
     cpu = CpuSample.take(daemons or {}).since(before)
