@@ -30,17 +30,26 @@ from typing import Optional
 from ..daemon.base import Daemon
 from ..daemon.control import SERVER_SOCKET
 from ..errors import RuntimeFailure
+from ..teredo import constants
 from ..teredo.ratelimit import RateLimiter
 from ..teredo.server_policy import RATE_LIMITED, Received, SendIpv6, SendUdp, ServerPolicy
 from .plan import ServerConfig
 
 # The XDP program's verdicts (datapath/layout.py) under ServerPolicy's names.
 _XDP_RATE_LIMITED = ("server_ra_source_limit", "server_ra_limit",
+                     "server_forward_source_limit", "server_forward_destination_limit",
                      "rx_slow_path_source_limit", "rx_slow_path_limit")
 _XDP_DROPS = {"source_not_global": ("server_source_not_global",),
               "loop": ("server_loop",),
-              "malformed": ("server_rs_malformed", "rx_ipv4_checksum", "rx_ipv4_length",
-                            "rx_udp_length")}
+              "malformed": ("server_rs_malformed", "server_forward_malformed",
+                            "rx_ipv4_checksum", "rx_ipv4_length", "rx_udp_length"),
+              "source_mismatch": ("server_source_mismatch",),
+              "not_ours": ("server_not_ours",),
+              "destination_other_server": ("server_destination_other_server",),
+              "destination_not_global": ("server_destination_not_global",),
+              "echo_too_big": ("server_echo_too_big",)}
+_XDP_SENT = {"rs_answered": "server_ra", "forwarded_bubble": "server_forwarded_bubble",
+             "forwarded_echo": "server_forwarded_echo"}
 
 # Datagrams read from one socket before looking at the others (fairness, and a
 # bound on the time between two deadline checks).
@@ -173,7 +182,9 @@ class ServerDaemon(Daemon):
         self.xdp_why = None
 
     def _fast_path_config(self):
-        """The program's config: ServerPolicy's RA and its per-address RA rate."""
+        """The program's config: ServerPolicy's RA, its per-address RA rate and its
+        per-address forwarding rate (the limiter's packets and bytes per source,
+        in packets of a forwarded bubble's size)."""
         from ..datapath.server import RaLimits, server_config
         from ..teredo.encap import AuthHeader, OriginIndication, build_udp_payload
 
@@ -185,9 +196,14 @@ class ServerDaemon(Daemon):
                                          origin=OriginIndication(port=1, address=self.config.primary)))
         pps = min(limits.packets_per_s, limits.bytes_per_s / ra_bytes)
         burst = int(min(limits.packet_burst, limits.byte_burst / ra_bytes))
+        fwd_bytes = constants.ORIGIN_INDICATION_LEN + constants.IPV6_HDR_LEN
+        fwd_pps = min(limits.packets_per_s, limits.bytes_per_s / fwd_bytes)
+        fwd_burst = int(min(limits.packet_burst, limits.byte_burst / fwd_bytes))
         return server_config(self.policy, RaLimits(source_pps=pps, source_burst=max(1, burst),
                                                    global_pps=self.config.xdp_ra_pps,
-                                                   global_burst=max(1, int(self.config.xdp_ra_pps))),
+                                                   global_burst=max(1, int(self.config.xdp_ra_pps)),
+                                                   forward_pps=fwd_pps,
+                                                   forward_burst=max(1, fwd_burst)),
                              port=self.config.port)
 
     def serving(self) -> None:
@@ -278,10 +294,12 @@ class ServerDaemon(Daemon):
         dropped = counters["dropped"]
         for name, reasons in _XDP_DROPS.items():
             dropped[name] += sum(fast[r] for r in reasons)
-        counters["rs_answered"] += fast["server_ra"]
+        for name, reason in _XDP_SENT.items():
+            counters[name] += fast[reason]
         counters[RATE_LIMITED] += sum(fast[r] for r in _XDP_RATE_LIMITED)
         counters["dropped_total"] = sum(dropped.values())
-        counters["received"] += (fast["server_ra"] + sum(fast[r] for r in _XDP_RATE_LIMITED)
+        counters["received"] += (sum(fast[r] for r in _XDP_SENT.values())
+                                 + sum(fast[r] for r in _XDP_RATE_LIMITED)
                                  + sum(fast[r] for rs in _XDP_DROPS.values() for r in rs))
         return counters
 
