@@ -75,7 +75,7 @@ class ServerDaemon(Daemon):
         self.xdp_prog = None
         self.xdp_why: Optional[str] = "--xdp-mode off" if config.xdp_mode == "off" else None
         self.compiling = None             # isolated.Compiling while the child compiles
-        self._xdp_target = None           # (ifindex, mode, pin_root) for the attach
+        self._xdp_target = None           # (ifindex, name, mode, pin_root) for the attach
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
         if config.stats_interval > 0:
@@ -138,7 +138,7 @@ class ServerDaemon(Daemon):
                               reason="a veth: XDP_TX there depends on its peer")
         pin_root = self.config.pin_root or dp_stats.DEFAULT_PIN_ROOT
         detach_stale(ifindex, pin_root=pin_root)
-        self._xdp_target = (ifindex, mode, pin_root)
+        self._xdp_target = (ifindex, name, mode, pin_root)
         self.compiling = ServerDatapath.compile_started()
         self.teardown.push_always("compiling the data path", self._cancel_compile)
         self.xdp_why = "compiling: the daemon answers every RS meanwhile"
@@ -172,7 +172,7 @@ class ServerDaemon(Daemon):
         from ..datapath.limits import SlowPathLimits
         from ..datapath.server import SERVER_SLOW_PATH
 
-        ifindex, mode, pin_root = self._xdp_target
+        ifindex, name, mode, pin_root = self._xdp_target
         # The daemon's own slow path: what the program passes up, per source and in all.
         self.xdp_prog.slow_path.write(SERVER_SLOW_PATH if self.config.overall else
                                       SlowPathLimits(global_pps=0))
@@ -180,6 +180,23 @@ class ServerDaemon(Daemon):
         self.xdp = self.xdp_prog.attach(ifindex, xdp_mode=mode, pin_root=pin_root)
         self.teardown.push("XDP fast path", self.xdp.detach)
         self.xdp_why = None
+        self._forward_in_xdp(name)
+
+    def _forward_in_xdp(self, device: str) -> None:
+        """The fib lookup of the program's forwarding wants IPv4 forwarding on the
+        device (server/forwarding.py); without it Python forwards, as before."""
+        from .forwarding import enable_ipv4_forwarding
+
+        try:
+            undo = enable_ipv4_forwarding(device)
+        except RuntimeFailure as err:
+            self.log.warning("server_xdp_forward_unavailable", reason=str(err),
+                             hint="bubbles and echo tests are forwarded by the daemon")
+            return
+        if undo is not None:
+            self.teardown.push(f"net.ipv4.conf.{device}.forwarding back to 0", undo)
+            self.log.info("server_xdp_forwarding_on", device=device,
+                          reason="bpf_fib_lookup answers only for a forwarding device")
 
     def _fast_path_config(self):
         """The program's config: ServerPolicy's RA, its per-address RA rate and its
