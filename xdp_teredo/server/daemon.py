@@ -9,7 +9,9 @@ everything; what it returns is sent here.
 The per-packet bulk, the RS every client sends every 30 s, is answered in XDP
 when the kernel lets it (--xdp-mode, datapath/server.py, docs/server.md): the
 program sends the RA this policy would (its bytes come from the policy), within
-the same per-address rate; what it leaves goes up to the sockets, as before.
+the same per-address rate; it also forwards the bubbles and echo tests to our
+clients that this policy would forward (§5.3.1), with IPv4 forwarding turned on
+for its device meanwhile (forwarding.py); what it leaves goes up to the sockets.
 Without it (--xdp-mode off, or a kernel that refuses) the daemon answers all.
 The sockets answer from the first moment: the programs compile in a child while
 the daemon serves (datapath/isolated.py, as the client does: issue 13), and XDP
