@@ -7,13 +7,17 @@
  * Entry point, attached (XDP) to the device that holds both server addresses:
  *   xdp_teredo_server  a Router Solicitation to either address, port 3544, gets
  *                      its Router Advertisement by XDP_TX (lib/server.h), within
- *                      the RA rates (per IPv4 address, and in all); everything
- *                      else of ours (bubbles, echo tests, RSs of other shapes)
- *                      goes up to the daemon's sockets (XDP_PASS), within the
- *                      slow path's rates (lib/limit.h's buckets).
- * Bubbles and echo tests are forwarded by the daemon (ServerPolicy), not here:
- * a client sends them once per new peer, not every 30 s as it sends its RS, and
- * their checks (§5.3.1) and the native echo's raw socket are the policy's.
+ *                      the RA rates (per IPv4 address, and in all); a bubble or
+ *                      echo test to a client of ours is forwarded to its mapped
+ *                      address by XDP_TX with the sender's origin indication
+ *                      (lib/server_fwd.h), within the forwarding rate (per IPv4
+ *                      sender and per target); everything else of ours (native
+ *                      echo tests, headers, RSs of other shapes) goes up to the
+ *                      daemon's sockets (XDP_PASS), within the slow path's rates
+ *                      (lib/limit.h's buckets).
+ * A forwarded packet leaves by XDP_TX only when the fib's next hop for the target
+ * is on the device it came in on; otherwise (no route or neighbour, another
+ * device, IPv4 forwarding off there) the daemon sends it (server_forward_no_route).
  * Every exit is counted under one reason (layout.py).
  */
 #include <uapi/linux/bpf.h>
@@ -21,6 +25,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/socket.h>
 #include <linux/udp.h>
 
 /* bpf_htons() and friends come from bcc's helpers.h, which bcc prepends. */
@@ -32,6 +37,7 @@
 #include "lib/stats.h"
 #include "lib/limit.h"
 #include "lib/server.h"
+#include "lib/server_fwd.h"
 
 /* What the daemon gets (the pass reasons of our traffic): admitted per IPv4
  * source and in all, as the client's and relay's slow paths are (lib/limit.h). */
@@ -129,6 +135,109 @@ static __always_inline int server_answer(struct xdp_md *ctx, const struct teredo
 	return TEREDO_R_SERVER_RA;
 }
 
+/* ServerPolicy's limiter.allow((sender, target)): one bucket per IPv4 address,
+ * charged whether it sends or is sent to (a flood of spoofed bubbles at a client
+ * is bounded by the target's bucket); not the RA buckets (kind RA), so that such a
+ * flood cannot cost the client its qualification (§5.2.7). */
+static __always_inline int server_fwd_admit(const struct teredo_server_config *cfg,
+					    __be32 sender, __be32 target)
+{
+	struct teredo_slow_path_key key = { .saddr = sender, .kind = TEREDO_SLOW_PATH_FORWARD };
+	__u64 now = bpf_ktime_get_ns(), *tat;
+
+	if (!cfg->fwd_interval_ns)
+		return SERVER_GO;
+	tat = slow_path_sources_lookup_or_init(&key);
+	if (tat && !gcra_admit(tat, now, cfg->fwd_interval_ns, cfg->fwd_tolerance_ns))
+		return TEREDO_R_SERVER_FORWARD_SOURCE_LIMIT;
+	key.saddr = target;
+	tat = slow_path_sources_lookup_or_init(&key);
+	if (tat && !gcra_admit(tat, now, cfg->fwd_interval_ns, cfg->fwd_tolerance_ns))
+		return TEREDO_R_SERVER_FORWARD_DESTINATION_LIMIT;
+	return SERVER_GO;
+}
+
+/*
+ * §5.3.1: the packet to a client of ours, in place: Ethernet (the fib's next hop)
+ * | IPv4 primary:port -> the target's mapping | UDP | origin indication of the
+ * sender | the IPv6 packet as it came (any headers the sender put in front are
+ * not forwarded: the origin is what we saw, not what they claim).
+ */
+static __always_inline int server_forward(struct xdp_md *ctx, const struct teredo_server_config *cfg,
+					  struct server_rs *rs, struct server_fwd *fwd)
+{
+	struct bpf_fib_lookup fib = {};
+	struct teredo_outer4 outer;
+	struct teredo_origin *origin;
+	struct ethhdr *eth;
+	void *data, *data_end;
+	__be32 saddr = rs->ip->saddr;
+	__be16 sport = rs->udp->source;
+	__u32 ip6_len = fwd->ip6_len;
+	int extra, reason = fwd->bubble ? TEREDO_R_SERVER_FORWARDED_BUBBLE
+					: TEREDO_R_SERVER_FORWARDED_ECHO;
+	long rc;
+
+	/* Egress perspective: from our primary address and port to the mapping. */
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.sport = cfg->port;
+	fib.dport = fwd->target_port;
+	fib.tot_len = TEREDO_ENCAP_OVERHEAD + sizeof(struct teredo_origin) + ip6_len;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.ipv4_src = cfg->primary_ipv4;
+	fib.ipv4_dst = fwd->target_ipv4;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ctx->ingress_ifindex)
+		return TEREDO_R_SERVER_FORWARD_NO_ROUTE;
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	/* Bytes after the IPv6 packet (Ethernet padding): not to be forwarded. */
+	extra = (int)(data_end - (void *)fwd->ip6) - (int)ip6_len;
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return TEREDO_R_SERVER_FORWARD_NO_ROUTE; /* refused: the daemon sends it */
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct teredo_origin)))
+		return TEREDO_R_SERVER_FORWARD_NO_ROUTE;
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	origin = data + ETH_HLEN + TEREDO_ENCAP_OVERHEAD;
+	if ((void *)(origin + 1) > data_end)
+		return TEREDO_R_RX_DECAP_UNSUPPORTED; /* cannot happen: the verifier wants it */
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	encap4_build(&outer, cfg->primary_ipv4, cfg->port, fwd->target_ipv4, fwd->target_port,
+		     sizeof(struct teredo_origin) + ip6_len, 0);
+	__builtin_memcpy(data + ETH_HLEN, &outer, sizeof(outer));
+	origin->indicator = bpf_htons(TEREDO_INDICATOR_ORIGIN);
+	origin->port = ~sport;
+	origin->addr = ~saddr;
+	return reason;
+}
+
+/* A bubble or echo test (no RS): forwarded here, dropped, or the daemon's. */
+static __always_inline int server_rx_forward(struct xdp_md *ctx, const struct teredo_server_config *cfg,
+					     struct server_rs *rs, struct cursor *payload, int *action)
+{
+	struct server_fwd fwd = {};
+	__be32 saddr = rs->ip->saddr; /* the packet pointers die with the surgery */
+	int reason;
+
+	reason = server_check_fwd(payload, cfg, rs->udp, saddr, rs->udp->source, &fwd);
+	if (reason == SERVER_GO)
+		reason = server_fwd_admit(cfg, saddr, fwd.target_ipv4);
+	if (reason == SERVER_GO)
+		reason = server_forward(ctx, cfg, rs, &fwd);
+	if (reason_is_ok(reason)) {
+		*action = XDP_TX;
+		return reason;
+	}
+	return reason_is_drop(reason) ? reason : server_admit(reason, saddr);
+}
+
 static __always_inline int server_rx(struct xdp_md *ctx, int *action)
 {
 	void *data = (void *)(long)ctx->data;
@@ -144,8 +253,13 @@ static __always_inline int server_rx(struct xdp_md *ctx, int *action)
 	reason = server_check_outer(&c, data_end - (void *)(eth + 1), cfg, &rs);
 	if (reason == TEREDO_R_RX_NOT_TEREDO || reason_is_drop(reason))
 		return reason;
-	if (reason == SERVER_GO)
+	if (reason == SERVER_GO) {
+		struct cursor payload = c;
+
 		reason = server_check_rs(&c, cfg, &rs);
+		if (reason == TEREDO_R_SERVER_NOT_RS && !rs.auth)
+			return server_rx_forward(ctx, cfg, &rs, &payload, action);
+	}
 	if (reason != SERVER_GO)
 		return reason_is_drop(reason) ? reason : server_admit(reason, rs.ip->saddr);
 	reason = server_ra_admit(cfg, rs.ip->saddr);

@@ -40,6 +40,10 @@ PROTOCOL = [
     ("TEREDO_UDP_HDR_LEN", constants.UDP_HDR_LEN, "outer UDP header"),
     ("TEREDO_ENCAP_OVERHEAD", constants.ENCAP_OVERHEAD, "IPv4 + UDP in front of the IPv6 packet"),
     ("TEREDO_IPV6_HDR_LEN", constants.IPV6_HDR_LEN, "fixed IPv6 header"),
+    ("TEREDO_ICMPV6_ECHO_REQUEST", constants.ICMPV6_ECHO_REQUEST, "RFC 4443 §4.1"),
+    ("TEREDO_ICMPV6_ECHO_REPLY", constants.ICMPV6_ECHO_REPLY, "RFC 4443 §4.2"),
+    ("TEREDO_SERVER_FORWARD_MAX_PAYLOAD", constants.SERVER_FORWARD_MAX_PAYLOAD,
+     "the longest echo a server forwards (ICMPv6 bytes): nothing that could carry data"),
 ]
 
 _C_SCALARS = {

@@ -41,6 +41,7 @@
 #define TEREDO_SLOW_PATH_OTHER 0     /* bubbles, unknown peers, ...: anything but the below */
 #define TEREDO_SLOW_PATH_AUTH 1      /* an authentication header: a server's RA (§5.1.1) */
 #define TEREDO_SLOW_PATH_RA 2        /* a server's RAs to this address (bpf/server.c) */
+#define TEREDO_SLOW_PATH_FORWARD 3   /* packets a server forwards from or to this address (bpf/server.c) */
 
 /* Pass reasons that end at the control plane's socket (shared.h's order). */
 static __always_inline int reason_is_punt(int reason)

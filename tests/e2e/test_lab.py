@@ -225,3 +225,30 @@ def test_two_clients_share_one_lan_behind_one_nat(make_lab):
     # ... and both go out through nat3.
     seen = _mappings_seen(lab, "client3a", 40004, [lab["server"].ipv4[0]])
     assert seen[0][0] == str(lab["nat3"].ipv4[0])
+
+
+def test_flood_batches_send_what_they_say(make_lab):
+    """lab/flood.py --batch (sendmmsg): every datagram it counts arrives, in order of
+    sources, at the paced rate; the server part of make bench relies on it."""
+    from xdp_teredo.lab import flood
+
+    lab = make_lab("server", "relay")
+    gen = lab["relay"].ipv4[0]
+    lab.run("inet", "ip", "route", "add", "198.18.0.0/15", "via", str(gen))
+
+    def rx() -> int:
+        return int(lab.run("server", "cat", "/sys/class/net/eth0/statistics/rx_packets").stdout)
+
+    for rate, count in ((0, 3000), (20000, 5000)):
+        before = rx()
+        out = lab.run("relay", *flood.argv("rs", "--to", "192.0.2.1:3544", "--from-net",
+                                           "198.18.0.0/15", "--sources", 16, "--pool", 2,
+                                           "--rate", rate, "--count", count, "--duration", 10,
+                                           "--batch", 64), timeout=30).stdout
+        got = json.loads(out.strip().splitlines()[-1])
+        time.sleep(0.3)
+        assert (got["sent"], got["batch"], got["sources"]) == (count, 64, 16), got
+        assert sum(got["bytes_by_source"].values()) == got["bytes"] == count * 89, got
+        assert rx() - before >= count, "every datagram counted arrived"
+        if rate:
+            assert got["seconds"] >= 0.9 * count / rate, got

@@ -160,13 +160,18 @@ def test_xdp_mode_off_answers_in_python(make_lab):
 def test_clients_ping_each_other_through_our_indirect_bubbles(teredo):
     lab = teredo.lab
     c1, c2 = teredo.clients["client1"].address, teredo.clients["client2"].address
-    before = _counters(lab)["forwarded_bubble"]
+    status = _status(lab)
+    before = status["counters"]["forwarded_bubble"]
+    before_xdp = status["xdp"]["counters"].get("server_forwarded_bubble", 0)
     there = lab.ping("client1", c2, count=3, deadline=10)
     assert there.ok and there.replies_from == [str(c2)], there
     back = lab.ping("client2", c1, count=3, deadline=10)
     assert back.ok and back.replies_from == [str(c1)], back
-    # Neither NAT lets the other client in until the server forwarded a bubble.
-    assert _counters(lab)["forwarded_bubble"] > before
+    # Neither NAT lets the other client in until the server forwarded a bubble,
+    # and the XDP program forwarded them (RFC 4380 §5.3.1 checks in BPF).
+    status = _status(lab)
+    assert status["counters"]["forwarded_bubble"] > before
+    assert status["xdp"]["counters"].get("server_forwarded_bubble", 0) > before_xdp, status["xdp"]
 
 
 def test_echo_test_to_native_ipv6_goes_through_our_server(teredo):
@@ -211,11 +216,23 @@ def test_a_flood_of_solicitations_is_rate_limited(teredo):
     assert answer["origin"][0] == str(lab["client1"].public_ipv4)
 
 
+def _ipv4_forwarding(lab) -> dict:
+    out = lab.run("server", "sh", "-c", "grep -H . /proc/sys/net/ipv4/conf/*/forwarding").stdout
+    return {line.split("/")[-2]: line.rsplit(":", 1)[1] for line in out.split()}
+
+
 def test_sigterm_and_sigint_stop_it_with_exit_0(make_lab):
     lab = make_lab("server")
+    found = _ipv4_forwarding(lab)
     server = _start_server(lab, "--bind", PRIMARY, log="term.log")
+    # The XDP forwarding's fib lookup wants IPv4 forwarding on the server's device:
+    # the daemon turns it on there alone, and back off at exit.
+    running = _ipv4_forwarding(lab)
+    changed = {dev for dev in found if found[dev] != running[dev]}
+    assert len(changed) == 1 and running[changed.pop()] == "1", (found, running)
     assert server.stop() == 0
     assert '"event": "server_stopped"' in server.output()
+    assert _ipv4_forwarding(lab) == found
     server = _start_server(lab, "--bind", PRIMARY, log="int.log")
     os.kill(server.pid, signal.SIGINT)
     assert server.wait(timeout=5) == 0

@@ -81,3 +81,50 @@ def test_bench_summary():
     assert "| xdp-teredo (XDP) | 272,000 (all offered: generator-bound) | 0 µs | 8/8 |" in text
     assert "| xdp-teredo (--xdp-mode off) | 5,000 | 90 µs | 0/8 |" in text
     assert "no limits: 150 ns" in text
+
+
+def test_forwarding_rate_as_the_program_reads_it():
+    value = server_config(_policy(), RaLimits(0, 1, forward_pps=20, forward_burst=80))
+    assert value.fwd_interval_ns == 50_000_000
+    assert value.fwd_tolerance_ns == 79 * 50_000_000
+    assert (server_config(_policy(), RaLimits(0, 1)).fwd_interval_ns) == 0, "0: no limit"
+
+
+def test_the_programs_verdicts_count_under_the_policys_names():
+    """ServerDaemon.counters_all: what XDP decided, added to ServerPolicy's counters."""
+    from types import SimpleNamespace
+
+    from xdp_teredo.server import ServerConfig
+    from xdp_teredo.server.daemon import ServerDaemon
+
+    daemon = ServerDaemon(ServerConfig(ipaddress.IPv4Address("192.0.2.1"),
+                                       ipaddress.IPv4Address("192.0.2.2"), xdp_mode="off"))
+    fast = {r.key: {"packets": 0, "bytes": 0} for r in layout.Reason}
+    for key, n in (("server_ra", 5), ("server_forwarded_bubble", 7), ("server_forwarded_echo", 1),
+                   ("server_source_mismatch", 2), ("server_not_ours", 3),
+                   ("server_forward_malformed", 1), ("server_forward_destination_limit", 4),
+                   ("server_not_rs", 100)):
+        fast[key]["packets"] = n
+    daemon.xdp = SimpleNamespace(stats=lambda: fast)
+    counters = daemon.counters_all()
+    assert (counters["rs_answered"], counters["forwarded_bubble"], counters["forwarded_echo"]) == (5, 7, 1)
+    assert counters["rate_limited"] == 4
+    assert counters["dropped"]["source_mismatch"] == 2 and counters["dropped"]["not_ours"] == 3
+    assert counters["dropped"]["malformed"] == 1 and counters["dropped_total"] == 6
+    # What the program passed up is counted by the policy when it reads it, not here.
+    assert counters["received"] == 5 + 7 + 1 + 4 + 6
+
+
+def test_ipv4_forwarding_turned_on_and_back(tmp_path, monkeypatch):
+    from xdp_teredo.server import forwarding
+
+    monkeypatch.setattr(forwarding, "_path", lambda device: str(tmp_path / device))
+    (tmp_path / "eth0").write_text("0\n")
+    undo = forwarding.enable_ipv4_forwarding("eth0")
+    assert (tmp_path / "eth0").read_text() == "1"
+    undo()
+    assert (tmp_path / "eth0").read_text() == "0"
+    (tmp_path / "eth1").write_text("1\n")
+    assert forwarding.enable_ipv4_forwarding("eth1") is None, "on already: not ours to undo"
+    assert forwarding.enable_ipv4_forwarding("gone") is None
+    assert forwarding.ipv4_forwarding("gone") is None

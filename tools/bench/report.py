@@ -486,7 +486,8 @@ def server_section(srv: dict) -> list:
     from .server_bench import summary
 
     return ["### The server: Router Solicitations", "",
-            f"RSs as a client sends them from {srv['sources']} addresses of 198.18.0.0/15, "
+            f"RSs as a client sends them from {srv['sources']} addresses of 198.18.0.0/15 "
+            "(sendmmsg senders, 64 datagrams a call), "
             f"{srv['seconds']:g}-second steps at {', '.join(f'{r:,}' if r else 'flat out' for r in srv['rates'])} "
             "per second; the servers without rate limits. Under the flood: "
             f"{srv['flood_pps']:,} RS/s with the default limits while 8 clients behind the lab's "

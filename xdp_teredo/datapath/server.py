@@ -8,8 +8,9 @@
 
 One XDP program, xdp_teredo_server, on the device holding both server addresses
 (the daemon finds it). It answers an RS with exactly the RA ServerPolicy would send
-(the RA's bytes, written here from the policy, are the program's template) and
-passes everything else up to the daemon's sockets (docs/server.md). The maps
+(the RA's bytes, written here from the policy, are the program's template),
+forwards bubbles and echo tests to clients of ours as ServerPolicy would (§5.3.1)
+and passes everything else up to the daemon's sockets (docs/server.md). The maps
 (registry.py): stats and the slow-path buckets as the other roles have them, plus
 server_config and server_ra_global. Everything runs in the caller's network
 namespace. What attach did, detach undoes in reverse, also when it fails half-way.
@@ -49,12 +50,15 @@ _log = log.get("xdp_teredo.datapath.server")
 
 @dataclasses.dataclass(frozen=True)
 class RaLimits:
-    """RAs per second to one IPv4 address and in all (0: no limit), with bursts."""
+    """RAs per second to one IPv4 address and in all (0: no limit), with bursts;
+    and forwarded packets per second from or to one IPv4 address (§5.3.1)."""
 
     source_pps: float
     source_burst: int
     global_pps: float = 0.0
     global_burst: int = 1
+    forward_pps: float = 0.0
+    forward_burst: int = 1
 
 
 def _gcra(pps: float, burst: int):
@@ -97,6 +101,7 @@ def server_config(policy, ra: RaLimits, *, port: int = constants.TEREDO_PORT,
                                                                         ra.source_burst)
     (value.ra_global_interval_ns, value.ra_global_tolerance_ns) = _gcra(ra.global_pps,
                                                                         ra.global_burst)
+    (value.fwd_interval_ns, value.fwd_tolerance_ns) = _gcra(ra.forward_pps, ra.forward_burst)
     return value
 
 

@@ -2,7 +2,9 @@
 
     plan.py     the two addresses and the rate limits, from the command line
     daemon.py   ServerDaemon: two UDP sockets and teredo/server_policy.py; RSs
-                answered in XDP when the kernel lets it (datapath/server.py)
+                answered and bubbles forwarded in XDP when the kernel lets it
+                (datapath/server.py)
+    forwarding.py  IPv4 forwarding on the server's device while XDP forwards
 
 The protocol decisions are in teredo/server_policy.py (pure) and teredo/ratelimit.py.
 """

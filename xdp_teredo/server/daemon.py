@@ -9,7 +9,9 @@ everything; what it returns is sent here.
 The per-packet bulk, the RS every client sends every 30 s, is answered in XDP
 when the kernel lets it (--xdp-mode, datapath/server.py, docs/server.md): the
 program sends the RA this policy would (its bytes come from the policy), within
-the same per-address rate; what it leaves goes up to the sockets, as before.
+the same per-address rate; it also forwards the bubbles and echo tests to our
+clients that this policy would forward (§5.3.1), with IPv4 forwarding turned on
+for its device meanwhile (forwarding.py); what it leaves goes up to the sockets.
 Without it (--xdp-mode off, or a kernel that refuses) the daemon answers all.
 The sockets answer from the first moment: the programs compile in a child while
 the daemon serves (datapath/isolated.py, as the client does: issue 13), and XDP
@@ -30,17 +32,26 @@ from typing import Optional
 from ..daemon.base import Daemon
 from ..daemon.control import SERVER_SOCKET
 from ..errors import RuntimeFailure
+from ..teredo import constants
 from ..teredo.ratelimit import RateLimiter
 from ..teredo.server_policy import RATE_LIMITED, Received, SendIpv6, SendUdp, ServerPolicy
 from .plan import ServerConfig
 
 # The XDP program's verdicts (datapath/layout.py) under ServerPolicy's names.
 _XDP_RATE_LIMITED = ("server_ra_source_limit", "server_ra_limit",
+                     "server_forward_source_limit", "server_forward_destination_limit",
                      "rx_slow_path_source_limit", "rx_slow_path_limit")
 _XDP_DROPS = {"source_not_global": ("server_source_not_global",),
               "loop": ("server_loop",),
-              "malformed": ("server_rs_malformed", "rx_ipv4_checksum", "rx_ipv4_length",
-                            "rx_udp_length")}
+              "malformed": ("server_rs_malformed", "server_forward_malformed",
+                            "rx_ipv4_checksum", "rx_ipv4_length", "rx_udp_length"),
+              "source_mismatch": ("server_source_mismatch",),
+              "not_ours": ("server_not_ours",),
+              "destination_other_server": ("server_destination_other_server",),
+              "destination_not_global": ("server_destination_not_global",),
+              "echo_too_big": ("server_echo_too_big",)}
+_XDP_SENT = {"rs_answered": "server_ra", "forwarded_bubble": "server_forwarded_bubble",
+             "forwarded_echo": "server_forwarded_echo"}
 
 # Datagrams read from one socket before looking at the others (fairness, and a
 # bound on the time between two deadline checks).
@@ -66,7 +77,7 @@ class ServerDaemon(Daemon):
         self.xdp_prog = None
         self.xdp_why: Optional[str] = "--xdp-mode off" if config.xdp_mode == "off" else None
         self.compiling = None             # isolated.Compiling while the child compiles
-        self._xdp_target = None           # (ifindex, mode, pin_root) for the attach
+        self._xdp_target = None           # (ifindex, name, mode, pin_root) for the attach
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
         if config.stats_interval > 0:
@@ -129,7 +140,7 @@ class ServerDaemon(Daemon):
                               reason="a veth: XDP_TX there depends on its peer")
         pin_root = self.config.pin_root or dp_stats.DEFAULT_PIN_ROOT
         detach_stale(ifindex, pin_root=pin_root)
-        self._xdp_target = (ifindex, mode, pin_root)
+        self._xdp_target = (ifindex, name, mode, pin_root)
         self.compiling = ServerDatapath.compile_started()
         self.teardown.push_always("compiling the data path", self._cancel_compile)
         self.xdp_why = "compiling: the daemon answers every RS meanwhile"
@@ -163,7 +174,7 @@ class ServerDaemon(Daemon):
         from ..datapath.limits import SlowPathLimits
         from ..datapath.server import SERVER_SLOW_PATH
 
-        ifindex, mode, pin_root = self._xdp_target
+        ifindex, name, mode, pin_root = self._xdp_target
         # The daemon's own slow path: what the program passes up, per source and in all.
         self.xdp_prog.slow_path.write(SERVER_SLOW_PATH if self.config.overall else
                                       SlowPathLimits(global_pps=0))
@@ -171,9 +182,28 @@ class ServerDaemon(Daemon):
         self.xdp = self.xdp_prog.attach(ifindex, xdp_mode=mode, pin_root=pin_root)
         self.teardown.push("XDP fast path", self.xdp.detach)
         self.xdp_why = None
+        self._forward_in_xdp(name)
+
+    def _forward_in_xdp(self, device: str) -> None:
+        """The fib lookup of the program's forwarding wants IPv4 forwarding on the
+        device (server/forwarding.py); without it Python forwards, as before."""
+        from .forwarding import enable_ipv4_forwarding
+
+        try:
+            undo = enable_ipv4_forwarding(device)
+        except RuntimeFailure as err:
+            self.log.warning("server_xdp_forward_unavailable", reason=str(err),
+                             hint="bubbles and echo tests are forwarded by the daemon")
+            return
+        if undo is not None:
+            self.teardown.push(f"net.ipv4.conf.{device}.forwarding back to 0", undo)
+            self.log.info("server_xdp_forwarding_on", device=device,
+                          reason="bpf_fib_lookup answers only for a forwarding device")
 
     def _fast_path_config(self):
-        """The program's config: ServerPolicy's RA and its per-address RA rate."""
+        """The program's config: ServerPolicy's RA, its per-address RA rate and its
+        per-address forwarding rate (the limiter's packets and bytes per source,
+        in packets of a forwarded bubble's size)."""
         from ..datapath.server import RaLimits, server_config
         from ..teredo.encap import AuthHeader, OriginIndication, build_udp_payload
 
@@ -185,9 +215,14 @@ class ServerDaemon(Daemon):
                                          origin=OriginIndication(port=1, address=self.config.primary)))
         pps = min(limits.packets_per_s, limits.bytes_per_s / ra_bytes)
         burst = int(min(limits.packet_burst, limits.byte_burst / ra_bytes))
+        fwd_bytes = constants.ORIGIN_INDICATION_LEN + constants.IPV6_HDR_LEN
+        fwd_pps = min(limits.packets_per_s, limits.bytes_per_s / fwd_bytes)
+        fwd_burst = int(min(limits.packet_burst, limits.byte_burst / fwd_bytes))
         return server_config(self.policy, RaLimits(source_pps=pps, source_burst=max(1, burst),
                                                    global_pps=self.config.xdp_ra_pps,
-                                                   global_burst=max(1, int(self.config.xdp_ra_pps))),
+                                                   global_burst=max(1, int(self.config.xdp_ra_pps)),
+                                                   forward_pps=fwd_pps,
+                                                   forward_burst=max(1, fwd_burst)),
                              port=self.config.port)
 
     def serving(self) -> None:
@@ -278,10 +313,12 @@ class ServerDaemon(Daemon):
         dropped = counters["dropped"]
         for name, reasons in _XDP_DROPS.items():
             dropped[name] += sum(fast[r] for r in reasons)
-        counters["rs_answered"] += fast["server_ra"]
+        for name, reason in _XDP_SENT.items():
+            counters[name] += fast[reason]
         counters[RATE_LIMITED] += sum(fast[r] for r in _XDP_RATE_LIMITED)
         counters["dropped_total"] = sum(dropped.values())
-        counters["received"] += (fast["server_ra"] + sum(fast[r] for r in _XDP_RATE_LIMITED)
+        counters["received"] += (sum(fast[r] for r in _XDP_SENT.values())
+                                 + sum(fast[r] for r in _XDP_RATE_LIMITED)
                                  + sum(fast[r] for rs in _XDP_DROPS.values() for r in rs))
         return counters
 
