@@ -199,8 +199,7 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	if (skb->len > keep && bpf_skb_change_tail(skb, keep, 0))
 		return TEREDO_R_RX_DECAP_UNSUPPORTED;
 	/* A refusal (a kernel without the DECAP flags) leaves the packet unchanged. */
-	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC,
-				TEREDO_ADJ_ROOM_DECAP_L3_IPV6))
+	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_DECAP_FLAGS))
 		return TEREDO_R_RX_DECAP_UNSUPPORTED;
 	hop_limit = rx.hop_limit - 1;
 	/* bpf_redirect_neigh writes the MACs; the type is ours to set. */
