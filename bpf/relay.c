@@ -184,7 +184,9 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	 * finishes checksums would write into the Ethernet type. */
 	if (rx.udp_csum_pending)
 		return tc_csum_detour(skb, ret);
-	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, skb->ingress_ifindex);
+	relay_fib6_params(&fib, rx.ip6, skb->gso_size ?
+			  relay_gso_segment_len(rx.ip6, (void *)(rx.ip6 + 1), data_end, skb->gso_size) :
+			  rx.ip6_len, skb->ingress_ifindex);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	/* bpf_redirect_neigh resolves a missing neighbour itself: not a reason to stop. */
 	if (rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
