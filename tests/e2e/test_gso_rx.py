@@ -1,5 +1,5 @@
 """Receiving in big packets (issue 13): a Teredo TCP flow between two of our data
-paths, the tc receive hook on the NIC, the offloads as the kernel sets them.
+paths (the tc receive hook; XDP with GRO), and one across our relay.
 
     client1 (10.1.0.2) -- nat1 (MASQUERADE) -- inet -- public (203.0.113.10)
 
@@ -147,15 +147,52 @@ def send_tcp(lab, src: End, dst: End) -> dict:
 
 
 def test_tcp_arrives_in_super_packets_decapsulated_whole(make_lab, datapaths, pin_root, attached):
+    report = _flow_into(make_lab, datapaths, pin_root, attached, "tc")
+    decap, segs, seen = report["decap"], report["tcp_in_segs"], report["tun_ingress"]
+    assert decap["bytes"] >= TCP_BYTES, report
+    # Whole: on average several segments per decapsulated packet (one segment per
+    # packet would be <= SEGMENT_FRAME), and TCP took each as one skb: the only way
+    # in, so no more skbs than decapsulations, and far fewer than 1280-byte packets.
+    assert decap["bytes"] / decap["packets"] > 4 * SEGMENT_FRAME, report
+    assert 0 < segs <= decap["packets"], report
+    assert segs < TCP_BYTES // 1280 // 4, report
+    # gso_size kept: the sender's segment size, not 28 bytes more.
+    assert seen["gso"] > 0 and seen["len_max"] > 4 * 1280, report
+    assert seen["gso_size_min"] == seen["gso_size_max"] == report["snd_mss"], report
+
+
+def test_gro_aggregates_what_xdp_decapsulated(make_lab, datapaths, pin_root, attached):
+    """XDP on the NIC: a program without frags support makes the veth peer drop
+    its GSO, so the segments arrive one by one and XDP decapsulates each. The
+    frame it passes up is a plain Ethernet + IPv6/TCP frame (same MACs, same
+    metadata mark on every one), so the NIC's GRO aggregates them again before
+    tc_teredo_ingress redirects into the tun: TCP gets super-packets with a
+    gso_size of the sender's segment. GRO has to be on at the NIC, as a real NIC
+    has it; a veth comes with it off (then every frame stays its own skb), and
+    only its owner may change that: the test plays the owner."""
+    report = _flow_into(make_lab, datapaths, pin_root, attached, "xdp", nic_gro=True)
+    decap, segs, seen = report["decap"], report["tcp_in_segs"], report["tun_ingress"]
+    assert decap["bytes"] >= TCP_BYTES, report
+    assert decap["bytes"] / decap["packets"] <= SEGMENT_FRAME, report   # one by one
+    assert seen["gso"] > 0 and seen["len_max"] > 4 * 1280, report       # aggregated
+    assert 0 < segs < decap["packets"] // 4, report
+    assert seen["gso_size_min"] == seen["gso_size_max"] == report["snd_mss"], report
+
+
+def _flow_into(make_lab, datapaths, pin_root, attached, ingress: str, nic_gro: bool = False) -> dict:
+    """client1 sends TCP_BYTES to public, whose receive hook is `ingress`; what public's
+    counters, its TCP and the observer on its tun saw."""
     lab = make_lab("client1", "public")
     mapped_ipv4, mapped_port = open_nat_mapping(lab)
     client = End(lab, "client1", datapaths["client1"], 40001, mapped_ipv4, mapped_port, seed=1)
     public = End(lab, "public", datapaths["public"], 3544, lab["public"].address, 3544, seed=2)
     for end in (client, public):
         end.make_tun()
-        end.attach("tc", pin_root, attached)
+        end.attach(ingress, pin_root, attached)
     client.trust(public)
     public.trust(client)
+    if nic_gro:
+        lab.run("public", "ethtool", "-K", lab["public"].uplink, "gro", "on")
 
     observer = Observer(public)
     try:
@@ -167,15 +204,53 @@ def test_tcp_arrives_in_super_packets_decapsulated_whole(make_lab, datapaths, pi
         observer.close()
     decap = {k: after["decapsulated"][k] - before["decapsulated"][k] for k in ("packets", "bytes")}
     segs = public.tcp_in_segs() - segs_before
-    report = dict(decap=decap, tcp_in_segs=segs, tun_ingress=seen, **mss)
+    return dict(decap=decap, tcp_in_segs=segs, tun_ingress=seen, **mss)
 
-    assert decap["bytes"] >= TCP_BYTES, report
-    # Whole: on average several segments per decapsulated packet (one segment per
-    # packet would be <= SEGMENT_FRAME), and TCP took each as one skb: the only way
-    # in, so no more skbs than decapsulations, and far fewer than 1280-byte packets.
-    assert decap["bytes"] / decap["packets"] > 4 * SEGMENT_FRAME, report
-    assert 0 < segs <= decap["packets"], report
-    assert segs < TCP_BYTES // 1280 // 4, report
-    # gso_size kept: the receiver measured exactly the sender's segment size.
-    assert seen["gso"] > 0 and seen["len_max"] > 4 * 1280, report
-    assert seen["gso_size_min"] == seen["gso_size_max"] == mss["snd_mss"], report
+
+def _relay_stats(lab) -> dict:
+    from xdp_teredo.lab import roles
+
+    return json.loads(roles.cli(lab, "relay", "stats", "--json", check=True).stdout)
+
+
+def _in_segs(lab, role: str) -> int:
+    lines = [line.split() for line in lab.run(role, "cat", "/proc/net/snmp").stdout.splitlines()
+             if line.startswith("Tcp:")]
+    return int(dict(zip(lines[0], lines[1]))["InSegs"])
+
+
+def test_a_clients_super_packets_cross_the_relay_whole(make_lab):
+    """Teredo -> native across our relay (tc on its veths, as `auto` picks there),
+    our client sending. The client turns its veth NIC's tx checksum offload off
+    (net/offloads.py), which costs it TSO; the transmit side's checksum detour
+    keeps TSO on instead, so the test turns the offload back on under the running
+    client, which is what that sender looks like: super-packets reach the relay.
+    They must be forwarded whole (the egress MTU checked per segment, not against
+    the whole skb, which sent each one to the slow path: relay_frag_needed)."""
+    from xdp_teredo.lab import roles, traffic
+
+    lab = make_lab("server", "relay", "client1", "v6host")
+    roles.start_server(lab, "xdp-teredo")
+    relay = roles.start_relay(lab, "xdp-teredo", "relay")
+    client = roles.start_client(lab, "xdp-teredo", "client1", lab["server"].ipv4[0])
+    try:
+        target = lab["v6host"].ipv6[0]
+        assert lab.ping("client1", target, count=3, deadline=10).ok
+        lab.run("client1", "ethtool", "-K", lab["client1"].uplink, "tx", "on")
+        before, segs_before = _relay_stats(lab), _in_segs(lab, "v6host")
+        flow = traffic.iperf3(lab, "client1", "v6host", target, seconds=2)
+        after, segs = _relay_stats(lab), _in_segs(lab, "v6host") - segs_before
+        lab.run("client1", "ethtool", "-K", lab["client1"].uplink, "tx", "off")
+    finally:
+        client.stop()
+        relay.stop()
+    counted = {k: after[k] - before[k] for k in after if isinstance(after[k], int) and after[k] != before[k]}
+    decap_bytes = after["bytes"]["decapsulated"] - before["bytes"]["decapsulated"]
+    report = dict(counted, decapsulated_bytes=decap_bytes, v6host_in_segs=segs,
+                  mbps=round(flow.delivered_bps / 1e6))
+    assert counted.get("decapsulated", 0) > 0, report
+    assert "relay_frag_needed" not in counted, report
+    # Whole: several segments per forwarded packet on average, and v6host's TCP
+    # took no more skbs than the relay forwarded (a GSO skb counts once).
+    assert decap_bytes / counted["decapsulated"] > 4 * SEGMENT_FRAME, report
+    assert segs <= counted["decapsulated"] + 10, report
