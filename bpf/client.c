@@ -154,7 +154,7 @@ static __always_inline int tc_decap(struct __sk_buff *skb, __u32 *redirect_ret)
 	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	reason = client_rx_decide(data, data_end, skb->len, &d);
+	reason = rx_gso_verdict(client_rx_decide(data, data_end, skb->len, &d), skb->gso_size);
 	if (reason != TEREDO_R_DECAPSULATED)
 		return reason;
 

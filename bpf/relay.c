@@ -175,7 +175,7 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	reason = relay_rx_decide(data, data_end, skb->len, &rx);
+	reason = rx_gso_verdict(relay_rx_decide(data, data_end, skb->len, &rx), skb->gso_size);
 	if (reason != RELAY_GO)
 		return reason;
 	/* Only a Teredo client on this very host sends these (a veth passes its UDP

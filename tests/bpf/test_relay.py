@@ -497,6 +497,17 @@ def test_tc_checks_a_clients_gso_packet_per_segment(relay, dst, gso_size, reason
     assert out.retval == TC_ACT_OK and out.frame == frame, "untouched"
 
 
+def test_tc_leaves_a_batch_of_datagrams_to_the_stack(relay):
+    """UDP GSO from a client (many datagrams in one skb, outer lengths over all of
+    them): not one packet to forward; the stack cuts it for the socket."""
+    trusted_client(relay)
+    frame = from_client(to_native() * 3)
+    assert relay.tc(frame).counted == {"rx_ipv6_length": 1}
+    out = relay.tc(frame, gso_size=len(to_native()), gso_segs=3)
+    assert out.counted == {"rx_decap_unsupported": 1}
+    assert out.retval == TC_ACT_OK and out.frame == frame
+
+
 # --------------------------------------------------------------------- checksums left to offload
 
 
