@@ -154,13 +154,12 @@ static __always_inline int tc_decap(struct __sk_buff *skb, __u32 *redirect_ret)
 	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	reason = client_rx_decide(data, data_end, skb->len, &d);
+	reason = rx_gso_verdict(client_rx_decide(data, data_end, skb->len, &d), skb->gso_size);
 	if (reason != TEREDO_R_DECAPSULATED)
 		return reason;
 
 	/* A refusal (a kernel without the DECAP flags) leaves the packet unchanged. */
-	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC,
-				TEREDO_ADJ_ROOM_DECAP_L3_IPV6))
+	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_DECAP_FLAGS))
 		return TEREDO_R_RX_DECAP_UNSUPPORTED;
 	/* skb->protocol is IPv6 now (the DECAP flag); make the frame say so too. The
 	 * tun takes no MAC header, so this only matters to whoever looks (test runs). */

@@ -175,7 +175,7 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	reason = relay_rx_decide(data, data_end, skb->len, &rx);
+	reason = rx_gso_verdict(relay_rx_decide(data, data_end, skb->len, &rx), skb->gso_size);
 	if (reason != RELAY_GO)
 		return reason;
 	/* Only a Teredo client on this very host sends these (a veth passes its UDP
@@ -184,7 +184,9 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	 * finishes checksums would write into the Ethernet type. */
 	if (rx.udp_csum_pending)
 		return tc_csum_detour(skb, ret);
-	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, skb->ingress_ifindex);
+	relay_fib6_params(&fib, rx.ip6, skb->gso_size ?
+			  relay_gso_segment_len(rx.ip6, (void *)(rx.ip6 + 1), data_end, skb->gso_size) :
+			  rx.ip6_len, skb->ingress_ifindex);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	/* bpf_redirect_neigh resolves a missing neighbour itself: not a reason to stop. */
 	if (rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
@@ -199,8 +201,7 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	if (skb->len > keep && bpf_skb_change_tail(skb, keep, 0))
 		return TEREDO_R_RX_DECAP_UNSUPPORTED;
 	/* A refusal (a kernel without the DECAP flags) leaves the packet unchanged. */
-	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC,
-				TEREDO_ADJ_ROOM_DECAP_L3_IPV6))
+	if (bpf_skb_adjust_room(skb, -TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_DECAP_FLAGS))
 		return TEREDO_R_RX_DECAP_UNSUPPORTED;
 	hop_limit = rx.hop_limit - 1;
 	/* bpf_redirect_neigh writes the MACs; the type is ours to set. */

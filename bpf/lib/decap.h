@@ -113,6 +113,23 @@ static __always_inline int rx_check_headers(struct cursor *c, __u32 l3_len,
 }
 
 /*
+ * A GSO skb (tc only) that fails a length check is no malformed packet but a batch
+ * of datagrams, each with its own outer headers: UDP GSO from a local sender
+ * (UDP_SEGMENT) or the NIC's UDP GRO (rx-gro-list), SKB_GSO_UDP_L4. Its outer
+ * lengths cover the batch, the first inner IPv6 packet only itself. Not one packet
+ * to strip: the stack cuts it for the socket (the slow path). A Teredo super-packet
+ * of TCP (UDP_TUNNEL | TCPV6) has one outer header and one inner packet, so its
+ * lengths agree and it is stripped whole (lib/compat.h, TEREDO_DECAP_FLAGS).
+ */
+static __always_inline int rx_gso_verdict(int reason, __u32 gso_size)
+{
+	if (gso_size && (reason == TEREDO_R_RX_IPV4_LENGTH || reason == TEREDO_R_RX_UDP_LENGTH ||
+			 reason == TEREDO_R_RX_IPV6_LENGTH))
+		return TEREDO_R_RX_DECAP_UNSUPPORTED;
+	return reason;
+}
+
+/*
  * Whom to believe (RFC 4380 §5.2.3): a trusted peer whose mapped address and port
  * are the UDP source, or a source address that embeds exactly that UDP source.
  * A relay too: §5.4.2 asks for the latter, but the control plane trusts a client

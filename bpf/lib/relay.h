@@ -124,6 +124,29 @@ static __always_inline void relay_fib6_params(struct bpf_fib_lookup *p, const st
 	__builtin_memcpy(p->ipv6_dst, &ip6->daddr, sizeof(p->ipv6_dst));
 }
 
+/*
+ * What the MTU check must see for a decapsulated GSO super-packet (a client's TSO
+ * carried whole, lib/compat.h TEREDO_DECAP_FLAGS): one segment, as it will be cut
+ * (IPv6 header + transport header + gso_size), not the whole skb, which would
+ * always look "too big" and send every super-packet to the stack and from there
+ * to our socket. The transport header is read where it can be (TCP: data offset;
+ * UDP_L4 GSO: 8 bytes); otherwise the largest TCP header, so that the check errs
+ * towards the stack. l4 is just after the IPv6 header.
+ */
+#define RELAY_TCP_HDR_MAX 60
+
+static __always_inline __u32 relay_gso_segment_len(const struct ipv6hdr *ip6, const __u8 *l4,
+						   const void *data_end, __u32 gso_size)
+{
+	__u32 l4_len = RELAY_TCP_HDR_MAX;
+
+	if (ip6->nexthdr == IPPROTO_TCP && (const void *)(l4 + 13) <= data_end)
+		l4_len = (l4[12] >> 4) * 4;
+	else if (ip6->nexthdr == IPPROTO_UDP)
+		l4_len = 8;
+	return TEREDO_IPV6_HDR_LEN + l4_len + gso_size;
+}
+
 /* The encapsulated packet's next hop: leaving the IPv4 side (egress perspective,
  * BPF_FIB_LOOKUP_OUTPUT) from our address and port to the client's mapping. The
  * kernel still wants IPv4 forwarding on that device for any lookup (the loader

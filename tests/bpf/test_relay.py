@@ -471,6 +471,43 @@ def test_tc_leaves_gso_packets_to_the_stack(relay):
     assert out.retval == TC_ACT_OK and out.frame == frame
 
 
+def _tcp_from_client(dst=HOST, payload: int = 3000) -> bytes:
+    from scapy.layers.inet import TCP
+
+    return from_client(bytes(IPv6(src=str(CLIENT), dst=dst, hlim=64) / TCP(sport=5000, dport=80)
+                             / (b"z" * payload)))
+
+
+@pytest.mark.parametrize("dst, gso_size, reason", [
+    # Not GSO: 3060 bytes of IPv6 are above any egress MTU here.
+    (HOST, 0, R.RELAY_FRAG_NEEDED),
+    # GSO: the MTU check sees one segment, 40 + 20 + gso_size: past it. A test
+    # run's skb has gso_type 0 (neither TCP nor UDP_L4), which bpf_skb_net_shrink
+    # refuses: left whole to the stack, counted. The TCP super-packet it does strip
+    # (FIXED_GSO) is e2e (test_gso_rx: a test run cannot set gso_type).
+    (HOST, 1208, R.RX_DECAP_UNSUPPORTED),
+    (NARROW_HOST, 1220, R.RX_DECAP_UNSUPPORTED),       # 1280: exactly small0's MTU
+    (NARROW_HOST, 1221, R.RELAY_FRAG_NEEDED),          # one byte over: the stack answers
+])
+def test_tc_checks_a_clients_gso_packet_per_segment(relay, dst, gso_size, reason):
+    trusted_client(relay)
+    frame = _tcp_from_client(dst)
+    out = relay.tc(frame, gso_size=gso_size, gso_segs=3 if gso_size else 0)
+    assert out.counted == {reason.key: 1}
+    assert out.retval == TC_ACT_OK and out.frame == frame, "untouched"
+
+
+def test_tc_leaves_a_batch_of_datagrams_to_the_stack(relay):
+    """UDP GSO from a client (many datagrams in one skb, outer lengths over all of
+    them): not one packet to forward; the stack cuts it for the socket."""
+    trusted_client(relay)
+    frame = from_client(to_native() * 3)
+    assert relay.tc(frame).counted == {"rx_ipv6_length": 1}
+    out = relay.tc(frame, gso_size=len(to_native()), gso_segs=3)
+    assert out.counted == {"rx_decap_unsupported": 1}
+    assert out.retval == TC_ACT_OK and out.frame == frame
+
+
 # --------------------------------------------------------------------- checksums left to offload
 
 

@@ -221,6 +221,41 @@ def test_tc_only(dp, case):
         assert out.frame == frame, "untouched"
 
 
+def test_tc_only_leaves_a_gso_packet_it_cannot_strip_untouched(dp):
+    """A GSO skb whose type is neither TCP nor UDP_L4 (a test run's skb has
+    gso_type 0; a real one could be SCTP, or UDP fragmentation offload):
+    bpf_skb_net_shrink refuses it (-ENOTSUPP) even with FIXED_GSO, the packet stays
+    whole and goes to the stack, counted. The TCP super-packet that it does strip
+    is test_gso_rx's (e2e: a test run cannot set gso_type)."""
+    from scapy.layers.inet6 import IPv6
+
+    dp.configure()
+    trusted_peer(dp)
+    inner = bytes(IPv6(src=str(P.PEER_ADDRESS), dst=str(P.OUR_ADDRESS)) / TCP(sport=80, dport=5000)
+                  / (b"y" * 3000))
+    frame = P.teredo_frame(inner)
+    whole = dp.tc_rx(frame)
+    assert whole.counted == {"decapsulated": 1} and whole.retval == TC_ACT_REDIRECT
+    out = dp.tc_rx(frame, gso_size=1208, gso_segs=3)
+    assert out.counted == {"rx_decap_unsupported": 1}
+    assert out.retval == TC_ACT_OK and out.frame == frame, "untouched"
+
+
+def test_tc_only_leaves_a_batch_of_datagrams_to_the_stack(dp):
+    """UDP GSO (a local UDP_SEGMENT sender, or the NIC's UDP GRO): one skb, many
+    Teredo datagrams, the outer lengths over all of them. Without GSO those lengths
+    make it malformed (dropped); as GSO it is a batch the stack cuts for the socket:
+    passed, untouched."""
+    dp.configure()
+    trusted_peer(dp)
+    one = P.inner_ipv6(P.PEER_ADDRESS, P.OUR_ADDRESS)
+    frame = P.teredo_frame(one * 3)
+    assert dp.tc_rx(frame).counted == {"rx_ipv6_length": 1}
+    out = dp.tc_rx(frame, gso_size=len(one), gso_segs=3)
+    assert out.counted == {"rx_decap_unsupported": 1}
+    assert out.retval == TC_ACT_OK and out.frame == frame, "untouched"
+
+
 def assert_decapsulated(frame: bytes, out: bytes):
     """Field by field: same MACs, EtherType IPv6, then the inner packet byte for byte."""
     assert out[0:6] == frame[0:6], "destination MAC"
