@@ -137,3 +137,21 @@ def test_stale_mappings_of_ours_removed_only(monkeypatch):
     gw.install(monkeypatch)
     _mapper()._remove_stale()
     assert gw.calls == [("delete", 40001)]
+
+
+def test_status_text_shows_the_mapping_or_a_dash():
+    from xdp_teredo.daemon import render
+
+    lines = render.status_lines({"state": "qualified", "upnp": "mapped 198.51.100.1:40001",
+                                 "nat_type": "symmetric",
+                                 "nat_detail": {"type": "symmetric", "upnp": True}})
+    assert "upnp       mapped 198.51.100.1:40001" in lines
+    assert "nat_type   symmetric (UPnP yes)" in lines
+    assert "upnp       -" in render.status_lines({"state": "offline"})
+
+
+def test_describe_before_and_after_a_mapping():
+    mapper = _mapper()
+    assert mapper.describe() is None
+    mapper.mapped = (__import__("ipaddress").IPv4Address("198.51.100.1"), 40001)
+    assert mapper.describe() == "mapped 198.51.100.1:40001"
