@@ -76,7 +76,7 @@ IPv6Address = ipaddress.IPv6Address
 _ECHO_IDENTIFIER = 0x7E3E
 
 
-class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, UpnpMapping, TunnelDaemon):
+class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
     role = "client"
     extra_signals = (signal.SIGHUP,)
     # Miredo's rate for the ICMPv6 errors we send into the tunnel: one per 100 ms.
