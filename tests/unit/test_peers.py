@@ -596,6 +596,11 @@ def test_inbound_open_leaves_indirect_bubbles_unanswered():
                       udp_port=3544, bubble=True, from_server=True,
                       origin=(IPv4("203.0.113.77"), 61000))
     assert peers.on_incoming(bubble) == []
+    # A relay never bubbles directly: its indirect bubble is answered as usual.
+    relayed = Incoming(source=NATIVE, destination=OUR_ADDRESS, udp_ip=IPv4("192.0.2.1"),
+                       udp_port=3544, bubble=True, from_server=True,
+                       origin=(RELAY_IP, RELAY_PORT))
+    assert peers.on_incoming(relayed) == [SendDirectBubble(NATIVE, RELAY_IP, RELAY_PORT)]
 
 
 def test_inbound_open_answers_a_new_peers_direct_bubble_once():

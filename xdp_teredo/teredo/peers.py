@@ -52,7 +52,7 @@ Receiving (§5.2.3 client, §5.4.2 relay), `on_incoming`:
 - non-Teredo source (client only): held, and a connectivity test started towards
   it; delivered only if the test's answer comes from the relay they came through.
 - inbound_open (our address embeds a UPnP mapping, RFC 6081 §4.3): no direct bubble
-  first and no direct answer to an indirect one; a new peer's direct bubble is answered.
+  first, none to a client's indirect one (a relay's: as usual); a new peer's direct one is answered.
 
 Queue: at most PEER_QUEUE_BYTES per peer; a packet that does not fit is refused and
 the older ones kept (Miredo's peerlist.c); they leave in arrival order.
@@ -296,8 +296,8 @@ class PeerList(ProvingMappings, LocalPeers):
                 # §5.2.3: an indirect bubble; answer with a direct one to open the
                 # path from the peer through our NAT.
                 ip, port = _ipv4(origin[0]), int(origin[1])
-                if self.inbound_open:   # answered when its direct bubble arrives
-                    pass
+                if self.inbound_open and teredo_parts(src):   # a client: answered when its
+                    pass                                      # direct bubble arrives
                 elif is_global_unicast(ip) and 0 < port <= 0xFFFF:
                     actions.append(SendDirectBubble(src, ip, port))
                 else:
