@@ -36,7 +36,7 @@ def _status(lab) -> dict:
 
 def _moved(lab, igd, timeout=20.0) -> dict:
     """The status once the address embeds the UPnP mapping and the socket is the
-    mapped one (client/upnp.py), else the last status seen."""
+    mapped one (client/mapped_port.py), else the last status seen."""
     deadline = time.monotonic() + timeout
     while True:
         info = _status(lab)

@@ -580,7 +580,7 @@ def test_a_direct_bubble_from_a_link_local_source_is_answered_where_it_came_from
     assert PeerList(FakeClock(), relay=True).on_incoming(bubble) == []
 
 
-# --- behind a UPnP mapping (RFC 6081 §4.3, client/upnp.py) ----------------------------
+# --- behind a UPnP mapping (RFC 6081 §4.3, client/mapped_port.py) -----------------------
 
 
 def test_inbound_open_bubbles_only_through_the_server():

@@ -63,7 +63,7 @@ from ..teredo.qualification import Mapping, Qualification, State
 from ..teredo.ratelimit import Limits
 from . import discovery
 from .handover import HandingOver
-from .upnp import UpnpMapping
+from .mapped_port import UpnpMapping
 from .interface import FollowingTheNic
 from .plan import Plan, pin_root
 from .qualify import Qualifying

@@ -1,7 +1,7 @@
 """The client's UPnP port mapping (RFC 6081 §4.3, UPnP-enabled NATs).
 
 A thread of its own finds the gateway (net/ssdp.py), maps UDP <external port> on
-it to our Teredo socket (net/igd.py), renews the lease at half its life and
+it to a socket of ours (net/igd.py), renews the lease at half its life and
 removes the mapping at exit. Qualification never waits for it: with no IGD on
 the link the search costs one datagram and a thread that waits SEARCH_TIMEOUT,
 and the daemon's start-up does not wait for that thread at all.
@@ -10,7 +10,7 @@ At start it first removes what a killed instance of ours left on the gateway
 (same description, same internal address, another internal port or the same):
 a SIGKILL runs no teardown, and the lease would keep it for an hour.
 
-Then (UpnpMapping, below) our Teredo port moves onto the mapping, so that the
+client/mapped_port.py moves our Teredo port onto the mapping, so that the
 address embeds it (RFC 6081 §4.3); `status` shows it (`upnp: mapped A:P`) and
 the NAT type notes "UPnP yes".
 """
@@ -36,9 +36,6 @@ RETRY = 120.0
 # Other external ports to try when ours is taken (ConflictInMappingEntry).
 OTHER_PORTS = 3
 DESCRIPTION = "xdp-teredo {tunnel}"
-# From the introduction bubble to moving onto the mapped socket: the server's
-# relay of it must have crossed the NAT first (a lab round trip is < 1 ms).
-INTRODUCTION_WAIT = 0.5
 
 
 class PortMapper:
@@ -156,96 +153,3 @@ class PortMapper:
                 self.log.info("upnp_removed", external_port=entry.external_port,
                               internal=f"{entry.internal_client}:{entry.internal_port}",
                               reason="left by an earlier instance")
-
-
-class UpnpMapping:
-    """Mixed into ClientDaemon (plan, local, sock, qual, peers, log, loop, teardown
-    live there): the mapping, and moving our Teredo port onto it.
-
-    RFC 6081 §4.3 wants the address to embed the UPnP mapping. Behind a NAT that
-    forwards the mapped port inbound only (miniupnpd's DNAT) and gives every flow
-    of ours a random port (symmetric), the server sees another port for every
-    socket that spoke first. So the mapping is made for a second, silent socket:
-    once it exists, the qualified one sends a bubble through our server to the
-    address embedding the mapping (the introduction); the server relays it there,
-    the NAT forwards it to the silent socket, and that flow is now one the NAT
-    answers from the mapped port. The silent socket becomes our Teredo socket and
-    requalifies: the server, and every peer that reached us first, see the mapped
-    port. The PeerList then bubbles indirectly only (peers.inbound_open).
-    """
-
-    upnp: Optional[PortMapper] = None
-    _upnp_socket = None          # the silent socket the mapping is for
-    _upnp_move_at: Optional[float] = None
-
-    def start_upnp(self) -> None:
-        """The mapping, in its own thread: qualification never waits for it (RFC
-        6081 §4.3 is an optimisation, not a precondition). Removed at exit; kept
-        when the fast path is kept (the next instance replaces it). With --bind-port
-        the port is the user's: mapped as it is, never moved."""
-        if not self.plan.upnp or self.local is None:
-            return
-        local = self.local
-        if not self.config.bind_port:
-            from ..net.udp import TeredoSocket
-
-            self._upnp_socket = TeredoSocket(self.local[0], 0, device=self.plan.nic.name)
-            self.teardown.push_always("UPnP socket", self._close_upnp_socket)
-            local = self._upnp_socket.local_address
-        self.upnp = PortMapper(local, self.config.tunnel, self.log, wake=self.loop.wake)
-        self.teardown.push("UPnP mapping", self.upnp.stop, keep=lambda: None)
-        self.loop.deadline(self.upnp_due, self.on_upnp_due)
-        self.upnp.start()
-
-    def _close_upnp_socket(self) -> None:
-        if self._upnp_socket is not None:
-            self._upnp_socket.close()
-            self._upnp_socket = None
-
-    def upnp_due(self) -> Optional[float]:
-        if self._upnp_socket is None or self.upnp is None:
-            return None
-        if self._upnp_move_at is not None:
-            return self._upnp_move_at
-        qual = self.qual
-        if self.upnp.mapped is not None and qual is not None and qual.mapping is not None:
-            return 0.0
-        return None
-
-    def on_upnp_due(self, now: float) -> None:
-        from ..teredo.address import TeredoAddress
-        from ..teredo.constants import TEREDO_PORT
-
-        if self._upnp_move_at is None:
-            server, (ip, port) = self.qual.mapping.server, self.upnp.mapped
-            self.send_bubble(TeredoAddress.build(server, ip, port).ipv6, server, TEREDO_PORT,
-                             "upnp_introduction")
-            self._upnp_move_at = now + INTRODUCTION_WAIT
-            self.log.info("upnp_introduced", external=f"{ip}:{port}", server=str(server))
-            return
-        self._upnp_move_at = None
-        new, self._upnp_socket = self._upnp_socket, None
-        old, previous = self.sock, self.local
-        self.loop.remove_reader(old)
-        old.close()
-        self.loop.add_reader(new, self.read_udp)
-        self.sock, self.local = new, new.local_address
-        self.configure_datapath()
-        self.log.info("upnp_moved", old=f"{previous[0]}:{previous[1]}",
-                      new=f"{self.local[0]}:{self.local[1]}")
-        self.qualification(self.qual.refresh_now(now))
-
-    def address_changed(self, old, new) -> None:
-        super().address_changed(old, new)
-        mapped = self.upnp.mapped if self.upnp is not None else None
-        self.peers.inbound_open = new is not None and mapped is not None \
-            and (new.mapped_ip, new.mapped_port) == mapped
-
-    def _nat_detail(self, nat_type) -> Optional[dict]:
-        """The NAT type's details, with Windows' "UPNP: Yes/No" once we searched."""
-        if nat_type is None:
-            return None
-        detail = nat_type.describe()
-        if self.upnp is not None and self.upnp.searched:
-            detail["upnp"] = self.upnp.mapped is not None
-        return detail

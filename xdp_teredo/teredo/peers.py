@@ -166,7 +166,7 @@ class PeerList(ProvingMappings, LocalPeers):
         self._clock = clock
         self._rng = rng
         self.relay = relay
-        self.inbound_open = False   # our address embeds a UPnP mapping (client/upnp.py)
+        self.inbound_open = False   # our address embeds a UPnP mapping (client/mapped_port.py)
         # Relay only: accept a Teredo source not listed yet that embeds the UDP source
         # (§5.4.2 allows it; Miredo does not): what the relay's fast path learns.
         self.accept_unknown = accept_unknown
