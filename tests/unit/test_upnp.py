@@ -155,3 +155,23 @@ def test_describe_before_and_after_a_mapping():
     assert mapper.describe() is None
     mapper.mapped = (__import__("ipaddress").IPv4Address("198.51.100.1"), 40001)
     assert mapper.describe() == "mapped 198.51.100.1:40001"
+
+
+def test_stop_while_searching_does_not_wait(monkeypatch):
+    import threading
+    import time
+
+    started = threading.Event()
+
+    def slow_search(local_ip, timeout):
+        started.set()
+        time.sleep(1.0)
+        return None
+
+    monkeypatch.setattr(ssdp, "discover", slow_search)
+    mapper = upnp.PortMapper(("10.1.0.2", 40001), "teredo", _Log())
+    mapper.start()
+    assert started.wait(2)
+    mapper.stop()
+    # No gateway found yet: exit did not wait for the search (still running).
+    assert mapper._thread.is_alive() and mapper.mapped is None

@@ -68,8 +68,10 @@ class PortMapper:
     def stop(self) -> None:
         """At exit: stop the thread, remove the mapping (bounded by HTTP_TIMEOUT)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=SEARCH_TIMEOUT + 2 * HTTP_TIMEOUT)
+        if self._thread is not None and self.service is not None:
+            # A gateway answered: a mapping may be on its way; wait for it to land
+            # (bounded) so that it is removed. Still searching: nothing to wait for.
+            self._thread.join(timeout=3 * HTTP_TIMEOUT)
         mapped, service = self.mapped, self.service
         if mapped is None or service is None:
             return
@@ -109,6 +111,8 @@ class PortMapper:
                 return RETRY
             self.service = igd.describe(answer.location, HTTP_TIMEOUT)
             self._remove_stale()
+        if self._stop.is_set():
+            return 0.0
         external = igd.external_ip(self.service, HTTP_TIMEOUT)
         renewing = self.mapped is not None
         port = self._map(self.mapped[1] if renewing else self.local[1])
