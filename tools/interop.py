@@ -8,7 +8,7 @@ page never says more than a test run saw.
 
 Rows are NAT kinds (xdp_teredo.lab.netns.NAT_KINDS): the Teredo client that is
 behind NATs sits in client2, behind nat2b and nat2a, both of that kind (the
-seed article's "two NATs"). Columns are pairs: the NAT'd client's
+seed article's "two NATs"); for "upnp" in client1 behind nat1 (PLACEMENT). Columns are pairs: the NAT'd client's
 implementation, then the other end's (a client on the public host, with no NAT,
 or the IPv6-only host through a relay), with the server's. Cells: ping, TCP and
 UDP from the NAT'd client to the other end ("there") and back.
@@ -24,7 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "interop.json"
 DOC = ROOT / "docs" / "interop.md"
 
-ROWS = ("firewalled", "open", "symmetric")
+ROWS = ("firewalled", "open", "symmetric", "upnp")
+
+# Where the NAT'd client sits, per row: (host, its NATs). A UPnP gateway is the
+# home router on the internet (one NAT): behind a second NAT miniupnpd maps nothing.
+PLACEMENT = {"upnp": ("client1", ("nat1",))}
+DEFAULT_PLACEMENT = ("client2", ("nat2a", "nat2b"))
+
+
+def placement(row: str) -> tuple:
+    return PLACEMENT.get(row, DEFAULT_PLACEMENT)
 
 # (id, NAT'd client, other end, kind of other end, server, relay)
 COLUMNS = (
@@ -84,7 +93,7 @@ def cell_text(outcome: Optional[dict]) -> str:
 
 
 def render_table(table: dict) -> str:
-    lines = ["| NAT kind (client2 behind two) | " + " | ".join(column_title(c) for c in COLUMN_IDS)
+    lines = ["| NAT kind (client2 behind two; upnp: client1 behind one) | " + " | ".join(column_title(c) for c in COLUMN_IDS)
              + " |", "|---" * (len(COLUMN_IDS) + 1) + "|"]
     for row in ROWS:
         cells = [cell_text(table.get(row, {}).get(c)) for c in COLUMN_IDS]

@@ -318,6 +318,9 @@ def _hidden_seconds(name: str, help_text: str):
                    "and every start adopts it (docs/reliability.md).")
 @click.option("--peer-max", type=int, default=None, hidden=True,
               help="Capacity of the BPF peer table (tests fill a tiny one).")
+@click.option("--upnp/--no-upnp", default=True, show_default=True,
+              help="Ask a UPnP gateway on IFACE's network (SSDP) to map our UDP port "
+                   "(RFC 6081 §4.3), in the background; removed at exit.")
 @_inbound_options("stateful", "this host")
 @_metrics_option
 @_hidden_seconds("--refresh-interval", "Seconds between maintenance RSs (RFC: 30).")
@@ -328,7 +331,7 @@ def _hidden_seconds(name: str, help_text: str):
 @handles_errors
 def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_path,
            restart_safe, peer_max, refresh_interval, qualification_timeout, restart_delay,
-           peer_expiry, sync_interval, inbound, allow, metrics) -> None:
+           peer_expiry, sync_interval, upnp, inbound, allow, metrics) -> None:
     """Give this host IPv6 over Teredo through IFACE (until SIGINT/SIGTERM)."""
     from . import client as teredo_client
     from .client import config as client_config
@@ -348,7 +351,7 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
     extra = {"peer_max": peer_max} if peer_max is not None else {}
     extra["inbound"] = inbound_settings
     sys.exit(teredo_client.attach(settings, config_path, timers, restart_safe=restart_safe,
-                                  metrics=metrics_address, **extra))
+                                  metrics=metrics_address, upnp=upnp, **extra))
 
 
 @cli.command()

@@ -8,6 +8,8 @@ What is asserted:
   implementation or through either relay (but a first contact from behind a
   symmetric NAT to a Miredo client, which Miredo cannot take: only "back");
 - our client behind two symmetric NATs and our public client: ping and TCP both ways;
+- our client behind the UPnP NAT (client1, one NAT: tools/interop.py PLACEMENT):
+  ping and TCP both ways with every far end, a Miredo client included;
 - a Miredo client behind two remapping ("open") NATs reaches the native host
   through our relay, both ways (the issue's first observation);
 - wherever Miredo's own pair (the reference column, or Miredo's relay) works,
@@ -31,7 +33,6 @@ from xdp_teredo.teredo.peer_model import teredo_parts
 
 pytestmark = pytest.mark.e2e
 
-NAT_HOST = "client2"
 PUBLIC = "public"
 TCP_PORT, UDP_PORT = 5301, 5302
 ALLOW = ("--allow", f"tcp/{TCP_PORT}", "--allow", f"udp/{UDP_PORT}")
@@ -82,8 +83,9 @@ sys.exit(1)
 @pytest.fixture(scope="module", params=interop.ROWS)
 def row_lab(request, make_module_lab, require_bcc):
     kind = request.param
-    lab = make_module_lab("server", "relay", NAT_HOST, PUBLIC, "v6host",
-                          nat={"nat2a": kind, "nat2b": kind})
+    host, nats = interop.placement(kind)
+    lab = make_module_lab("server", "relay", host, PUBLIC, "v6host",
+                          nat={nat: kind for nat in nats})
     return kind, lab
 
 
@@ -130,9 +132,10 @@ def _other_mappings(lab, host: str) -> int:
     return count
 
 
-def run_cell(lab, column: str) -> dict:
+def run_cell(lab, column: str, row: str = "symmetric") -> dict:
     _, nat_impl, other_impl, kind, server_impl, relay_impl = \
         next(c for c in interop.COLUMNS if c[0] == column)
+    nat_host, nats = interop.placement(row)
     started = []
     outcome = {check: False for check in interop.CHECKS}
     try:
@@ -141,7 +144,7 @@ def run_cell(lab, column: str) -> dict:
         if relay_impl:
             started.append(roles.start_relay(lab, relay_impl))
         try:
-            here = roles.start_client(lab, nat_impl, NAT_HOST, server, *ALLOW)
+            here = roles.start_client(lab, nat_impl, nat_host, server, *ALLOW)
         except Exception as err:   # no address behind this NAT: every check fails
             print(f"{column}: the NAT'd client did not qualify: {err}")
             return outcome
@@ -152,12 +155,12 @@ def run_cell(lab, column: str) -> dict:
             far_host, far = PUBLIC, there.address
         else:
             far_host, far = "v6host", lab["v6host"].ipv6[0]
-        outcome["ping_there"] = _ping(lab, NAT_HOST, far)
+        outcome["ping_there"] = _ping(lab, nat_host, far)
         outcome["ping_back"] = _ping(lab, far_host, here.address)
-        outcome["tcp_there"] = _tcp(lab, NAT_HOST, far_host, far)
-        outcome["tcp_back"] = _tcp(lab, far_host, NAT_HOST, here.address)
-        outcome["udp_there"] = _udp(lab, NAT_HOST, far_host, far)
-        outcome["udp_back"] = _udp(lab, far_host, NAT_HOST, here.address)
+        outcome["tcp_there"] = _tcp(lab, nat_host, far_host, far)
+        outcome["tcp_back"] = _tcp(lab, far_host, nat_host, here.address)
+        outcome["udp_there"] = _udp(lab, nat_host, far_host, far)
+        outcome["udp_back"] = _udp(lab, far_host, nat_host, here.address)
         # Not part of the page: which of our daemons needed a proof (asserted below).
         outcome["proven"] = {h: _other_mappings(lab, h) for h, impl in
                              ((PUBLIC, other_impl), ("relay", relay_impl)) if impl == "xdp-teredo"}
@@ -165,18 +168,18 @@ def run_cell(lab, column: str) -> dict:
     finally:
         for role in reversed(started):
             role.stop()
-        for nat in ("nat2a", "nat2b"):
+        for nat in nats:
             lab.conntrack_flush(nat)
 
 
 @pytest.mark.parametrize("column", interop.COLUMN_IDS)
 def test_cell(row_lab, column):
     row, lab = row_lab
-    outcome = run_cell(lab, column)
+    outcome = run_cell(lab, column, row)
     proven = outcome.pop("proven", {})
     table = interop.record(row, column, outcome)
     interop.write_doc()
-    nat_impl, kind = column.split("-")[0], ("relay" if "relay" in column else "peer")
+    nat_impl = column.split("-")[0]
     if nat_impl == "ours":
         assert outcome["ping_back"], outcome
         # Behind a symmetric NAT, a first contact to a Miredo 1.2.6 client cannot
@@ -189,6 +192,10 @@ def test_cell(row_lab, column):
         assert all(outcome[c] for c in ("ping_there", "ping_back", "tcp_there", "tcp_back")), outcome
         # The public client trusted the NAT'd one where it really sends from.
         assert proven[PUBLIC] >= 1, proven
+    if row == "upnp" and nat_impl == "ours":
+        # RFC 6081 §4.3: our address embeds the UPnP mapping, so even a Miredo
+        # client, which fails behind the plain symmetric NAT, works both ways.
+        assert all(outcome[c] for c in ("ping_there", "ping_back", "tcp_there", "tcp_back")), outcome
     if row == "open" and column == "miredo-relay-ours":
         assert outcome["ping_there"] and outcome["ping_back"], outcome
         assert proven["relay"] >= 1, proven   # the remapped port, on proof

@@ -578,3 +578,38 @@ def test_a_direct_bubble_from_a_link_local_source_is_answered_where_it_came_from
                     packet=b"x")
     assert peers.on_incoming(data) == [] and peers.drops["link_local_source"] == 1
     assert PeerList(FakeClock(), relay=True).on_incoming(bubble) == []
+
+
+# --- behind a UPnP mapping (RFC 6081 §4.3, client/mapped_port.py) -----------------------
+
+
+def test_inbound_open_bubbles_only_through_the_server():
+    _, peers = make()
+    peers.inbound_open = True
+    assert peers.on_outgoing(PEER, PKT) == [SendIndirectBubble(PEER, PEER_SERVER)]
+
+
+def test_inbound_open_leaves_indirect_bubbles_unanswered():
+    _, peers = make()
+    peers.inbound_open = True
+    bubble = Incoming(source=PEER, destination=OUR_ADDRESS, udp_ip=IPv4("192.0.2.1"),
+                      udp_port=3544, bubble=True, from_server=True,
+                      origin=(IPv4("203.0.113.77"), 61000))
+    assert peers.on_incoming(bubble) == []
+    # A relay never bubbles directly: its indirect bubble is answered as usual.
+    relayed = Incoming(source=NATIVE, destination=OUR_ADDRESS, udp_ip=IPv4("192.0.2.1"),
+                       udp_port=3544, bubble=True, from_server=True,
+                       origin=(RELAY_IP, RELAY_PORT))
+    assert peers.on_incoming(relayed) == [SendDirectBubble(NATIVE, RELAY_IP, RELAY_PORT)]
+
+
+def test_inbound_open_answers_a_new_peers_direct_bubble_once():
+    _, peers = make()
+    peers.inbound_open = True
+    queued = peers.on_outgoing(PEER, PKT)            # ping there: held
+    assert of_type(queued, SendIndirectBubble)
+    actions = trust(peers)                           # its direct bubble through the mapping
+    assert [a.packet for a in of_type(actions, SendDirect)] == [PKT]   # the held packet
+    assert of_type(actions, SendDirectBubble) == [SendDirectBubble(PEER, PEER_IP, PEER_PORT)]
+    # Trusted now: its next bubble is no news (no bubble ping-pong between two of us).
+    assert of_type(trust(peers), SendDirectBubble) == []

@@ -63,6 +63,7 @@ from ..teredo.qualification import Mapping, Qualification, State
 from ..teredo.ratelimit import Limits
 from . import discovery
 from .handover import HandingOver
+from .mapped_port import UpnpMapping
 from .interface import FollowingTheNic
 from .plan import Plan, pin_root
 from .qualify import Qualifying
@@ -75,7 +76,7 @@ IPv6Address = ipaddress.IPv6Address
 _ECHO_IDENTIFIER = 0x7E3E
 
 
-class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
+class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
     role = "client"
     extra_signals = (signal.SIGHUP,)
     # Miredo's rate for the ICMPv6 errors we send into the tunnel: one per 100 ms.
@@ -375,6 +376,7 @@ class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
                           decap=self.att.ingress, decap_why=self.receive.why,
                           xdp=self.att.xdp_attached, adopted=True)
         self.start_qualification()
+        self.start_upnp()
 
     def stopped_fields(self) -> dict:
         return {"kept_datapath": self.keep_datapath or None, **self.counters.activity()}
@@ -546,7 +548,9 @@ class ClientDaemon(Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
             "nat": self.behind_nat(mapping) if mapping else None,
             # As Windows' `netsh interface teredo show state` (teredo/nat_type.py).
             "nat_type": nat_type.type if nat_type else None,
-            "nat_detail": nat_type.describe() if nat_type else None,
+            "nat_detail": self._nat_detail(nat_type),
+            # "mapped A:P" while a UPnP gateway maps our port (client/upnp.py).
+            "upnp": self.upnp.describe() if self.upnp else None,
             "since": iso(self.since_wall),
             "since_s": round(self.clock.monotonic() - self.since, 3),
             "mtu": tunnel.mtu if tunnel else None,

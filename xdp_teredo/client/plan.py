@@ -72,6 +72,9 @@ class Plan:
     peer_max: int = constants.PEER_LIST_MAX
     # The inbound guard (--inbound, --allow; docs/security.md): stateful by default.
     inbound: guard.Settings = guard.Settings()
+    # Map our port on a UPnP gateway when one answers (--no-upnp: never search;
+    # client/upnp.py, RFC 6081 §4.3).
+    upnp: bool = True
     # Names that did not resolve at start ((name, reason)): retried while offline.
     unresolved: Tuple[Tuple[str, str], ...] = ()
 

@@ -80,7 +80,8 @@ def inbound(settings: guard.Settings, maps, counters) -> dict:
 
 # -- the CLI's text ------------------------------------------------------------------------
 
-_CLIENT_KEYS = ("state", "address", "server", "mapped", "nat", "nat_type", "since", "tunnel",
+_CLIENT_KEYS = ("state", "address", "server", "mapped", "nat", "nat_type", "upnp", "since",
+                "tunnel",
                 "interface", "local", "xdp", "decap", "peers", "pid", "user")
 _RELAY_KEYS = ("role", "state", "ipv4", "port", "ipv4_iface", "ipv6_iface", "tunnel",
                "peers", "pending", "pid", "started")

@@ -212,7 +212,10 @@ def disable_dad(ns: str) -> None:
 #   flow of ours to that remote gets ANOTHER port (the tuple is taken).
 # - "symmetric": MASQUERADE --random-fully, nothing dropped: a random port for
 #   every new flow (every remote address and port): RFC 6081's symmetric NAT.
-NAT_KINDS = ("firewalled", "open", "symmetric")
+# - "upnp": "symmetric", and the box runs a UPnP IGD (miniupnpd, lab/upnp.py) on
+#   its LAN side: RFC 6081 §4.3's UPnP-enabled NAT. Hosts inside may ask it for a
+#   port mapping; without one it is a symmetric NAT like any other.
+NAT_KINDS = ("firewalled", "open", "symmetric", "upnp")
 
 
 def masquerade(ns: str, out_if: str, *, kind: str = "firewalled") -> None:
@@ -234,8 +237,13 @@ def masquerade(ns: str, out_if: str, *, kind: str = "firewalled") -> None:
     if kind not in NAT_KINDS:
         raise UsageError(f"unknown NAT kind {kind!r}; one of {', '.join(NAT_KINDS)}")
     rule = ["-o", out_if, "-j", "MASQUERADE"]
-    if kind == "symmetric":
+    if kind in ("symmetric", "upnp"):
         rule.append("--random-fully")
+    if kind == "upnp":
+        # The box's own traffic (miniupnpd's STUN test) leaves from its own address
+        # and port, as a home router's does: only what it forwards is translated.
+        ns_run(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-o", out_if,
+               "-m", "addrtype", "--src-type", "LOCAL", "-j", "RETURN")
     ns_run(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", *rule)
     if kind == "firewalled":
         ns_run(ns, "iptables", "-w", "-A", "INPUT", "-i", out_if, "-p", "udp",

@@ -21,7 +21,8 @@ nat3's public address does not come back to the other.
 
 Every NAT has a kind (netns.NAT_KINDS): "firewalled" (a home router; the
 default), "open" (no firewall: the port is remapped when a remote's unsolicited
-packet took the tuple) or "symmetric" (a random port per flow). Lab(nat={"nat1":
+packet took the tuple), "symmetric" (a random port per flow) or "upnp" (symmetric,
+with a UPnP IGD, miniupnpd, on its LAN side: lab/upnp.py). Lab(nat={"nat1":
 "symmetric"}) picks them per NAT host.
 
 Every host-to-host link is its own veth pair with its own small subnet, and
@@ -226,6 +227,7 @@ class Lab:
         self.hosts: dict = {}
         self._made: list = []       # namespaces created, in order
         self._procs: list = []      # BackgroundProcess, in start order
+        self.igds: dict = {}        # NAT host -> lab.upnp.Igd, for "upnp" NATs
         self._built = False
         self._closed = False
 
@@ -251,6 +253,7 @@ class Lab:
             for role in self.roles:
                 self._build_host(role)
             self._build_more()
+            self._start_igds()
         except BaseException:
             try:
                 self.close()
@@ -388,6 +391,14 @@ class Lab:
                 netns.add_route(up.netns, prefix, via=str(host.ipv6[0]))
         if spec.nat:
             netns.masquerade(ns, UPLINK, kind=self.nat_kinds[role])
+
+    def _start_igds(self) -> None:
+        """A UPnP IGD on every NAT of kind "upnp" whose LAN exists (lab/upnp.py)."""
+        from xdp_teredo.lab import upnp
+
+        for role, kind in self.nat_kinds.items():
+            if kind == "upnp" and self.hosts[role].lan is not None:
+                self.igds[role] = upnp.start_igd(self, role)
 
     def _build_more(self) -> None:
         """Hosts beyond _SPECS, made by a subclass (lab/fleet.py) with _new_ns, so

@@ -46,17 +46,16 @@ Receiving (§5.2.3 client, §5.4.2 relay), `on_incoming`:
   then sends a bubble of its own there, so that the peer, waiting for us, trusts
   us back.
 - Teredo source embedding something else: dropped, and (rate-limited as bubbles
-  are) an indirect bubble carrying our challenge goes through the source's
-  server: if the sender owns the address, its answer proves the mapping it sends
-  from. Never a challenge to the UDP source itself: whoever sent from there
-  would see it and could answer it for any address.
-- non-Teredo source (client only; a relay drops it): held in the queue and a
-  connectivity test is started towards it; held packets are delivered only if the
-  test's answer comes from the relay they came through.
+  are) an indirect bubble carrying our challenge goes through the source's server:
+  its answer proves the mapping it sends from (never a challenge to the UDP source:
+  whoever sent from there could answer it for any address).
+- non-Teredo source (client only): held, and a connectivity test started towards
+  it; delivered only if the test's answer comes from the relay they came through.
+- inbound_open (our address embeds a UPnP mapping, RFC 6081 §4.3): no direct bubble
+  first, none to a client's indirect one (a relay's: as usual); a new peer's direct one is answered.
 
-Queue: at most PEER_QUEUE_BYTES per peer; like Miredo (peerlist.c) a packet that
-does not fit is refused and the older ones kept; unlike Miredo (which pushes on a
-stack) they leave in arrival order.
+Queue: at most PEER_QUEUE_BYTES per peer; a packet that does not fit is refused and
+the older ones kept (Miredo's peerlist.c); they leave in arrival order.
 
 Capacity: at most `capacity` peers. Miredo refuses new peers when full; we evict
 the least recently active peer instead, preferring untrusted entries, so that a
@@ -167,10 +166,9 @@ class PeerList(ProvingMappings, LocalPeers):
         self._clock = clock
         self._rng = rng
         self.relay = relay
-        # Relay only: also accept data from a Teredo source not listed yet when it
-        # embeds the UDP source (§5.4.2 allows it; Miredo chooses not to). A relay
-        # whose data path learns such clients needs it, or its slow path would drop
-        # what its fast path forwards.
+        self.inbound_open = False   # our address embeds a UPnP mapping (client/mapped_port.py)
+        # Relay only: accept a Teredo source not listed yet that embeds the UDP source
+        # (§5.4.2 allows it; Miredo does not): what the relay's fast path learns.
         self.accept_unknown = accept_unknown
         self.expiry = float(expiry)
         self.capacity = int(capacity)
@@ -190,9 +188,8 @@ class PeerList(ProvingMappings, LocalPeers):
         self._by_activity = {False: _LazyHeap(), True: _LazyHeap()}  # by `trusted`
         self._deadlines = _LazyHeap()
         self._holding: Dict[IPv6Address, None] = {}  # peers with queued packets
-        # Local discovery (§5.2.8, client/discovery.py): the IPv4 networks of our own
-        # link (empty: off), and the local address and port each peer found on it
-        # has there, which its Teredo address cannot tell.
+        # Local discovery (§5.2.8, client/discovery.py): our link's IPv4 networks (empty:
+        # off), and each peer's local address and port there.
         self.local_networks: tuple = ()
         self._local: Dict[IPv6Address, Tuple[IPv4Address, int]] = {}
 
@@ -252,15 +249,14 @@ class PeerList(ProvingMappings, LocalPeers):
             return actions
         peer.bubbles.append(now)
         peer.last_tx = now
-        # Direct first: it opens our own NAT for the answer the indirect one asks for;
-        # to the mapping proven before, if any (a stale trusted peer). The indirect
-        # one carries our challenge: its answer may come from another mapping. A
-        # peer on our own link answers from its local address (§5.2.8); a NAT that
-        # does not hairpin would never bring the bubble to its mapped one.
+        # Direct first (to the mapping proven before, if any): it opens our NAT for the
+        # answer the indirect one (with our challenge) asks for. A peer on our link gets
+        # it at its local address (§5.2.8): NATs need not hairpin.
         challenge = self.challenge(dst)
         ip, port = self._local.get(dst, (peer.mapped_ip, peer.mapped_port))
         direct = SendDirectBubble(dst, ip, port, source=challenge if self.relay else None)
-        return actions + [direct, SendIndirectBubble(dst, server, source=challenge)]
+        # inbound_open: an early direct bubble would take the flow's tuple with a random port.
+        return actions + [direct] * (not self.inbound_open) + [SendIndirectBubble(dst, server, source=challenge)]
 
     def _outgoing_native(self, dst: IPv6Address, packet: bytes, now: float) -> list:
         peer, actions = self._lookup_or_create(dst, now)
@@ -300,7 +296,9 @@ class PeerList(ProvingMappings, LocalPeers):
                 # §5.2.3: an indirect bubble; answer with a direct one to open the
                 # path from the peer through our NAT.
                 ip, port = _ipv4(origin[0]), int(origin[1])
-                if is_global_unicast(ip) and 0 < port <= 0xFFFF:
+                if self.inbound_open and teredo_parts(src):   # a client: answered when its
+                    pass                                      # direct bubble arrives
+                elif is_global_unicast(ip) and 0 < port <= 0xFFFF:
                     actions.append(SendDirectBubble(src, ip, port))
                 else:
                     self.drops["origin_not_global"] += 1
@@ -349,6 +347,8 @@ class PeerList(ProvingMappings, LocalPeers):
                 return actions + self._drop("relay_unknown_peer")
             peer, evicted = self._lookup_or_create(src, now)
             actions += evicted + self._trust(peer, udp, now)
+            if pkt.bubble and self.inbound_open:   # its flow through our NAT exists now
+                return actions + [SendDirectBubble(src, udp[0], udp[1])]
             return actions + ([] if pkt.bubble else [Deliver(pkt.packet)])
 
         if self.relay:
