@@ -398,7 +398,7 @@ class Lab:
 
         for role, kind in self.nat_kinds.items():
             if kind == "upnp" and self.hosts[role].lan is not None:
-                self.igds[role] = upnp.start_igd(self, role)
+                self.igds[role] = upnp.start_igd(self, role, uplink=UPLINK, lan=LAN)
 
     def _build_more(self) -> None:
         """Hosts beyond _SPECS, made by a subclass (lab/fleet.py) with _new_ns, so

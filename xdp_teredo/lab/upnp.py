@@ -99,28 +99,27 @@ def start_stun(lab) -> None:
         lab._stun.wait_for_output("listening", timeout=START_TIMEOUT)
 
 
-def start_igd(lab, role: str, *, timeout: float = START_TIMEOUT) -> Igd:
-    """Start miniupnpd on NAT host `role`: WAN its uplink, listening on its LAN
-    side. Returns once its HTTP port is bound."""
-    from xdp_teredo.lab.topology import LAN, UPLINK
-
+def start_igd(lab, role: str, *, uplink: str, lan: str,
+              timeout: float = START_TIMEOUT) -> Igd:
+    """Start miniupnpd on NAT host `role`: WAN its `uplink` device, listening on its
+    `lan` side. Returns once its HTTP port is bound."""
     host = lab[role]
-    lan = lab.run(role, "ip", "-4", "-o", "addr", "show", "dev", LAN).stdout
-    m = re.search(r"inet ([0-9.]+)/", lan)
+    shown = lab.run(role, "ip", "-4", "-o", "addr", "show", "dev", lan).stdout
+    m = re.search(r"inet ([0-9.]+)/", shown)
     if m is None:
-        raise RuntimeFailure(f"{role} has no IPv4 address on {LAN} for the IGD to listen on")
+        raise RuntimeFailure(f"{role} has no IPv4 address on {lan} for the IGD to listen on")
     lan_address = m.group(1)
     lab.run(role, "nft", "-f", "-", input=_RULESET.format(table=TABLE))
     start_stun(lab)
     stun = (host.gateway, STUN_PORT)
     conf = lab.workdir / f"miniupnpd-{role}.conf"
     conf.write_text("\n".join([
-        f"ext_ifname={UPLINK}",
+        f"ext_ifname={uplink}",
         # Its address is a documentation one: ask the lab's STUN server (module doc).
         "ext_perform_stun=yes",
         f"ext_stun_host={stun[0]}",
         f"ext_stun_port={stun[1]}",
-        f"listening_ip={LAN}",
+        f"listening_ip={lan}",
         f"http_port={HTTP_PORT}",
         "enable_natpmp=no",
         "enable_upnp=yes",
