@@ -86,8 +86,8 @@ struct teredo_config {
 	__u64 peer_timeout_ns;       /* a peer is fresh this long after last_rx */
 	__u32 mtu;                   /* the tunnel MTU (RFC 4380 §5.1.2: 1280) */
 	__u32 l2_len;                /* tc egress: bytes before the IPv6 header */
-	__u32 csum_out_ifindex;      /* relay tc: the checksum veth's end to send pending-checksum packets out of (0: none) */
-	__u32 csum_in_ifindex;       /* relay tc: its other end, where they come back finished */
+	__u32 csum_out_ifindex;      /* tc (relay; client on a veth NIC): the checksum veth end to send pending-checksum packets out of (0: none, net/csum_veth.py) */
+	__u32 csum_in_ifindex;       /* its other end, where they come back finished */
 };
 _Static_assert(sizeof(struct teredo_config) == 56, "struct teredo_config differs from layout.ConfigValue");
 
@@ -201,62 +201,63 @@ enum teredo_reason {
 	TEREDO_R_RX_REDIRECTED = 2,              /* ok: tc ingress: an XDP-decapsulated frame sent into the tun */
 	TEREDO_R_SERVER_RA = 3,                  /* ok: server XDP: an RS answered with the Router Advertisement, XDP_TX (RFC 4380 §5.3.1) */
 	TEREDO_R_RELAY_CSUM_DETOUR = 4,          /* ok: relay tc: a same-host sender left a checksum (or GSO) to offload: out through the relay's checksum veth, which finishes it, taken on the way back in */
-	TEREDO_R_RX_NOT_TEREDO = 5,              /* pass: not IPv4/UDP to our address and port: host traffic */
-	TEREDO_R_RX_DISABLED = 6,                /* pass: config says not enabled (not qualified yet) */
-	TEREDO_R_RX_FRAGMENT = 7,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
-	TEREDO_R_RX_IPV4_OPTIONS = 8,            /* pass: legal but rare: the socket gets it */
-	TEREDO_R_RX_AUTH = 9,                    /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
-	TEREDO_R_RX_ORIGIN = 10,                 /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
-	TEREDO_R_RX_BUBBLE = 11,                 /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
-	TEREDO_R_RX_LINK_LOCAL_SOURCE = 12,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
-	TEREDO_R_RX_MULTICAST_DESTINATION = 13,  /* pass: ff00::/8 destination (idem) */
-	TEREDO_R_RX_NOT_OUR_ADDRESS = 14,        /* pass: IPv6 destination is not our Teredo address */
-	TEREDO_R_RX_UNKNOWN_PEER = 15,           /* pass: no peer entry, source does not embed the UDP source */
-	TEREDO_R_RX_UNTRUSTED_PEER = 16,         /* pass: the control plane is still talking to this peer */
-	TEREDO_R_RX_MAPPING_MISMATCH = 17,       /* pass: trusted entry, but from another IPv4 address/port */
-	TEREDO_R_RX_DECAP_UNSUPPORTED = 18,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
-	TEREDO_R_TX_NOT_IPV6 = 19,               /* pass: not an IPv6 packet */
-	TEREDO_R_TX_DISABLED = 20,               /* pass: config says not enabled */
-	TEREDO_R_TX_MALFORMED = 21,              /* pass: truncated IPv6 header or wrong version */
-	TEREDO_R_TX_TOO_BIG = 22,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
-	TEREDO_R_TX_NO_PEER = 23,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
-	TEREDO_R_TX_UNTRUSTED_PEER = 24,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
-	TEREDO_R_TX_STALE_PEER = 25,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
-	TEREDO_R_TX_ENCAP_UNSUPPORTED = 26,      /* pass: bpf_skb_adjust_room refused: untouched */
-	TEREDO_R_RELAY_NO_NEIGH = 27,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
-	TEREDO_R_RELAY_NO_ROUTE = 28,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
-	TEREDO_R_RELAY_FRAG_NEEDED = 29,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
-	TEREDO_R_RELAY_HOP_LIMIT = 30,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
-	TEREDO_R_RELAY_TEREDO_DESTINATION = 31,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
-	TEREDO_R_RELAY_EGRESS_NOT_XDP = 32,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
-	TEREDO_R_RELAY_OFFLOAD_PENDING = 33,     /* pass: relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it */
-	TEREDO_R_SERVER_NOT_RS = 34,             /* pass: server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1) */
-	TEREDO_R_SERVER_RS_SLOW_PATH = 35,       /* pass: server: an RS in a shape the program leaves to the daemon (client id, origin, other options) */
-	TEREDO_R_RX_IPV4_CHECKSUM = 36,          /* drop: bad outer IPv4 header checksum */
-	TEREDO_R_RX_IPV4_LENGTH = 37,            /* drop: IPv4 total length shorter than its headers or the frame */
-	TEREDO_R_RX_UDP_LENGTH = 38,             /* drop: UDP length != IPv4 payload length */
-	TEREDO_R_RX_NOT_IPV6 = 39,               /* drop: UDP payload is neither IPv6 nor an indicator header */
-	TEREDO_R_RX_IPV6_TRUNCATED = 40,         /* drop: UDP payload shorter than an IPv6 header */
-	TEREDO_R_RX_IPV6_LENGTH = 41,            /* drop: 40 + IPv6 payload length != UDP payload length */
-	TEREDO_R_RX_NO_TUN = 42,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
-	TEREDO_R_TX_ENCAP_ERROR = 43,            /* drop: writing the outer headers failed half-way */
-	TEREDO_R_TX_REDIRECT_FAILED = 44,        /* drop: bpf_redirect_neigh refused */
-	TEREDO_R_RELAY_SOURCE_MISMATCH = 45,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
-	TEREDO_R_RELAY_REDIRECT_FAILED = 46,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
-	TEREDO_R_GUARD_UNSOLICITED = 47,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
-	TEREDO_R_GUARD_ICMPV6 = 48,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
-	TEREDO_R_GUARD_FRAGMENT = 49,            /* drop: guard: a later fragment whose first fragment was not let in */
-	TEREDO_R_GUARD_UNPARSED = 50,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
-	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 51, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
-	TEREDO_R_RX_SLOW_PATH_LIMIT = 52,        /* drop: for the control plane, but the slow path as a whole is over its rate */
-	TEREDO_R_SERVER_SOURCE_NOT_GLOBAL = 53,  /* drop: server: the IPv4 source is not global unicast (§5.3.1) */
-	TEREDO_R_SERVER_LOOP = 54,               /* drop: server: the IPv4 source is one of the server's own addresses */
-	TEREDO_R_SERVER_RS_MALFORMED = 55,       /* drop: server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded) */
-	TEREDO_R_SERVER_RA_SOURCE_LIMIT = 56,    /* drop: server: RAs to this IPv4 address are over its rate */
-	TEREDO_R_SERVER_RA_LIMIT = 57,           /* drop: server: RAs in all are over the server's rate */
-	TEREDO_R_MAX = 58,
+	TEREDO_R_TX_CSUM_DETOUR = 5,             /* ok: client tc egress, NIC a veth: a checksum (or GSO) left to offload: out through the client's checksum veth, which finishes it, encapsulated on the way back in */
+	TEREDO_R_RX_NOT_TEREDO = 6,              /* pass: not IPv4/UDP to our address and port: host traffic */
+	TEREDO_R_RX_DISABLED = 7,                /* pass: config says not enabled (not qualified yet) */
+	TEREDO_R_RX_FRAGMENT = 8,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
+	TEREDO_R_RX_IPV4_OPTIONS = 9,            /* pass: legal but rare: the socket gets it */
+	TEREDO_R_RX_AUTH = 10,                   /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
+	TEREDO_R_RX_ORIGIN = 11,                 /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
+	TEREDO_R_RX_BUBBLE = 12,                 /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
+	TEREDO_R_RX_LINK_LOCAL_SOURCE = 13,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
+	TEREDO_R_RX_MULTICAST_DESTINATION = 14,  /* pass: ff00::/8 destination (idem) */
+	TEREDO_R_RX_NOT_OUR_ADDRESS = 15,        /* pass: IPv6 destination is not our Teredo address */
+	TEREDO_R_RX_UNKNOWN_PEER = 16,           /* pass: no peer entry, source does not embed the UDP source */
+	TEREDO_R_RX_UNTRUSTED_PEER = 17,         /* pass: the control plane is still talking to this peer */
+	TEREDO_R_RX_MAPPING_MISMATCH = 18,       /* pass: trusted entry, but from another IPv4 address/port */
+	TEREDO_R_RX_DECAP_UNSUPPORTED = 19,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
+	TEREDO_R_TX_NOT_IPV6 = 20,               /* pass: not an IPv6 packet */
+	TEREDO_R_TX_DISABLED = 21,               /* pass: config says not enabled */
+	TEREDO_R_TX_MALFORMED = 22,              /* pass: truncated IPv6 header or wrong version */
+	TEREDO_R_TX_TOO_BIG = 23,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
+	TEREDO_R_TX_NO_PEER = 24,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
+	TEREDO_R_TX_UNTRUSTED_PEER = 25,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
+	TEREDO_R_TX_STALE_PEER = 26,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
+	TEREDO_R_TX_ENCAP_UNSUPPORTED = 27,      /* pass: bpf_skb_adjust_room refused: untouched */
+	TEREDO_R_RELAY_NO_NEIGH = 28,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
+	TEREDO_R_RELAY_NO_ROUTE = 29,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
+	TEREDO_R_RELAY_FRAG_NEEDED = 30,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
+	TEREDO_R_RELAY_HOP_LIMIT = 31,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
+	TEREDO_R_RELAY_TEREDO_DESTINATION = 32,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
+	TEREDO_R_RELAY_EGRESS_NOT_XDP = 33,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
+	TEREDO_R_RELAY_OFFLOAD_PENDING = 34,     /* pass: relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it */
+	TEREDO_R_SERVER_NOT_RS = 35,             /* pass: server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1) */
+	TEREDO_R_SERVER_RS_SLOW_PATH = 36,       /* pass: server: an RS in a shape the program leaves to the daemon (client id, origin, other options) */
+	TEREDO_R_RX_IPV4_CHECKSUM = 37,          /* drop: bad outer IPv4 header checksum */
+	TEREDO_R_RX_IPV4_LENGTH = 38,            /* drop: IPv4 total length shorter than its headers or the frame */
+	TEREDO_R_RX_UDP_LENGTH = 39,             /* drop: UDP length != IPv4 payload length */
+	TEREDO_R_RX_NOT_IPV6 = 40,               /* drop: UDP payload is neither IPv6 nor an indicator header */
+	TEREDO_R_RX_IPV6_TRUNCATED = 41,         /* drop: UDP payload shorter than an IPv6 header */
+	TEREDO_R_RX_IPV6_LENGTH = 42,            /* drop: 40 + IPv6 payload length != UDP payload length */
+	TEREDO_R_RX_NO_TUN = 43,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
+	TEREDO_R_TX_ENCAP_ERROR = 44,            /* drop: writing the outer headers failed half-way */
+	TEREDO_R_TX_REDIRECT_FAILED = 45,        /* drop: bpf_redirect_neigh refused */
+	TEREDO_R_RELAY_SOURCE_MISMATCH = 46,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
+	TEREDO_R_RELAY_REDIRECT_FAILED = 47,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
+	TEREDO_R_GUARD_UNSOLICITED = 48,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
+	TEREDO_R_GUARD_ICMPV6 = 49,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
+	TEREDO_R_GUARD_FRAGMENT = 50,            /* drop: guard: a later fragment whose first fragment was not let in */
+	TEREDO_R_GUARD_UNPARSED = 51,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
+	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 52, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
+	TEREDO_R_RX_SLOW_PATH_LIMIT = 53,        /* drop: for the control plane, but the slow path as a whole is over its rate */
+	TEREDO_R_SERVER_SOURCE_NOT_GLOBAL = 54,  /* drop: server: the IPv4 source is not global unicast (§5.3.1) */
+	TEREDO_R_SERVER_LOOP = 55,               /* drop: server: the IPv4 source is one of the server's own addresses */
+	TEREDO_R_SERVER_RS_MALFORMED = 56,       /* drop: server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded) */
+	TEREDO_R_SERVER_RA_SOURCE_LIMIT = 57,    /* drop: server: RAs to this IPv4 address are over its rate */
+	TEREDO_R_SERVER_RA_LIMIT = 58,           /* drop: server: RAs in all are over the server's rate */
+	TEREDO_R_MAX = 59,
 };
-#define TEREDO_R_FIRST_PASS 5
-#define TEREDO_R_FIRST_DROP 36
+#define TEREDO_R_FIRST_PASS 6
+#define TEREDO_R_FIRST_DROP 37
 
 #endif /* TEREDO_SHARED_H */

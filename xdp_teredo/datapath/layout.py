@@ -68,8 +68,8 @@ class ConfigValue(ctypes.Structure):
         ("peer_timeout_ns", ctypes.c_uint64),  # a peer is fresh this long after last_rx
         ("mtu", ctypes.c_uint32),            # the tunnel MTU (RFC 4380 §5.1.2: 1280)
         ("l2_len", ctypes.c_uint32),         # tc egress: bytes before the IPv6 header
-        ("csum_out_ifindex", ctypes.c_uint32),  # relay tc: the checksum veth's end to send pending-checksum packets out of (0: none)
-        ("csum_in_ifindex", ctypes.c_uint32),   # relay tc: its other end, where they come back finished
+        ("csum_out_ifindex", ctypes.c_uint32),  # tc (relay; client on a veth NIC): the checksum veth end to send pending-checksum packets out of (0: none, net/csum_veth.py)
+        ("csum_in_ifindex", ctypes.c_uint32),   # its other end, where they come back finished
     ]
     _c_types_ = {"local_ipv4": "__be32", "local_port": "__be16"}
 
@@ -276,70 +276,71 @@ class Reason(enum.IntEnum):
     RX_REDIRECTED = 2           # tc ingress: an XDP-decapsulated frame sent into the tun
     SERVER_RA = 3               # server XDP: an RS answered with the Router Advertisement, XDP_TX (RFC 4380 §5.3.1)
     RELAY_CSUM_DETOUR = 4       # relay tc: a same-host sender left a checksum (or GSO) to offload: out through the relay's checksum veth, which finishes it, taken on the way back in
+    TX_CSUM_DETOUR = 5          # client tc egress, NIC a veth: a checksum (or GSO) left to offload: out through the client's checksum veth, which finishes it, encapsulated on the way back in
     # -- pass: ingress, XDP_PASS / TC_ACT_OK, packet unchanged
-    RX_NOT_TEREDO = 5           # not IPv4/UDP to our address and port: host traffic
-    RX_DISABLED = 6             # config says not enabled (not qualified yet)
-    RX_FRAGMENT = 7             # IPv4 first fragment: the stack reassembles for the socket
-    RX_IPV4_OPTIONS = 8         # legal but rare: the socket gets it
-    RX_AUTH = 9                 # RFC 4380 §5.1.1 authentication header: server traffic
-    RX_ORIGIN = 10              # RFC 4380 §5.1.1 origin indication: server traffic
-    RX_BUBBLE = 11              # RFC 4380 §2.8: next header 59, payload length 0
-    RX_LINK_LOCAL_SOURCE = 12   # fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane)
-    RX_MULTICAST_DESTINATION = 13  # ff00::/8 destination (idem)
-    RX_NOT_OUR_ADDRESS = 14     # IPv6 destination is not our Teredo address
-    RX_UNKNOWN_PEER = 15        # no peer entry, source does not embed the UDP source
-    RX_UNTRUSTED_PEER = 16      # the control plane is still talking to this peer
-    RX_MAPPING_MISMATCH = 17    # trusted entry, but from another IPv4 address/port
-    RX_DECAP_UNSUPPORTED = 18   # adjust_meta/adjust_head/adjust_room refused: untouched
+    RX_NOT_TEREDO = 6           # not IPv4/UDP to our address and port: host traffic
+    RX_DISABLED = 7             # config says not enabled (not qualified yet)
+    RX_FRAGMENT = 8             # IPv4 first fragment: the stack reassembles for the socket
+    RX_IPV4_OPTIONS = 9         # legal but rare: the socket gets it
+    RX_AUTH = 10                # RFC 4380 §5.1.1 authentication header: server traffic
+    RX_ORIGIN = 11              # RFC 4380 §5.1.1 origin indication: server traffic
+    RX_BUBBLE = 12              # RFC 4380 §2.8: next header 59, payload length 0
+    RX_LINK_LOCAL_SOURCE = 13   # fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane)
+    RX_MULTICAST_DESTINATION = 14  # ff00::/8 destination (idem)
+    RX_NOT_OUR_ADDRESS = 15     # IPv6 destination is not our Teredo address
+    RX_UNKNOWN_PEER = 16        # no peer entry, source does not embed the UDP source
+    RX_UNTRUSTED_PEER = 17      # the control plane is still talking to this peer
+    RX_MAPPING_MISMATCH = 18    # trusted entry, but from another IPv4 address/port
+    RX_DECAP_UNSUPPORTED = 19   # adjust_meta/adjust_head/adjust_room refused: untouched
     # -- pass: egress, TC_ACT_OK: the packet goes on into the tun, to the control plane
-    TX_NOT_IPV6 = 19            # not an IPv6 packet
-    TX_DISABLED = 20            # config says not enabled
-    TX_MALFORMED = 21           # truncated IPv6 header or wrong version
-    TX_TOO_BIG = 22             # above the tunnel MTU: the control plane sends Packet Too Big
-    TX_NO_PEER = 23             # no peer entry: the control plane resolves it (bubbles, echo)
-    TX_UNTRUSTED_PEER = 24      # RFC 4380 §5.2.4: queue and bubble, in the control plane
-    TX_STALE_PEER = 25          # RFC 4380 §5.2.4: trusted but no recent receive
-    TX_ENCAP_UNSUPPORTED = 26   # bpf_skb_adjust_room refused: untouched
+    TX_NOT_IPV6 = 20            # not an IPv6 packet
+    TX_DISABLED = 21            # config says not enabled
+    TX_MALFORMED = 22           # truncated IPv6 header or wrong version
+    TX_TOO_BIG = 23             # above the tunnel MTU: the control plane sends Packet Too Big
+    TX_NO_PEER = 24             # no peer entry: the control plane resolves it (bubbles, echo)
+    TX_UNTRUSTED_PEER = 25      # RFC 4380 §5.2.4: queue and bubble, in the control plane
+    TX_STALE_PEER = 26          # RFC 4380 §5.2.4: trusted but no recent receive
+    TX_ENCAP_UNSUPPORTED = 27   # bpf_skb_adjust_room refused: untouched
     # -- pass: the relay (bpf/relay.c, RFC 4380 §5.4), XDP_PASS / TC_ACT_OK,
     # packet unchanged: the stack forwards it (into the tun, or natively) and answers
     # for it as a router would (Packet Too Big, Time Exceeded, Unreachable).
-    RELAY_NO_NEIGH = 27         # relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it
-    RELAY_NO_ROUTE = 28         # relay: fib lookup found no usable route (or forwarding is off): the stack decides
-    RELAY_FRAG_NEEDED = 29      # relay: above the egress MTU: the stack sends Packet Too Big or fragments
-    RELAY_HOP_LIMIT = 30        # relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3)
-    RELAY_TEREDO_DESTINATION = 31  # relay: Teredo client to Teredo address: hairpin through the tun, slow path
-    RELAY_EGRESS_NOT_XDP = 32   # relay XDP: the egress device takes no XDP-redirected frames (not in the devmap)
-    RELAY_OFFLOAD_PENDING = 33  # relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it
+    RELAY_NO_NEIGH = 28         # relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it
+    RELAY_NO_ROUTE = 29         # relay: fib lookup found no usable route (or forwarding is off): the stack decides
+    RELAY_FRAG_NEEDED = 30      # relay: above the egress MTU: the stack sends Packet Too Big or fragments
+    RELAY_HOP_LIMIT = 31        # relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3)
+    RELAY_TEREDO_DESTINATION = 32  # relay: Teredo client to Teredo address: hairpin through the tun, slow path
+    RELAY_EGRESS_NOT_XDP = 33   # relay XDP: the egress device takes no XDP-redirected frames (not in the devmap)
+    RELAY_OFFLOAD_PENDING = 34  # relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it
     # -- pass: the server (bpf/server.c, RFC 4380 §5.3.1), XDP_PASS: ServerPolicy decides
-    SERVER_NOT_RS = 34          # server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1)
-    SERVER_RS_SLOW_PATH = 35    # server: an RS in a shape the program leaves to the daemon (client id, origin, other options)
+    SERVER_NOT_RS = 35          # server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1)
+    SERVER_RS_SLOW_PATH = 36    # server: an RS in a shape the program leaves to the daemon (client id, origin, other options)
     # -- drop
-    RX_IPV4_CHECKSUM = 36       # bad outer IPv4 header checksum
-    RX_IPV4_LENGTH = 37         # IPv4 total length shorter than its headers or the frame
-    RX_UDP_LENGTH = 38          # UDP length != IPv4 payload length
-    RX_NOT_IPV6 = 39            # UDP payload is neither IPv6 nor an indicator header
-    RX_IPV6_TRUNCATED = 40      # UDP payload shorter than an IPv6 header
-    RX_IPV6_LENGTH = 41         # 40 + IPv6 payload length != UDP payload length
-    RX_NO_TUN = 42              # tc ingress: a decapsulated frame, but no tun configured any more
-    TX_ENCAP_ERROR = 43         # writing the outer headers failed half-way
-    TX_REDIRECT_FAILED = 44     # bpf_redirect_neigh refused
-    RELAY_SOURCE_MISMATCH = 45  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
-    RELAY_REDIRECT_FAILED = 46  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
+    RX_IPV4_CHECKSUM = 37       # bad outer IPv4 header checksum
+    RX_IPV4_LENGTH = 38         # IPv4 total length shorter than its headers or the frame
+    RX_UDP_LENGTH = 39          # UDP length != IPv4 payload length
+    RX_NOT_IPV6 = 40            # UDP payload is neither IPv6 nor an indicator header
+    RX_IPV6_TRUNCATED = 41      # UDP payload shorter than an IPv6 header
+    RX_IPV6_LENGTH = 42         # 40 + IPv6 payload length != UDP payload length
+    RX_NO_TUN = 43              # tc ingress: a decapsulated frame, but no tun configured any more
+    TX_ENCAP_ERROR = 44         # writing the outer headers failed half-way
+    TX_REDIRECT_FAILED = 45     # bpf_redirect_neigh refused
+    RELAY_SOURCE_MISMATCH = 46  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
+    RELAY_REDIRECT_FAILED = 47  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
     # -- drop: the inbound guard (bpf/lib/guard.h; --inbound stateful), IPv6 that
     # arrived over Teredo and that nobody here asked for (docs/security.md)
-    GUARD_UNSOLICITED = 47      # guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe)
-    GUARD_ICMPV6 = 48           # guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND)
-    GUARD_FRAGMENT = 49         # guard: a later fragment whose first fragment was not let in
-    GUARD_UNPARSED = 50         # guard: extension headers or transport header beyond what it reads: not checkable, so not taken
+    GUARD_UNSOLICITED = 48      # guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe)
+    GUARD_ICMPV6 = 49           # guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND)
+    GUARD_FRAGMENT = 50         # guard: a later fragment whose first fragment was not let in
+    GUARD_UNPARSED = 51         # guard: extension headers or transport header beyond what it reads: not checkable, so not taken
     # -- drop: admission to the slow path (bpf/lib/limit.h; docs/reliability.md)
-    RX_SLOW_PATH_SOURCE_LIMIT = 51  # for the control plane, but its sender (IPv4 source and kind) is over its rate
-    RX_SLOW_PATH_LIMIT = 52     # for the control plane, but the slow path as a whole is over its rate
+    RX_SLOW_PATH_SOURCE_LIMIT = 52  # for the control plane, but its sender (IPv4 source and kind) is over its rate
+    RX_SLOW_PATH_LIMIT = 53     # for the control plane, but the slow path as a whole is over its rate
     # -- drop: the server (bpf/server.c)
-    SERVER_SOURCE_NOT_GLOBAL = 53  # server: the IPv4 source is not global unicast (§5.3.1)
-    SERVER_LOOP = 54            # server: the IPv4 source is one of the server's own addresses
-    SERVER_RS_MALFORMED = 55    # server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded)
-    SERVER_RA_SOURCE_LIMIT = 56  # server: RAs to this IPv4 address are over its rate
-    SERVER_RA_LIMIT = 57        # server: RAs in all are over the server's rate
+    SERVER_SOURCE_NOT_GLOBAL = 54  # server: the IPv4 source is not global unicast (§5.3.1)
+    SERVER_LOOP = 55            # server: the IPv4 source is one of the server's own addresses
+    SERVER_RS_MALFORMED = 56    # server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded)
+    SERVER_RA_SOURCE_LIMIT = 57  # server: RAs to this IPv4 address are over its rate
+    SERVER_RA_LIMIT = 58        # server: RAs in all are over the server's rate
 
     @property
     def kind(self) -> Kind:
