@@ -22,6 +22,7 @@ from .test_tx import assert_encapsulated, trusted_peer
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
 R = Reason
+COVERED = {R.TX_CSUM_DETOUR}  # test_rx.py: every reason has a fixture
 CK0, CK1 = 41, 42  # any non-zero: test runs redirect nowhere
 
 
