@@ -87,10 +87,13 @@ def create(tunnel: str, *, owner: str, forwarding: bool = False,
     return out_index, in_index
 
 
-def remove(tunnel: str) -> None:
+def remove(tunnel: str) -> bool:
+    """Delete the pair (both ends go with one); whether there was one."""
     from pyroute2 import IPRoute
 
     out_name, _ = names(tunnel)
     with IPRoute() as ipr:
-        for index in ipr.link_lookup(ifname=out_name):
+        found = ipr.link_lookup(ifname=out_name)
+        for index in found:
             ipr.link("del", index=index)
+    return bool(found)
