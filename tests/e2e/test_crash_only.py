@@ -105,7 +105,10 @@ def test_the_adopted_client_replaced_its_checksum_veth_and_tcp_goes_round_it(ter
     whose checksums the host leaves to offload, still gets out finished."""
     lab = teredo.lab
     links = lab.run("client1", "ip", "-o", "link", "show").stdout
-    assert links.count("teredo-ck0") == 1 and links.count("teredo-ck1@") == 1, links
+    names = [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()]
+    assert names.count("teredo-ck0") == 1 and names.count("teredo-ck1") == 1, links
+    # The relay path first (the echo test, §5.2.9), then TCP over it.
+    assert lab.ping("client1", teredo.native, count=3, deadline=20).ok
     stats0 = cs.query(lab, "client1", "stats")
     sent = cs.tcp_transfer(lab, "client1", "v6host", teredo.native, nbytes=1_000_000)
     assert sent["from"] == teredo.addresses["client1"]

@@ -138,8 +138,10 @@ class ClientAttachment(hooks.Hooks):
             config,
             nic_ifindex=config.nic_ifindex or self.nic_ifindex,
             tun_ifindex=config.tun_ifindex or self.tun_ifindex,
-            csum_out_ifindex=config.csum_out_ifindex or self.csum_veth[0],
-            csum_in_ifindex=config.csum_in_ifindex or self.csum_veth[1],
+            # This attachment's checksum veth when it has one: a config read back
+            # from an adopted data path names the pair that was replaced.
+            csum_out_ifindex=self.csum_veth[0] or config.csum_out_ifindex,
+            csum_in_ifindex=self.csum_veth[1] or config.csum_in_ifindex,
         )
         self.prog.config.write(config)
         _log.info("datapath_configured", local=f"{config.local_ipv4}:{config.local_port}",
@@ -211,10 +213,16 @@ class ClientAttachment(hooks.Hooks):
     def attach_csum_veth(self, out_ifindex: int, in_ifindex: int) -> None:
         """tc_teredo_tx_back on the checksum veth's far end (net/csum_veth.py), after
         attach or adopt: the pair is always new (a killed client's is replaced), so
-        its hook is too. The next configure() tells tc_teredo_tx to use it."""
+        its hook is too. An adopted data path's config names the old pair, whose
+        ifindexes are gone: rewritten at once, or pending packets would be sent
+        nowhere until the next configure()."""
         self._tc_filter(in_ifindex, TC_INGRESS, self.prog.functions["tc_tx_back"],
                         "checksum veth ingress", "client.detach_stale")
         self.csum_veth = (out_ifindex, in_ifindex)
+        running = self.prog.config.read()
+        if running is not None:
+            self.prog.config.write(dataclasses.replace(
+                running, csum_out_ifindex=out_ifindex, csum_in_ifindex=in_ifindex))
 
     def release(self) -> None:
         """Leave everything attached and pinned, and forget it: the restart-safe stop
