@@ -11,7 +11,10 @@
  *   tc_teredo_rx       tc ingress on the NIC, tc-only variant of the two above
  *                      (bpf_skb_adjust_room decap + redirect), for when XDP is not used.
  *   tc_teredo_tx       tc egress on the tun: encapsulate IPv6 to trusted, fresh
- *                      peers and send it out of the NIC.
+ *                      peers and send it out of the NIC; on a veth NIC, what is
+ *                      left to offload goes round the checksum veth first.
+ *   tc_teredo_tx_back  tc ingress on the checksum veth's far end: encapsulate
+ *                      what came back finished, out of the NIC.
  * The inbound guard (lib/guard.h) sits in the receive decision, so that XDP drops
  * what nobody asked for before anything else is spent on it, and in the transmit
  * path, which records the flows the host starts.
@@ -184,10 +187,61 @@ int tc_teredo_rx(struct __sk_buff *skb)
 /* ---------------------------------------------------------------- transmit */
 
 /*
+ * Whether the stack left this packet's checksum or segmentation to the device: a
+ * GSO packet (gso_size; TCP always sends them, UDP with UDP_SEGMENT), or a TCP/UDP
+ * checksum left CHECKSUM_PARTIAL, which holds the folded pseudo-header sum
+ * (lib/csum.h). BPF cannot read ip_summed; a complete checksum that equals the
+ * pseudo-header sum by chance (once in 65536) only costs one needless detour.
+ */
+static __always_inline int tx_offload_pending(struct __sk_buff *skb, struct ipv6hdr *ip6,
+					      void *data_end, __u32 ip6_len)
+{
+	__u16 *field;
+	int at;
+
+	if (skb->gso_size)
+		return 1;
+	at = l4_csum_offset(ip6->nexthdr);
+	if (at < 0)
+		return 0;
+	field = (void *)(ip6 + 1) + at;
+	if ((void *)(field + 1) > data_end)
+		return 0; /* no transport header to finish: nothing the device would do */
+	return csum_left_to_offload(*field, ipv6_pseudo_sum(ip6, ip6_len - TEREDO_IPV6_HDR_LEN,
+							    ip6->nexthdr));
+}
+
+/*
+ * Over a veth NIC (docs/client.md, "Checksums over a veth"): what is left to offload
+ * leaves unfinished, and a Teredo peer on this host that decapsulates in userspace
+ * (Miredo) would read it so. No helper finishes it for good (kernel-notes.md), so the
+ * packet, still IPv6, goes out of the client's checksum veth (net/csum_veth.py),
+ * whose transmit path has no offloads: the kernel segments and checksums it there
+ * (validate_xmit_skb), and tc_teredo_tx_back encapsulates each finished packet when
+ * it comes back in at the other end. The redirect to an Ethernet device needs a MAC
+ * header in front (a tun gives none); only its type is read on the way back.
+ */
+static __always_inline int tx_csum_detour(struct __sk_buff *skb, const struct teredo_config *cfg,
+					  __u32 l2_len, __u32 *redirect_ret)
+{
+	__be16 ipv6_type = bpf_htons(ETH_P_IPV6);
+
+	if (l2_len == 0 && bpf_skb_change_head(skb, ETH_HLEN, 0))
+		return TEREDO_R_TX_ENCAP_UNSUPPORTED; /* refused: the packet is unchanged */
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ipv6_type,
+				sizeof(ipv6_type), 0))
+		return TEREDO_R_TX_ENCAP_ERROR;
+	*redirect_ret = bpf_redirect(cfg->csum_out_ifindex, 0);
+	return TEREDO_R_TX_CSUM_DETOUR;
+}
+
+/*
  * The tun has no MAC header: skb->data is the IPv6 header (cfg->l2_len == 0). A
  * SCHED_CLS test run always builds an Ethernet frame, so tests set l2_len to 14.
+ * back_in: the packet came back from the checksum veth (an Ethernet frame, its
+ * offloads finished): encapsulated as it is, never sent round again.
  */
-static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
+static __always_inline int tc_encap(struct __sk_buff *skb, int back_in, __u32 *redirect_ret)
 {
 	const struct teredo_config *cfg = config_get();
 	struct teredo_outer4 outer;
@@ -204,7 +258,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 		return TEREDO_R_TX_DISABLED;
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
 		return TEREDO_R_TX_NOT_IPV6;
-	l2_len = cfg->l2_len;
+	l2_len = back_in ? ETH_HLEN : cfg->l2_len;
 	if (l2_len != 0 && l2_len != ETH_HLEN)
 		return TEREDO_R_TX_MALFORMED;
 	if (skb->len < l2_len + TEREDO_IPV6_HDR_LEN)
@@ -225,8 +279,10 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	if (ip6_len > cfg->mtu && !skb->gso_size)
 		return TEREDO_R_TX_TOO_BIG;
 	/* Whichever path sends it (this one or the control plane's), the packet
-	 * leaves: its flow may be answered (lib/guard.h). */
-	guard_outbound(&c, ip6);
+	 * leaves: its flow may be answered (lib/guard.h). Recorded once, not again
+	 * when it comes back from the checksum veth. */
+	if (!back_in)
+		guard_outbound(&c, ip6);
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
 	peer = peers_lookup(&key);
@@ -234,6 +290,9 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	reason = tx_peer_verdict(peer, now, cfg->peer_timeout_ns);
 	if (reason != TEREDO_R_ENCAPSULATED || !peer)
 		return reason;
+	if (!back_in && cfg->csum_out_ifindex &&
+	    tx_offload_pending(skb, ip6, (void *)(long)skb->data_end, ip6_len))
+		return tx_csum_detour(skb, cfg, l2_len, redirect_ret);
 
 	/* A refusal leaves the packet unchanged: the slow path can still send it. Any
 	 * failure after a successful adjust_room leaves it half-built: dropped. */
@@ -265,14 +324,49 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 *redirect_ret)
 	return TEREDO_R_ENCAPSULATED;
 }
 
+/* The verdict as tc's action: a redirect where we sent it somewhere. */
+static __always_inline int tc_tx_action(int reason, __u32 redirect_ret)
+{
+	if (reason == TEREDO_R_ENCAPSULATED || reason == TEREDO_R_TX_CSUM_DETOUR)
+		return (int)redirect_ret;
+	return tc_action_of(reason);
+}
+
 int tc_teredo_tx(struct __sk_buff *skb)
 {
 	__u32 bytes = skb->len;
 	__u32 redirect_ret = TC_ACT_SHOT;
-	int reason = tc_encap(skb, &redirect_ret);
+	int reason = tc_encap(skb, 0, &redirect_ret);
 
 	count(reason, bytes);
-	return reason == TEREDO_R_ENCAPSULATED ? (int)redirect_ret : tc_action_of(reason);
+	return tc_tx_action(reason, redirect_ret);
+}
+
+/*
+ * tc ingress on the checksum veth's far end: what tc_teredo_tx sent round, back
+ * finished (segmented, checksummed). Encapsulated like any packet; one that may
+ * not be any more (the peer went stale meanwhile, the config changed) is the
+ * control plane's: into the tun's transmit path, where tc_teredo_tx sees it again
+ * with nothing pending and the tun's reader gets it. Not IPv6 (ARP, router
+ * solicitations of the veth itself): not ours, dropped uncounted.
+ */
+int tc_teredo_tx_back(struct __sk_buff *skb)
+{
+	const struct teredo_config *cfg;
+	__u32 bytes = skb->len;
+	__u32 redirect_ret = TC_ACT_SHOT;
+	int reason;
+
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return TC_ACT_SHOT;
+	reason = tc_encap(skb, 1, &redirect_ret);
+	count(reason, bytes);
+	if (reason == TEREDO_R_ENCAPSULATED || tc_action_of(reason) == TC_ACT_SHOT)
+		return tc_tx_action(reason, redirect_ret);
+	cfg = config_get();
+	if (!cfg || !cfg->tun_ifindex)
+		return TC_ACT_SHOT;
+	return bpf_redirect(cfg->tun_ifindex, 0);
 }
 
 /* License: bcc marks the module GPL (needed for bpf_redirect_neigh and friends). */

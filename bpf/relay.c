@@ -445,7 +445,7 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	 */
 	if (skb->gso_size)
 		return tc_csum_detour(skb, ret);
-	at = relay_l4_csum_offset(ip6->nexthdr);
+	at = l4_csum_offset(ip6->nexthdr);
 	if (at >= 0) {
 		__u16 *field = (void *)(ip6 + 1) + at;
 

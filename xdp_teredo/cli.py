@@ -402,7 +402,7 @@ def peers(tunnel, as_json: bool) -> None:
 @_tunnel_option
 @handles_errors
 def detach(interface, tunnel) -> None:
-    """Remove what a killed client left on IFACE (XDP, tc filters, pins, its tunnel)."""
+    """Remove what a killed client left on IFACE (XDP, tc filters, pins, its tunnel, its checksum veth)."""
     from . import client as teredo_client
 
     removed = teredo_client.detach(interface, tunnel or "teredo")

@@ -7,6 +7,9 @@
 
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
 
 /* Fold a one's complement sum into 16 bits, not complemented: the value a
  * checksum field holds while the checksum is left to offload (the pseudo-header
@@ -79,6 +82,18 @@ static __always_inline __u64 ipv4_pseudo_sum(const struct iphdr *ip, __be16 l4_l
 static __always_inline int csum_left_to_offload(__u16 field, __u64 pseudo_sum)
 {
 	return field == csum_fold16(pseudo_sum);
+}
+
+/* Where the checksum sits in the transport header: TCP and UDP, the protocols
+ * whose checksums Linux leaves to offload; -1 for the others (ICMPv6 is always
+ * computed in software). */
+static __always_inline int l4_csum_offset(__u8 nexthdr)
+{
+	if (nexthdr == IPPROTO_TCP)
+		return offsetof(struct tcphdr, check);
+	if (nexthdr == IPPROTO_UDP)
+		return offsetof(struct udphdr, check);
+	return -1;
 }
 
 #endif /* TEREDO_CSUM_H */

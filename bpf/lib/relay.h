@@ -78,18 +78,6 @@ static __always_inline int relay_encap_verdict(const struct ipv6hdr *ip6, __u32 
 	return RELAY_GO;
 }
 
-/* Where the checksum sits in the transport header: TCP and UDP, the protocols
- * whose checksums Linux leaves to offload; -1 for the others (ICMPv6 is always
- * computed in software). */
-static __always_inline int relay_l4_csum_offset(__u8 nexthdr)
-{
-	if (nexthdr == IPPROTO_TCP)
-		return offsetof(struct tcphdr, check);
-	if (nexthdr == IPPROTO_UDP)
-		return offsetof(struct udphdr, check);
-	return -1;
-}
-
 /*
  * What an answer of bpf_fib_lookup means. NO_NEIGH is a slow-path case only for
  * XDP, which must write the MACs itself; tc's bpf_redirect_neigh resolves

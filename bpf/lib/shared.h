@@ -89,8 +89,8 @@ struct teredo_config {
 	__u64 peer_timeout_ns;       /* a peer is fresh this long after last_rx */
 	__u32 mtu;                   /* the tunnel MTU (RFC 4380 §5.1.2: 1280) */
 	__u32 l2_len;                /* tc egress: bytes before the IPv6 header */
-	__u32 csum_out_ifindex;      /* relay tc: the checksum veth's end to send pending-checksum packets out of (0: none) */
-	__u32 csum_in_ifindex;       /* relay tc: its other end, where they come back finished */
+	__u32 csum_out_ifindex;      /* tc (relay; client on a veth NIC): the checksum veth end to send pending-checksum packets out of (0: none, net/csum_veth.py) */
+	__u32 csum_in_ifindex;       /* its other end, where they come back finished */
 };
 _Static_assert(sizeof(struct teredo_config) == 56, "struct teredo_config differs from layout.ConfigValue");
 
@@ -208,71 +208,72 @@ enum teredo_reason {
 	TEREDO_R_RELAY_CSUM_DETOUR = 4,          /* ok: relay tc: a same-host sender left a checksum (or GSO) to offload: out through the relay's checksum veth, which finishes it, taken on the way back in */
 	TEREDO_R_SERVER_FORWARDED_BUBBLE = 5,    /* ok: server XDP: a bubble forwarded to a client of ours with the sender's origin indication, XDP_TX (RFC 4380 §5.3.1) */
 	TEREDO_R_SERVER_FORWARDED_ECHO = 6,      /* ok: server XDP: an echo test forwarded to a client of ours, XDP_TX (RFC 4380 §5.3.1, §5.2.9) */
-	TEREDO_R_RX_NOT_TEREDO = 7,              /* pass: not IPv4/UDP to our address and port: host traffic */
-	TEREDO_R_RX_DISABLED = 8,                /* pass: config says not enabled (not qualified yet) */
-	TEREDO_R_RX_FRAGMENT = 9,                /* pass: IPv4 first fragment: the stack reassembles for the socket */
-	TEREDO_R_RX_IPV4_OPTIONS = 10,           /* pass: legal but rare: the socket gets it */
-	TEREDO_R_RX_AUTH = 11,                   /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
-	TEREDO_R_RX_ORIGIN = 12,                 /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
-	TEREDO_R_RX_BUBBLE = 13,                 /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
-	TEREDO_R_RX_LINK_LOCAL_SOURCE = 14,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
-	TEREDO_R_RX_MULTICAST_DESTINATION = 15,  /* pass: ff00::/8 destination (idem) */
-	TEREDO_R_RX_NOT_OUR_ADDRESS = 16,        /* pass: IPv6 destination is not our Teredo address */
-	TEREDO_R_RX_UNKNOWN_PEER = 17,           /* pass: no peer entry, source does not embed the UDP source */
-	TEREDO_R_RX_UNTRUSTED_PEER = 18,         /* pass: the control plane is still talking to this peer */
-	TEREDO_R_RX_MAPPING_MISMATCH = 19,       /* pass: trusted entry, but from another IPv4 address/port */
-	TEREDO_R_RX_DECAP_UNSUPPORTED = 20,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
-	TEREDO_R_TX_NOT_IPV6 = 21,               /* pass: not an IPv6 packet */
-	TEREDO_R_TX_DISABLED = 22,               /* pass: config says not enabled */
-	TEREDO_R_TX_MALFORMED = 23,              /* pass: truncated IPv6 header or wrong version */
-	TEREDO_R_TX_TOO_BIG = 24,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
-	TEREDO_R_TX_NO_PEER = 25,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
-	TEREDO_R_TX_UNTRUSTED_PEER = 26,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
-	TEREDO_R_TX_STALE_PEER = 27,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
-	TEREDO_R_TX_ENCAP_UNSUPPORTED = 28,      /* pass: bpf_skb_adjust_room refused: untouched */
-	TEREDO_R_RELAY_NO_NEIGH = 29,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
-	TEREDO_R_RELAY_NO_ROUTE = 30,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
-	TEREDO_R_RELAY_FRAG_NEEDED = 31,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
-	TEREDO_R_RELAY_HOP_LIMIT = 32,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
-	TEREDO_R_RELAY_TEREDO_DESTINATION = 33,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
-	TEREDO_R_RELAY_EGRESS_NOT_XDP = 34,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
-	TEREDO_R_RELAY_OFFLOAD_PENDING = 35,     /* pass: relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it */
-	TEREDO_R_SERVER_NOT_RS = 36,             /* pass: server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1) */
-	TEREDO_R_SERVER_RS_SLOW_PATH = 37,       /* pass: server: an RS in a shape the program leaves to the daemon (client id, origin, other options) */
-	TEREDO_R_SERVER_FORWARD_NO_ROUTE = 38,   /* pass: server XDP: a packet to forward whose next hop the fib does not give on this device (no route, no neighbour, forwarding off): the daemon sends it */
-	TEREDO_R_RX_IPV4_CHECKSUM = 39,          /* drop: bad outer IPv4 header checksum */
-	TEREDO_R_RX_IPV4_LENGTH = 40,            /* drop: IPv4 total length shorter than its headers or the frame */
-	TEREDO_R_RX_UDP_LENGTH = 41,             /* drop: UDP length != IPv4 payload length */
-	TEREDO_R_RX_NOT_IPV6 = 42,               /* drop: UDP payload is neither IPv6 nor an indicator header */
-	TEREDO_R_RX_IPV6_TRUNCATED = 43,         /* drop: UDP payload shorter than an IPv6 header */
-	TEREDO_R_RX_IPV6_LENGTH = 44,            /* drop: 40 + IPv6 payload length != UDP payload length */
-	TEREDO_R_RX_NO_TUN = 45,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
-	TEREDO_R_TX_ENCAP_ERROR = 46,            /* drop: writing the outer headers failed half-way */
-	TEREDO_R_TX_REDIRECT_FAILED = 47,        /* drop: bpf_redirect_neigh refused */
-	TEREDO_R_RELAY_SOURCE_MISMATCH = 48,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
-	TEREDO_R_RELAY_REDIRECT_FAILED = 49,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
-	TEREDO_R_GUARD_UNSOLICITED = 50,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
-	TEREDO_R_GUARD_ICMPV6 = 51,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
-	TEREDO_R_GUARD_FRAGMENT = 52,            /* drop: guard: a later fragment whose first fragment was not let in */
-	TEREDO_R_GUARD_UNPARSED = 53,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
-	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 54, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
-	TEREDO_R_RX_SLOW_PATH_LIMIT = 55,        /* drop: for the control plane, but the slow path as a whole is over its rate */
-	TEREDO_R_SERVER_SOURCE_NOT_GLOBAL = 56,  /* drop: server: the IPv4 source is not global unicast (§5.3.1) */
-	TEREDO_R_SERVER_LOOP = 57,               /* drop: server: the IPv4 source is one of the server's own addresses */
-	TEREDO_R_SERVER_RS_MALFORMED = 58,       /* drop: server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded) */
-	TEREDO_R_SERVER_RA_SOURCE_LIMIT = 59,    /* drop: server: RAs to this IPv4 address are over its rate */
-	TEREDO_R_SERVER_RA_LIMIT = 60,           /* drop: server: RAs in all are over the server's rate */
-	TEREDO_R_SERVER_SOURCE_MISMATCH = 61,    /* drop: server: a Teredo IPv6 source that does not embed the UDP source (§5.3.1) */
-	TEREDO_R_SERVER_NOT_OURS = 62,           /* drop: server: neither source nor destination a Teredo address (§5.3.1) */
-	TEREDO_R_SERVER_DESTINATION_OTHER_SERVER = 63, /* drop: server: a Teredo destination whose server is not our primary address */
-	TEREDO_R_SERVER_DESTINATION_NOT_GLOBAL = 64, /* drop: server: the destination's mapped IPv4 is not global unicast */
-	TEREDO_R_SERVER_ECHO_TOO_BIG = 65,       /* drop: server: an echo longer than SERVER_FORWARD_MAX_PAYLOAD: could carry data */
-	TEREDO_R_SERVER_FORWARD_MALFORMED = 66,  /* drop: server: an echo to forward with a bad ICMPv6 code or checksum, or truncated */
-	TEREDO_R_SERVER_FORWARD_SOURCE_LIMIT = 67, /* drop: server: forwarded packets from this IPv4 address are over its rate */
-	TEREDO_R_SERVER_FORWARD_DESTINATION_LIMIT = 68, /* drop: server: forwarded packets to this IPv4 address are over its rate */
-	TEREDO_R_MAX = 69,
+	TEREDO_R_TX_CSUM_DETOUR = 7,             /* ok: client tc egress, NIC a veth: a checksum (or GSO) left to offload: out through the client's checksum veth, which finishes it, encapsulated on the way back in */
+	TEREDO_R_RX_NOT_TEREDO = 8,              /* pass: not IPv4/UDP to our address and port: host traffic */
+	TEREDO_R_RX_DISABLED = 9,                /* pass: config says not enabled (not qualified yet) */
+	TEREDO_R_RX_FRAGMENT = 10,               /* pass: IPv4 first fragment: the stack reassembles for the socket */
+	TEREDO_R_RX_IPV4_OPTIONS = 11,           /* pass: legal but rare: the socket gets it */
+	TEREDO_R_RX_AUTH = 12,                   /* pass: RFC 4380 §5.1.1 authentication header: server traffic */
+	TEREDO_R_RX_ORIGIN = 13,                 /* pass: RFC 4380 §5.1.1 origin indication: server traffic */
+	TEREDO_R_RX_BUBBLE = 14,                 /* pass: RFC 4380 §2.8: next header 59, payload length 0 */
+	TEREDO_R_RX_LINK_LOCAL_SOURCE = 15,      /* pass: fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane) */
+	TEREDO_R_RX_MULTICAST_DESTINATION = 16,  /* pass: ff00::/8 destination (idem) */
+	TEREDO_R_RX_NOT_OUR_ADDRESS = 17,        /* pass: IPv6 destination is not our Teredo address */
+	TEREDO_R_RX_UNKNOWN_PEER = 18,           /* pass: no peer entry, source does not embed the UDP source */
+	TEREDO_R_RX_UNTRUSTED_PEER = 19,         /* pass: the control plane is still talking to this peer */
+	TEREDO_R_RX_MAPPING_MISMATCH = 20,       /* pass: trusted entry, but from another IPv4 address/port */
+	TEREDO_R_RX_DECAP_UNSUPPORTED = 21,      /* pass: adjust_meta/adjust_head/adjust_room refused: untouched */
+	TEREDO_R_TX_NOT_IPV6 = 22,               /* pass: not an IPv6 packet */
+	TEREDO_R_TX_DISABLED = 23,               /* pass: config says not enabled */
+	TEREDO_R_TX_MALFORMED = 24,              /* pass: truncated IPv6 header or wrong version */
+	TEREDO_R_TX_TOO_BIG = 25,                /* pass: above the tunnel MTU: the control plane sends Packet Too Big */
+	TEREDO_R_TX_NO_PEER = 26,                /* pass: no peer entry: the control plane resolves it (bubbles, echo) */
+	TEREDO_R_TX_UNTRUSTED_PEER = 27,         /* pass: RFC 4380 §5.2.4: queue and bubble, in the control plane */
+	TEREDO_R_TX_STALE_PEER = 28,             /* pass: RFC 4380 §5.2.4: trusted but no recent receive */
+	TEREDO_R_TX_ENCAP_UNSUPPORTED = 29,      /* pass: bpf_skb_adjust_room refused: untouched */
+	TEREDO_R_RELAY_NO_NEIGH = 30,            /* pass: relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it */
+	TEREDO_R_RELAY_NO_ROUTE = 31,            /* pass: relay: fib lookup found no usable route (or forwarding is off): the stack decides */
+	TEREDO_R_RELAY_FRAG_NEEDED = 32,         /* pass: relay: above the egress MTU: the stack sends Packet Too Big or fragments */
+	TEREDO_R_RELAY_HOP_LIMIT = 33,           /* pass: relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3) */
+	TEREDO_R_RELAY_TEREDO_DESTINATION = 34,  /* pass: relay: Teredo client to Teredo address: hairpin through the tun, slow path */
+	TEREDO_R_RELAY_EGRESS_NOT_XDP = 35,      /* pass: relay XDP: the egress device takes no XDP-redirected frames (not in the devmap) */
+	TEREDO_R_RELAY_OFFLOAD_PENDING = 36,     /* pass: relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it */
+	TEREDO_R_SERVER_NOT_RS = 37,             /* pass: server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1) */
+	TEREDO_R_SERVER_RS_SLOW_PATH = 38,       /* pass: server: an RS in a shape the program leaves to the daemon (client id, origin, other options) */
+	TEREDO_R_SERVER_FORWARD_NO_ROUTE = 39,   /* pass: server XDP: a packet to forward whose next hop the fib does not give on this device (no route, no neighbour, forwarding off): the daemon sends it */
+	TEREDO_R_RX_IPV4_CHECKSUM = 40,          /* drop: bad outer IPv4 header checksum */
+	TEREDO_R_RX_IPV4_LENGTH = 41,            /* drop: IPv4 total length shorter than its headers or the frame */
+	TEREDO_R_RX_UDP_LENGTH = 42,             /* drop: UDP length != IPv4 payload length */
+	TEREDO_R_RX_NOT_IPV6 = 43,               /* drop: UDP payload is neither IPv6 nor an indicator header */
+	TEREDO_R_RX_IPV6_TRUNCATED = 44,         /* drop: UDP payload shorter than an IPv6 header */
+	TEREDO_R_RX_IPV6_LENGTH = 45,            /* drop: 40 + IPv6 payload length != UDP payload length */
+	TEREDO_R_RX_NO_TUN = 46,                 /* drop: tc ingress: a decapsulated frame, but no tun configured any more */
+	TEREDO_R_TX_ENCAP_ERROR = 47,            /* drop: writing the outer headers failed half-way */
+	TEREDO_R_TX_REDIRECT_FAILED = 48,        /* drop: bpf_redirect_neigh refused */
+	TEREDO_R_RELAY_SOURCE_MISMATCH = 49,     /* drop: relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source */
+	TEREDO_R_RELAY_REDIRECT_FAILED = 50,     /* drop: relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused) */
+	TEREDO_R_GUARD_UNSOLICITED = 51,         /* drop: guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe) */
+	TEREDO_R_GUARD_ICMPV6 = 52,              /* drop: guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND) */
+	TEREDO_R_GUARD_FRAGMENT = 53,            /* drop: guard: a later fragment whose first fragment was not let in */
+	TEREDO_R_GUARD_UNPARSED = 54,            /* drop: guard: extension headers or transport header beyond what it reads: not checkable, so not taken */
+	TEREDO_R_RX_SLOW_PATH_SOURCE_LIMIT = 55, /* drop: for the control plane, but its sender (IPv4 source and kind) is over its rate */
+	TEREDO_R_RX_SLOW_PATH_LIMIT = 56,        /* drop: for the control plane, but the slow path as a whole is over its rate */
+	TEREDO_R_SERVER_SOURCE_NOT_GLOBAL = 57,  /* drop: server: the IPv4 source is not global unicast (§5.3.1) */
+	TEREDO_R_SERVER_LOOP = 58,               /* drop: server: the IPv4 source is one of the server's own addresses */
+	TEREDO_R_SERVER_RS_MALFORMED = 59,       /* drop: server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded) */
+	TEREDO_R_SERVER_RA_SOURCE_LIMIT = 60,    /* drop: server: RAs to this IPv4 address are over its rate */
+	TEREDO_R_SERVER_RA_LIMIT = 61,           /* drop: server: RAs in all are over the server's rate */
+	TEREDO_R_SERVER_SOURCE_MISMATCH = 62,    /* drop: server: a Teredo IPv6 source that does not embed the UDP source (§5.3.1) */
+	TEREDO_R_SERVER_NOT_OURS = 63,           /* drop: server: neither source nor destination a Teredo address (§5.3.1) */
+	TEREDO_R_SERVER_DESTINATION_OTHER_SERVER = 64, /* drop: server: a Teredo destination whose server is not our primary address */
+	TEREDO_R_SERVER_DESTINATION_NOT_GLOBAL = 65, /* drop: server: the destination's mapped IPv4 is not global unicast */
+	TEREDO_R_SERVER_ECHO_TOO_BIG = 66,       /* drop: server: an echo longer than SERVER_FORWARD_MAX_PAYLOAD: could carry data */
+	TEREDO_R_SERVER_FORWARD_MALFORMED = 67,  /* drop: server: an echo to forward with a bad ICMPv6 code or checksum, or truncated */
+	TEREDO_R_SERVER_FORWARD_SOURCE_LIMIT = 68, /* drop: server: forwarded packets from this IPv4 address are over its rate */
+	TEREDO_R_SERVER_FORWARD_DESTINATION_LIMIT = 69, /* drop: server: forwarded packets to this IPv4 address are over its rate */
+	TEREDO_R_MAX = 70,
 };
-#define TEREDO_R_FIRST_PASS 7
-#define TEREDO_R_FIRST_DROP 39
+#define TEREDO_R_FIRST_PASS 8
+#define TEREDO_R_FIRST_DROP 40
 
 #endif /* TEREDO_SHARED_H */

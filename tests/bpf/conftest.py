@@ -55,14 +55,15 @@ class Harness:
         return {e.address: e for e in self.prog.peers}
 
     # -- runs
-    def _run(self, program: str, frame: bytes, xdp: bool, gso_size: int = 0, gso_segs: int = 0) -> Outcome:
+    def _run(self, program: str, frame: bytes, xdp: bool, gso_size: int = 0,
+             gso_segs: int = 0) -> Outcome:
         before = self.prog.stats()
         fd = self.prog.fd(program)
         if xdp:
             result = testrun.run_xdp(fd, frame)
         elif gso_size:
-            # struct __sk_buff: wire_len @160, gso_segs @164, gso_size @176
-            # (uapi/linux/bpf.h), 192 bytes. A test run takes no gso_type: 0.
+            # struct __sk_buff (uapi/linux/bpf.h, 192 bytes): wire_len @160,
+            # gso_segs @164, gso_size @176; what a test run may set of a GSO skb.
             skb = bytearray(192)
             struct.pack_into("=II", skb, 160, len(frame), gso_segs)
             struct.pack_into("=I", skb, 176, gso_size)
@@ -81,8 +82,11 @@ class Harness:
     def tc_ingress(self, frame: bytes) -> Outcome:
         return self._run("tc_ingress", frame, False)
 
-    def tc_tx(self, frame: bytes) -> Outcome:
-        return self._run("tc_tx", frame, False)
+    def tc_tx(self, frame: bytes, **gso) -> Outcome:
+        return self._run("tc_tx", frame, False, **gso)
+
+    def tc_tx_back(self, frame: bytes) -> Outcome:
+        return self._run("tc_tx_back", frame, False)
 
 
 @pytest.fixture

@@ -618,7 +618,7 @@ def test_tc_leaves_a_local_clients_partial_udp_checksum_to_the_socket(relay):
 
 
 def test_tc_sends_a_local_clients_partial_udp_checksum_round_the_checksum_veth(relay):
-    """With the relay's checksum veth configured (relay/csum_veth.py): out of its
+    """With the relay's checksum veth configured (net/csum_veth.py): out of its
     offload-less end, unchanged, to come back finished; what comes back in at the
     other end still looking pending (a look-alike) is the stack's, never sent round
     again."""

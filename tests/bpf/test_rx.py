@@ -272,9 +272,10 @@ def test_every_reason_has_a_receive_or_transmit_fixture():
     from .test_guard import COVERED as GUARD_COVERED
     from .test_limit import COVERED as LIMIT_COVERED
     from .test_tx import CASES as TX_CASES, NOT_IN_TEST_RUN as TX_NOT_IN_TEST_RUN
+    from .test_tx_detour import COVERED as DETOUR_COVERED
 
     covered = {c.reason for c in CASES} | {c.reason for c in TX_CASES} | GUARD_COVERED \
-        | LIMIT_COVERED
+        | LIMIT_COVERED | DETOUR_COVERED
     untestable = set(NOT_IN_TEST_RUN) | set(TX_NOT_IN_TEST_RUN)
     # The relay's own reasons are the relay's fixtures' (test_relay.py checks them).
     relay = {r for r in Reason if r.name.startswith("RELAY_")}

@@ -118,7 +118,8 @@ def wait_until(what: str, probe: Callable[[], object], timeout: float = 20.0,
 
 
 def leftovers(lab, role: str, tunnel: str = "teredo") -> dict:
-    """What a client could leave in `role`: tun, XDP, tc filters, control socket."""
+    """What a client could leave in `role`: tun, XDP, tc filters, control socket, and
+    (its NIC being a veth) its checksum veth (net/csum_veth.py)."""
     links = lab.run(role, "ip", "-d", "link", "show").stdout
     xdp = lab.run(role, "ip", "link", "show", "dev", "eth0").stdout
     filters = {}
@@ -131,10 +132,12 @@ def leftovers(lab, role: str, tunnel: str = "teredo") -> dict:
         "xdp": "prog/xdp" in xdp,   # native and generic alike
         "filters": {k: v for k, v in filters.items() if v},
         "control_socket": f"@xdp-teredo-tunnel-{tunnel}" in sockets,
+        "csum_veth": re.search(rf"^\d+: {re.escape(tunnel[:11])}-ck0@", links, re.M) is not None,
     }
 
 
-NOTHING_LEFT = {"tunnel": False, "xdp": False, "filters": {}, "control_socket": False}
+NOTHING_LEFT = {"tunnel": False, "xdp": False, "filters": {}, "control_socket": False,
+                "csum_veth": False}
 
 
 class WorldReadableDir:

@@ -280,11 +280,12 @@ def test_sigterm_leaves_nothing_and_detach_cleans_up_after_sigkill(make_lab, hoo
     left = cs.leftovers(lab, "client1")
     # Crash-only: the fast path and the persistent tun stay for the next start, which
     # adopts them (tests/e2e/test_crash_only.py); `detach` removes them instead.
-    assert left["xdp"] and left["filters"] and left["tunnel"], left
+    assert left["xdp"] and left["filters"] and left["tunnel"] and left["csum_veth"], left
     res = cs.cli(lab, "client1", "detach", "eth0")
     assert res.returncode == 0, res.stderr
     assert "XDP xdp_teredo_rx" in res.stdout and "tc filter" in res.stdout
     assert "removed tunnel teredo" in res.stdout, res.stdout
+    assert "checksum veth teredo-ck0" in res.stdout, res.stdout
     assert cs.leftovers(lab, "client1") == cs.NOTHING_LEFT
     res = cs.cli(lab, "client1", "detach", "eth0")
     assert (res.returncode, res.stdout.strip()) == (0, "nothing to remove")

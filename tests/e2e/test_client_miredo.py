@@ -30,13 +30,25 @@ def teredo(make_module_lab):
         require_tool(tool)
     lab = make_module_lab("server", "client1", "client2", "v6host")
     server = miredo.start_server(lab)
+    features = _features(lab, "client1")
     # The inbound guard is stateful by default: open the port Miredo's side
     # connects to in test_a_tcp_transfer_both_ways_takes_the_fast_path.
     ours = cs.start_client(lab, "client1", "--allow", "tcp/5202", *cs.XDP, wait=False)
     theirs = miredo.start_client(lab, "client2", server.primary)
     cs.wait_ready(ours)
     _, info = cs.status(lab, "client1")
-    return SimpleNamespace(lab=lab, ours=ours, theirs=theirs, address=info["address"])
+    return SimpleNamespace(lab=lab, ours=ours, theirs=theirs, address=info["address"],
+                           features=features)
+
+
+def _features(lab, role, dev="eth0"):
+    """`ethtool -k`: every offload feature of the device, as the kernel reports it."""
+    out = lab.run(role, "ethtool", "-k", dev).stdout
+    return dict(line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)
+
+
+def _links(lab, role):
+    return lab.run(role, "ip", "-o", "link", "show").stdout
 
 
 def _snapshot(lab):
@@ -75,20 +87,21 @@ def test_we_reach_miredo(teredo):
     assert there.ok and there.replies_from == [str(teredo.theirs.address)], there
 
 
-def _tx_checksum(lab, role):
-    out = lab.run(role, "ethtool", "-k", "eth0").stdout
-    return next(line.split(":")[1].split()[0] for line in out.splitlines()
-                if line.startswith("tx-checksumming:"))
-
-
-def test_offloads_are_as_the_kernel_set_them_but_our_veth_finishes_checksums(teredo):
+def test_our_nic_keeps_its_offloads_and_our_checksum_veth_finishes_checksums(teredo):
     """Nobody in the lab touched an offload (docs/client.md, "Checksums over a
-    veth"): Miredo's veth keeps them; ours turned its veth's tx checksum offload
-    off itself, so that Miredo's userspace decapsulation reads finished checksums."""
+    veth"), and our client does not touch its NIC's either (issue 13): every feature
+    `ethtool -k eth0` lists is what it was before we attached (TSO on). What is left
+    to offload takes the client's own checksum veth, whose sending end alone has
+    tx checksumming off."""
     lab = teredo.lab
-    assert _tx_checksum(lab, "client2") == "on"
-    assert _tx_checksum(lab, "client1") == "off"
-    assert '"event": "nic_offloads_off"' in teredo.ours.output()
+    now = _features(lab, "client1")
+    assert now == teredo.features
+    assert now["tx-checksumming"].split()[0] == "on"
+    assert now["tcp-segmentation-offload"].split()[0] == "on"
+    assert _features(lab, "client2")["tx-checksumming"].split()[0] == "on"
+    assert "teredo-ck0" in _links(lab, "client1") and "teredo-ck1" in _links(lab, "client1")
+    assert _features(lab, "client1", "teredo-ck0")["tx-checksumming"].split()[0] == "off"
+    assert '"event": "nic_offloads_off"' not in teredo.ours.output()
 
 
 def test_a_tcp_transfer_both_ways_takes_the_fast_path(teredo):
@@ -106,9 +119,12 @@ def test_a_tcp_transfer_both_ways_takes_the_fast_path(teredo):
     slow = cs.delta(slow0, slow1)
     print(f"\nfast path packets: {fast}\nfast path bytes: {fast_bytes}"
           f"\nslow path (control plane): {slow}")
-    # Both transfers' data went through the kernel: out through tc (counted per
-    # GSO unit, so bytes are the measure), in through XDP (per wire packet).
+    # Both transfers' data went through the kernel: out through tc, in through XDP
+    # (per wire packet). On our veth NIC the host's TCP left its checksums (and
+    # segmentation) to offload: round the checksum veth, encapsulated per finished
+    # packet when it came back, which Miredo's userspace decapsulation accepted.
     assert fast_bytes.get("encapsulated", 0) >= NBYTES, fast_bytes
+    assert fast_bytes.get("tx_csum_detour", 0) >= NBYTES, fast_bytes
     assert fast_bytes.get("decapsulated", 0) >= NBYTES, fast_bytes
     assert fast.get("decapsulated", 0) >= NBYTES // 1220, fast
     assert fast.get("rx_redirected", 0) == fast.get("decapsulated", 0)
@@ -150,8 +166,9 @@ def test_peers_command_lists_them(teredo):
     assert str(teredo.lab["v6host"].ipv6[0]) in res.stdout
 
 
-def test_our_exit_gives_the_veth_its_offloads_back(teredo):
+def test_our_exit_leaves_the_nic_as_it_was_and_removes_the_checksum_veth(teredo):
     """Last in the module: it stops our client."""
     teredo.ours.stop()
     assert teredo.ours.returncode == 0, teredo.ours.output()[-2000:]
-    assert _tx_checksum(teredo.lab, "client1") == "on"
+    assert _features(teredo.lab, "client1") == teredo.features
+    assert "teredo-ck" not in _links(teredo.lab, "client1")

@@ -22,6 +22,7 @@ from tests.e2e import client_support as cs
 pytestmark = pytest.mark.e2e
 
 NBYTES = 4_000_000
+UDP_GSO_PORT = 5203
 CLIENTS = ("client1", "client2")
 EXPIRY = 5   # --peer-expiry: idle peers are forgotten after 5 s instead of 300
 
@@ -35,17 +36,26 @@ def teredo(make_module_lab):
     server.wait_for_output(r'"event": "server_started"', timeout=10)
     # The inbound guard is stateful by default: each opens the port its TCP sink
     # listens on in test_tcp_both_ways_never_touches_python (tcp_transfer).
-    allow = {"client1": "tcp/5202", "client2": "tcp/5201"}
+    allow = {"client1": ["tcp/5202"], "client2": ["tcp/5201", f"udp/{UDP_GSO_PORT}"]}
+    features = {role: _features(lab, role) for role in CLIENTS}
     # client1 decapsulates in XDP, client2 in tc (--xdp-mode off): every test
     # below runs across the two receive paths.
     decap = {"client1": list(cs.XDP), "client2": ["--xdp-mode", "off"]}
-    procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY), "--allow", allow[role],
+    procs = {role: cs.start_client(lab, role, "--peer-expiry", str(EXPIRY),
+                                   *[a for port in allow[role] for a in ("--allow", port)],
                                    *decap[role], wait=False)
              for role in CLIENTS}
     for proc in procs.values():
         cs.wait_ready(proc)
     addresses = {role: cs.status(lab, role)[1]["address"] for role in CLIENTS}
-    return SimpleNamespace(lab=lab, server=server, procs=procs, addresses=addresses)
+    return SimpleNamespace(lab=lab, server=server, procs=procs, addresses=addresses,
+                           features=features)
+
+
+def _features(lab, role, dev="eth0"):
+    """`ethtool -k`: every offload feature of the device, as the kernel reports it."""
+    out = lab.run(role, "ethtool", "-k", dev).stdout
+    return dict(line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)
 
 
 def _peers(lab, role):
@@ -114,9 +124,81 @@ def test_tcp_both_ways_never_touches_python(teredo):
               f"\n{role}: slow path {slow}", file=sys.stderr)
         assert fast_bytes.get("encapsulated", 0) >= NBYTES, fast_bytes
         assert fast_bytes.get("decapsulated", 0) >= NBYTES, fast_bytes
+        # A veth NIC: the host's TCP left checksums and segmentation to offload,
+        # and went round the checksum veth to be finished (docs/client.md).
+        assert fast_bytes.get("tx_csum_detour", 0) >= NBYTES, fast_bytes
         python = slow.get("tun_read", 0) + slow.get("udp_received", 0)
         assert python < 50, slow
         assert slow.get("sent_direct", 0) + slow.get("delivered", 0) == 0, slow
+
+
+def test_the_nics_keep_their_offloads_while_we_run(teredo):
+    """Issue 13: every feature `ethtool -k eth0` lists is what it was before we
+    attached (TSO and tx checksumming on); only our checksum veth's sending end has
+    its tx checksumming off."""
+    lab = teredo.lab
+    for role in CLIENTS:
+        now = _features(lab, role)
+        assert now == teredo.features[role], role
+        assert now["tcp-segmentation-offload"].split()[0] == "on"
+        assert _features(lab, role, "teredo-ck0")["tx-checksumming"].split()[0] == "off"
+
+
+# A UDP_SEGMENT sender (one sendmsg, many datagrams: a UDP GSO packet on the tun's
+# egress) and a receiver that counts intact datagrams.
+UDP_GSO_SOURCE = """
+import socket, sys, time
+address, port, segment, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, segment)  # UDP_SEGMENT
+for i in range(count):
+    s.sendto(b"".join(bytes([(i * 8 + k) & 0xFF]) * segment for k in range(8)), (address, port))
+    time.sleep(0.01)  # measured is correctness, not rate: no socket-buffer overruns
+"""
+UDP_GSO_SINK = """
+import socket, sys, time
+address, port, segment = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: room for the bursts
+s.bind((address, port)); s.settimeout(3)
+print("listening", flush=True)
+good = bad = 0
+try:
+    while True:
+        data = s.recv(65535)
+        if len(data) == segment and data == data[:1] * segment:
+            good += 1
+        else:
+            bad += 1
+except socket.timeout:
+    pass
+print(f"good={good} bad={bad}", flush=True)
+"""
+
+
+def test_a_udp_gso_sender_reaches_our_peer_in_finished_datagrams(teredo):
+    """One sendmsg with UDP_SEGMENT is one GSO packet on the tun's egress; on a
+    veth NIC it goes round the checksum veth, which cuts it into datagrams with
+    finished checksums, each encapsulated on its way back in. The receiver's
+    kernel checks every checksum: what arrives intact was finished right."""
+    lab, a2 = teredo.lab, teredo.addresses["client2"]
+    segment, sends = 1000, 50
+    stats0 = cs.query(lab, "client1", "stats")
+    sink = lab.spawn("client2", sys.executable, "-c", UDP_GSO_SINK, a2, str(UDP_GSO_PORT),
+                     str(segment), log="udp-gso-sink.log")
+    sink.wait_for_output("listening", timeout=10)
+    res = lab.run("client1", sys.executable, "-c", UDP_GSO_SOURCE, a2, str(UDP_GSO_PORT),
+                  str(segment), str(sends), check=False)
+    assert res.returncode == 0, res.stderr
+    sink.wait_for_output(r"good=\d+", timeout=15)
+    counts = dict(kv.split("=") for kv in sink.output().split()[-2:])
+    good, bad = int(counts["good"]), int(counts["bad"])
+    moved = cs.delta(cs.packets(stats0), cs.packets(cs.query(lab, "client1", "stats")))
+    print(f"\nudp gso: good={good} bad={bad} client1 fast path {moved}", file=sys.stderr)
+    assert bad == 0
+    assert good >= 0.9 * sends * 8, (good, moved)   # a lab veth may drop a few
+    assert moved.get("tx_csum_detour", 0) >= sends // 2, moved
+    assert moved.get("encapsulated", 0) >= good, moved
 
 
 def test_peers_busy_on_the_fast_path_stay_and_idle_ones_expire(teredo):

@@ -17,8 +17,9 @@ What is asserted:
   client that contacts our client works both ways even behind a symmetric NAT,
   where Miredo <-> Miredo does not.
 
-The lab leaves the NICs' offloads as the kernel sets them; on a veth, our client
-turns its NIC's tx checksum offload off itself while it runs (net/offloads.py).
+The lab leaves the NICs' offloads as the kernel sets them, and so does our client: on
+a veth, what the host left to offload goes round its own checksum veth before it is
+encapsulated (net/csum_veth.py).
 """
 
 import ipaddress

@@ -1,6 +1,10 @@
-"""net/offloads.py without a kernel: which NIC it touches, and the undo."""
+"""net/offloads.py and net/csum_veth.py without a kernel: the ioctl's arguments, and
+the client's daemon no longer touching its NIC's offloads."""
 
-from xdp_teredo.net import offloads
+import inspect
+
+from xdp_teredo.client import daemon
+from xdp_teredo.net import csum_veth, offloads
 
 
 def _fake(monkeypatch, state):
@@ -16,23 +20,22 @@ def _fake(monkeypatch, state):
     return calls
 
 
-def test_a_physical_nic_is_never_touched(monkeypatch):
-    calls = _fake(monkeypatch, {"eth0": True})
-    assert offloads.finish_checksums_on_veth("eth0", None) is None
-    assert calls == []
-
-
-def test_a_veth_loses_its_tx_checksum_offload_until_the_undo(monkeypatch):
-    state = {"eth0": True}
-    _fake(monkeypatch, state)
-    undo = offloads.finish_checksums_on_veth("eth0", "veth")
-    assert state["eth0"] is False
-    undo()
-    assert state["eth0"] is True
-
-
-def test_an_offload_off_already_is_left_off(monkeypatch):
-    state = {"eth0": False}
+def test_set_and_read_the_tx_checksum_offload(monkeypatch):
+    state = {"t-ck0": True}
     calls = _fake(monkeypatch, state)
-    assert offloads.finish_checksums_on_veth("eth0", "veth") is None
-    assert [c[1] for c in calls] == [offloads.ETHTOOL_GTXCSUM]
+    offloads.set_tx_checksum("t-ck0", False)
+    assert offloads.tx_checksum("t-ck0") is False
+    assert calls == [("t-ck0", offloads.ETHTOOL_STXCSUM, 0), ("t-ck0", offloads.ETHTOOL_GTXCSUM, 0)]
+
+
+def test_the_checksum_veth_names_fit_an_interface_name():
+    out_name, in_name = csum_veth.names("a-very-long-tunnel-name")
+    assert (out_name, in_name) == ("a-very-long-ck0", "a-very-long-ck1")
+    assert max(len(out_name), len(in_name)) < offloads.IFNAMSIZ
+
+
+def test_the_client_sets_no_offload_of_its_nic():
+    # Issue 13: the NIC keeps the offloads the kernel gave it; only the checksum
+    # veth's sending end has its own turned off (net/csum_veth.py).
+    assert "set_tx_checksum" not in inspect.getsource(daemon)
+    assert "import offloads" not in inspect.getsource(daemon)

@@ -62,8 +62,8 @@ def prepare_lab(lab) -> None:
       for our relay's XDP encapsulation);
     - GRO on the far ends of the relay's veths, so that they take XDP-redirected
       frames (a real NIC does).
-    The offloads stay as the kernel sets them: our client turns a veth NIC's
-    tx checksum offload off itself while it runs (xdp_teredo/net/offloads.py).
+    The offloads stay as the kernel sets them, also under our client (on a veth NIC
+    it finishes pending offloads round its own checksum veth: net/csum_veth.py).
     """
     lab.run("relay", "ip", "addr", "add", f"{RELAY_LAN_IPV4}/28", "dev", lab["relay"].lan)
     lab.run("v6host", "ip", "addr", "add", f"{V6HOST_IPV4}/28", "dev", lab["v6host"].uplink)

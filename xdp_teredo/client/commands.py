@@ -37,10 +37,12 @@ def attach(settings: cfg.Settings, config_path: Optional[str] = None,
 
 def detach(interface: str, tunnel: str = cfg.DEFAULT_TUNNEL) -> List[str]:
     """`xdp-teredo detach IFACE`: remove what a killed client left (XDP and tc
-    programs, pins, a tunnel nobody holds). Refuses while a client runs here."""
+    programs, pins, a tunnel nobody holds, its checksum veth). Refuses while a
+    client runs here."""
     from pyroute2 import IPRoute
 
     from ..datapath.client import detach_stale
+    from ..net import csum_veth
     from ..net.tunnel import remove_stale_tunnel
 
     cfg.check_interface_name(interface, "interface")
@@ -58,6 +60,8 @@ def detach(interface: str, tunnel: str = cfg.DEFAULT_TUNNEL) -> List[str]:
     removed = detach_stale(nic[0], tun[0] if tun else 0, pin_root=pin_root())
     if remove_stale_tunnel(tunnel):
         removed.append(f"tunnel {tunnel}")
+    if csum_veth.remove(tunnel):
+        removed.append(f"checksum veth {csum_veth.names(tunnel)[0]}")
     return removed
 
 

@@ -14,8 +14,8 @@
 Set-up (as root, in this order; daemon/base.py undoes what was made if a step
 fails): the control socket (the lock against a second client with the same
 tunnel), the compile of the BPF programs started in a child (not waited for),
-the tunnel, the UDP socket bound to the NIC's address, on a veth NIC its tx
-checksum offload off (net/offloads.py), the inbound guard, the hook, the NIC watch,
+on a veth NIC the checksum veth (net/csum_veth.py), the tunnel, the UDP socket
+bound to the NIC's address, the inbound guard, the hook, the NIC watch,
 local discovery (client/discovery.py, §5.2.8). Then the skeleton drops root
 (--user keeps CAP_NET_ADMIN only) and serves: qualification starts at once on the
 slow path (the tun and the socket, as Miredo), and when the programs arrive
@@ -115,6 +115,8 @@ class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, Tunnel
         self._address_lost = False
         # The receive hook on the NIC and why (datapath/rxhook.py), chosen at set-up.
         self.receive = None
+        # (out, in) ifindexes of the checksum veth on a veth NIC (net/csum_veth.py).
+        self.csum_veth = None
         # The loop's deadlines, in this order on every turn.
         self.loop.deadline(self.qualification_due, self.on_qualification_timer)
         self.loop.deadline(self.resolve_due, self.on_resolve_due)
@@ -133,11 +135,11 @@ class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, Tunnel
         # over with SIGHUP) is adopted, whatever the options; half a data path is
         # refused with a line naming `detach` (adopt.find).
         running = self._running_datapath()
+        self.own_csum_veth()
         if running is None:
             self._setup_slow_path_first()
         else:
             self._setup_adopting(running)
-        self.own_nic_offloads()
         self.own_hook()
         self._watch_nic()
         discovery.start(self)
@@ -210,16 +212,22 @@ class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, Tunnel
         # that is about to go away.
         self.att = att
         self.teardown.push("data path", att.detach, keep=att.release)
+        if self.csum_veth is not None:
+            att.attach_csum_veth(*self.csum_veth)
 
-    def own_nic_offloads(self) -> None:
-        # On a veth, the NIC's transmit path finishes checksums (net/offloads.py);
-        # restored at exit, left as it is while a kept fast path runs on.
-        from ..net import offloads
+    def own_csum_veth(self) -> None:
+        """On a veth NIC, the checksum veth that finishes what the host left to offload
+        before tc encapsulates it (net/csum_veth.py, docs/client.md "Checksums over a
+        veth"); the NIC's own offloads stay as they are. Made before the data path is
+        attached or adopted (a killed client's pair is replaced), removed after it;
+        left for the next instance while a kept fast path runs on."""
+        from ..net import csum_veth
 
-        nic = self.plan.nic
-        restore = offloads.finish_checksums_on_veth(nic.name, nic.kind)
-        if restore is not None:
-            self.teardown.push("NIC offloads", restore, keep=lambda: None)
+        if self.plan.nic.kind != "veth":
+            return
+        tunnel = self.config.tunnel
+        self.csum_veth = csum_veth.create(tunnel, owner="client", silent=True)
+        self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
 
     def own_hook(self) -> None:
         from .hook import Hook

@@ -16,6 +16,8 @@ What attach does, in this order (and undoes in reverse, also when it fails half-
   4. XDP on the NIC (ingress="xdp"), in mode auto|native|generic; last, so that no
      frame is marked before the tc program that takes marked frames is there;
   5. pins the maps under <pin_root>/<instance>/ for other processes (stats.py).
+On a veth NIC the daemon adds attach_csum_veth(): tc ingress on the far end of the
+client's checksum veth, where pending offloads come back finished (net/csum_veth.py).
 bcc's close() detaches nothing: ClientAttachment.detach() (or the with block) does.
 """
 
@@ -40,6 +42,8 @@ PROGRAMS = {
     "tc_ingress": ("tc_teredo_ingress", "SCHED_CLS"),
     "tc_rx": ("tc_teredo_rx", "SCHED_CLS"),
     "tc_tx": ("tc_teredo_tx", "SCHED_CLS"),
+    # On the checksum veth's far end (net/csum_veth.py; a veth NIC only).
+    "tc_tx_back": ("tc_teredo_tx_back", "SCHED_CLS"),
 }
 # The tc program on the NIC's ingress for each receive path.
 RX_PROGRAMS = {"xdp": "tc_ingress", "tc": "tc_rx"}
@@ -117,6 +121,7 @@ class ClientAttachment(hooks.Hooks):
         self.xdp_attached: Optional[str] = None  # "native" / "generic" once attached
         self.adopted = False                     # taken over from a previous instance
         self.replaced: List[str] = []            # adopted hooks that got our programs
+        self.csum_veth = (0, 0)                  # (out, in) ifindexes, attach_csum_veth
 
     # -- the maps, for the control plane
     @property
@@ -133,6 +138,10 @@ class ClientAttachment(hooks.Hooks):
             config,
             nic_ifindex=config.nic_ifindex or self.nic_ifindex,
             tun_ifindex=config.tun_ifindex or self.tun_ifindex,
+            # This attachment's checksum veth when it has one: a config read back
+            # from an adopted data path names the pair that was replaced.
+            csum_out_ifindex=self.csum_veth[0] or config.csum_out_ifindex,
+            csum_in_ifindex=self.csum_veth[1] or config.csum_in_ifindex,
         )
         self.prog.config.write(config)
         _log.info("datapath_configured", local=f"{config.local_ipv4}:{config.local_port}",
@@ -200,6 +209,20 @@ class ClientAttachment(hooks.Hooks):
         _log.info("datapath_adopted", nic_ifindex=self.nic_ifindex, tun_ifindex=self.tun_ifindex,
                   ingress=self.ingress, xdp=self.xdp_attached, replaced=self.replaced or None,
                   maps=running.map_ids, pin_dir=self.pin_dir, netns=self.netns)
+
+    def attach_csum_veth(self, out_ifindex: int, in_ifindex: int) -> None:
+        """tc_teredo_tx_back on the checksum veth's far end (net/csum_veth.py), after
+        attach or adopt: the pair is always new (a killed client's is replaced), so
+        its hook is too. An adopted data path's config names the old pair, whose
+        ifindexes are gone: rewritten at once, or pending packets would be sent
+        nowhere until the next configure()."""
+        self._tc_filter(in_ifindex, TC_INGRESS, self.prog.functions["tc_tx_back"],
+                        "checksum veth ingress", "client.detach_stale")
+        self.csum_veth = (out_ifindex, in_ifindex)
+        running = self.prog.config.read()
+        if running is not None:
+            self.prog.config.write(dataclasses.replace(
+                running, csum_out_ifindex=out_ifindex, csum_in_ifindex=in_ifindex))
 
     def release(self) -> None:
         """Leave everything attached and pinned, and forget it: the restart-safe stop

@@ -68,8 +68,8 @@ class ConfigValue(ctypes.Structure):
         ("peer_timeout_ns", ctypes.c_uint64),  # a peer is fresh this long after last_rx
         ("mtu", ctypes.c_uint32),            # the tunnel MTU (RFC 4380 §5.1.2: 1280)
         ("l2_len", ctypes.c_uint32),         # tc egress: bytes before the IPv6 header
-        ("csum_out_ifindex", ctypes.c_uint32),  # relay tc: the checksum veth's end to send pending-checksum packets out of (0: none)
-        ("csum_in_ifindex", ctypes.c_uint32),   # relay tc: its other end, where they come back finished
+        ("csum_out_ifindex", ctypes.c_uint32),  # tc (relay; client on a veth NIC): the checksum veth end to send pending-checksum packets out of (0: none, net/csum_veth.py)
+        ("csum_in_ifindex", ctypes.c_uint32),   # its other end, where they come back finished
     ]
     _c_types_ = {"local_ipv4": "__be32", "local_port": "__be16"}
 
@@ -280,79 +280,80 @@ class Reason(enum.IntEnum):
     RELAY_CSUM_DETOUR = 4       # relay tc: a same-host sender left a checksum (or GSO) to offload: out through the relay's checksum veth, which finishes it, taken on the way back in
     SERVER_FORWARDED_BUBBLE = 5  # server XDP: a bubble forwarded to a client of ours with the sender's origin indication, XDP_TX (RFC 4380 §5.3.1)
     SERVER_FORWARDED_ECHO = 6   # server XDP: an echo test forwarded to a client of ours, XDP_TX (RFC 4380 §5.3.1, §5.2.9)
+    TX_CSUM_DETOUR = 7          # client tc egress, NIC a veth: a checksum (or GSO) left to offload: out through the client's checksum veth, which finishes it, encapsulated on the way back in
     # -- pass: ingress, XDP_PASS / TC_ACT_OK, packet unchanged
-    RX_NOT_TEREDO = 7           # not IPv4/UDP to our address and port: host traffic
-    RX_DISABLED = 8             # config says not enabled (not qualified yet)
-    RX_FRAGMENT = 9             # IPv4 first fragment: the stack reassembles for the socket
-    RX_IPV4_OPTIONS = 10         # legal but rare: the socket gets it
-    RX_AUTH = 11                 # RFC 4380 §5.1.1 authentication header: server traffic
-    RX_ORIGIN = 12              # RFC 4380 §5.1.1 origin indication: server traffic
-    RX_BUBBLE = 13              # RFC 4380 §2.8: next header 59, payload length 0
-    RX_LINK_LOCAL_SOURCE = 14   # fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane)
-    RX_MULTICAST_DESTINATION = 15  # ff00::/8 destination (idem)
-    RX_NOT_OUR_ADDRESS = 16     # IPv6 destination is not our Teredo address
-    RX_UNKNOWN_PEER = 17        # no peer entry, source does not embed the UDP source
-    RX_UNTRUSTED_PEER = 18      # the control plane is still talking to this peer
-    RX_MAPPING_MISMATCH = 19    # trusted entry, but from another IPv4 address/port
-    RX_DECAP_UNSUPPORTED = 20   # adjust_meta/adjust_head/adjust_room refused: untouched
+    RX_NOT_TEREDO = 8           # not IPv4/UDP to our address and port: host traffic
+    RX_DISABLED = 9             # config says not enabled (not qualified yet)
+    RX_FRAGMENT = 10            # IPv4 first fragment: the stack reassembles for the socket
+    RX_IPV4_OPTIONS = 11         # legal but rare: the socket gets it
+    RX_AUTH = 12                 # RFC 4380 §5.1.1 authentication header: server traffic
+    RX_ORIGIN = 13              # RFC 4380 §5.1.1 origin indication: server traffic
+    RX_BUBBLE = 14              # RFC 4380 §2.8: next header 59, payload length 0
+    RX_LINK_LOCAL_SOURCE = 15   # fe80::/10 source (RFC 4380 §5.2.3 says drop: control plane)
+    RX_MULTICAST_DESTINATION = 16  # ff00::/8 destination (idem)
+    RX_NOT_OUR_ADDRESS = 17     # IPv6 destination is not our Teredo address
+    RX_UNKNOWN_PEER = 18        # no peer entry, source does not embed the UDP source
+    RX_UNTRUSTED_PEER = 19      # the control plane is still talking to this peer
+    RX_MAPPING_MISMATCH = 20    # trusted entry, but from another IPv4 address/port
+    RX_DECAP_UNSUPPORTED = 21   # adjust_meta/adjust_head/adjust_room refused: untouched
     # -- pass: egress, TC_ACT_OK: the packet goes on into the tun, to the control plane
-    TX_NOT_IPV6 = 21            # not an IPv6 packet
-    TX_DISABLED = 22            # config says not enabled
-    TX_MALFORMED = 23           # truncated IPv6 header or wrong version
-    TX_TOO_BIG = 24             # above the tunnel MTU: the control plane sends Packet Too Big
-    TX_NO_PEER = 25             # no peer entry: the control plane resolves it (bubbles, echo)
-    TX_UNTRUSTED_PEER = 26      # RFC 4380 §5.2.4: queue and bubble, in the control plane
-    TX_STALE_PEER = 27          # RFC 4380 §5.2.4: trusted but no recent receive
-    TX_ENCAP_UNSUPPORTED = 28   # bpf_skb_adjust_room refused: untouched
+    TX_NOT_IPV6 = 22            # not an IPv6 packet
+    TX_DISABLED = 23            # config says not enabled
+    TX_MALFORMED = 24           # truncated IPv6 header or wrong version
+    TX_TOO_BIG = 25             # above the tunnel MTU: the control plane sends Packet Too Big
+    TX_NO_PEER = 26             # no peer entry: the control plane resolves it (bubbles, echo)
+    TX_UNTRUSTED_PEER = 27      # RFC 4380 §5.2.4: queue and bubble, in the control plane
+    TX_STALE_PEER = 28          # RFC 4380 §5.2.4: trusted but no recent receive
+    TX_ENCAP_UNSUPPORTED = 29   # bpf_skb_adjust_room refused: untouched
     # -- pass: the relay (bpf/relay.c, RFC 4380 §5.4), XDP_PASS / TC_ACT_OK,
     # packet unchanged: the stack forwards it (into the tun, or natively) and answers
     # for it as a router would (Packet Too Big, Time Exceeded, Unreachable).
-    RELAY_NO_NEIGH = 29         # relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it
-    RELAY_NO_ROUTE = 30         # relay: fib lookup found no usable route (or forwarding is off): the stack decides
-    RELAY_FRAG_NEEDED = 31      # relay: above the egress MTU: the stack sends Packet Too Big or fragments
-    RELAY_HOP_LIMIT = 32        # relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3)
-    RELAY_TEREDO_DESTINATION = 33  # relay: Teredo client to Teredo address: hairpin through the tun, slow path
-    RELAY_EGRESS_NOT_XDP = 34   # relay XDP: the egress device takes no XDP-redirected frames (not in the devmap)
-    RELAY_OFFLOAD_PENDING = 35  # relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it
+    RELAY_NO_NEIGH = 30         # relay XDP: fib lookup found no neighbour (MAC) yet: the stack resolves it
+    RELAY_NO_ROUTE = 31         # relay: fib lookup found no usable route (or forwarding is off): the stack decides
+    RELAY_FRAG_NEEDED = 32      # relay: above the egress MTU: the stack sends Packet Too Big or fragments
+    RELAY_HOP_LIMIT = 33        # relay: hop limit <= 1: the stack sends Time Exceeded (RFC 8200 §3)
+    RELAY_TEREDO_DESTINATION = 34  # relay: Teredo client to Teredo address: hairpin through the tun, slow path
+    RELAY_EGRESS_NOT_XDP = 35   # relay XDP: the egress device takes no XDP-redirected frames (not in the devmap)
+    RELAY_OFFLOAD_PENDING = 36  # relay tc: a checksum or GSO left to offload that no checksum veth took (none, or it came back still looking pending): the stack completes it
     # -- pass: the server (bpf/server.c, RFC 4380 §5.3.1), XDP_PASS: ServerPolicy decides
-    SERVER_NOT_RS = 36          # server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1)
-    SERVER_RS_SLOW_PATH = 37    # server: an RS in a shape the program leaves to the daemon (client id, origin, other options)
-    SERVER_FORWARD_NO_ROUTE = 38  # server XDP: a packet to forward whose next hop the fib does not give on this device (no route, no neighbour, forwarding off): the daemon sends it
+    SERVER_NOT_RS = 37          # server: a bubble, an echo test or anything but an RS: the daemon's (forwarding, §5.3.1)
+    SERVER_RS_SLOW_PATH = 38    # server: an RS in a shape the program leaves to the daemon (client id, origin, other options)
+    SERVER_FORWARD_NO_ROUTE = 39  # server XDP: a packet to forward whose next hop the fib does not give on this device (no route, no neighbour, forwarding off): the daemon sends it
     # -- drop
-    RX_IPV4_CHECKSUM = 39       # bad outer IPv4 header checksum
-    RX_IPV4_LENGTH = 40         # IPv4 total length shorter than its headers or the frame
-    RX_UDP_LENGTH = 41          # UDP length != IPv4 payload length
-    RX_NOT_IPV6 = 42            # UDP payload is neither IPv6 nor an indicator header
-    RX_IPV6_TRUNCATED = 43      # UDP payload shorter than an IPv6 header
-    RX_IPV6_LENGTH = 44         # 40 + IPv6 payload length != UDP payload length
-    RX_NO_TUN = 45              # tc ingress: a decapsulated frame, but no tun configured any more
-    TX_ENCAP_ERROR = 46         # writing the outer headers failed half-way
-    TX_REDIRECT_FAILED = 47     # bpf_redirect_neigh refused
-    RELAY_SOURCE_MISMATCH = 48  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
-    RELAY_REDIRECT_FAILED = 49  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
+    RX_IPV4_CHECKSUM = 40       # bad outer IPv4 header checksum
+    RX_IPV4_LENGTH = 41         # IPv4 total length shorter than its headers or the frame
+    RX_UDP_LENGTH = 42          # UDP length != IPv4 payload length
+    RX_NOT_IPV6 = 43            # UDP payload is neither IPv6 nor an indicator header
+    RX_IPV6_TRUNCATED = 44      # UDP payload shorter than an IPv6 header
+    RX_IPV6_LENGTH = 45         # 40 + IPv6 payload length != UDP payload length
+    RX_NO_TUN = 46              # tc ingress: a decapsulated frame, but no tun configured any more
+    TX_ENCAP_ERROR = 47         # writing the outer headers failed half-way
+    TX_REDIRECT_FAILED = 48     # bpf_redirect_neigh refused
+    RELAY_SOURCE_MISMATCH = 49  # relay: RFC 4380 §5.4.2: the IPv6 source is not a Teredo address embedding the UDP source
+    RELAY_REDIRECT_FAILED = 50  # relay: the redirect failed after the rewrite (devmap entry gone, redirect_neigh refused)
     # -- drop: the inbound guard (bpf/lib/guard.h; --inbound stateful), IPv6 that
     # arrived over Teredo and that nobody here asked for (docs/security.md)
-    GUARD_UNSOLICITED = 50      # guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe)
-    GUARD_ICMPV6 = 51           # guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND)
-    GUARD_FRAGMENT = 52         # guard: a later fragment whose first fragment was not let in
-    GUARD_UNPARSED = 53         # guard: extension headers or transport header beyond what it reads: not checkable, so not taken
+    GUARD_UNSOLICITED = 51      # guard: not a flow the host started, nor an allowed port (a TCP SYN, a UDP probe)
+    GUARD_ICMPV6 = 52           # guard: ICMPv6 that IPv6 does not need from afar (errors about no flow of ours, ND)
+    GUARD_FRAGMENT = 53         # guard: a later fragment whose first fragment was not let in
+    GUARD_UNPARSED = 54         # guard: extension headers or transport header beyond what it reads: not checkable, so not taken
     # -- drop: admission to the slow path (bpf/lib/limit.h; docs/reliability.md)
-    RX_SLOW_PATH_SOURCE_LIMIT = 54  # for the control plane, but its sender (IPv4 source and kind) is over its rate
-    RX_SLOW_PATH_LIMIT = 55     # for the control plane, but the slow path as a whole is over its rate
+    RX_SLOW_PATH_SOURCE_LIMIT = 55  # for the control plane, but its sender (IPv4 source and kind) is over its rate
+    RX_SLOW_PATH_LIMIT = 56     # for the control plane, but the slow path as a whole is over its rate
     # -- drop: the server (bpf/server.c)
-    SERVER_SOURCE_NOT_GLOBAL = 56  # server: the IPv4 source is not global unicast (§5.3.1)
-    SERVER_LOOP = 57            # server: the IPv4 source is one of the server's own addresses
-    SERVER_RS_MALFORMED = 58    # server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded)
-    SERVER_RA_SOURCE_LIMIT = 59  # server: RAs to this IPv4 address are over its rate
-    SERVER_RA_LIMIT = 60        # server: RAs in all are over the server's rate
-    SERVER_SOURCE_MISMATCH = 61  # server: a Teredo IPv6 source that does not embed the UDP source (§5.3.1)
-    SERVER_NOT_OURS = 62         # server: neither source nor destination a Teredo address (§5.3.1)
-    SERVER_DESTINATION_OTHER_SERVER = 63  # server: a Teredo destination whose server is not our primary address
-    SERVER_DESTINATION_NOT_GLOBAL = 64  # server: the destination's mapped IPv4 is not global unicast
-    SERVER_ECHO_TOO_BIG = 65     # server: an echo longer than SERVER_FORWARD_MAX_PAYLOAD: could carry data
-    SERVER_FORWARD_MALFORMED = 66  # server: an echo to forward with a bad ICMPv6 code or checksum, or truncated
-    SERVER_FORWARD_SOURCE_LIMIT = 67  # server: forwarded packets from this IPv4 address are over its rate
-    SERVER_FORWARD_DESTINATION_LIMIT = 68  # server: forwarded packets to this IPv4 address are over its rate
+    SERVER_SOURCE_NOT_GLOBAL = 57  # server: the IPv4 source is not global unicast (§5.3.1)
+    SERVER_LOOP = 58            # server: the IPv4 source is one of the server's own addresses
+    SERVER_RS_MALFORMED = 59    # server: an RS with a bad ICMPv6 checksum, code or option length (§5.3.1: discarded)
+    SERVER_RA_SOURCE_LIMIT = 60  # server: RAs to this IPv4 address are over its rate
+    SERVER_RA_LIMIT = 61        # server: RAs in all are over the server's rate
+    SERVER_SOURCE_MISMATCH = 62  # server: a Teredo IPv6 source that does not embed the UDP source (§5.3.1)
+    SERVER_NOT_OURS = 63         # server: neither source nor destination a Teredo address (§5.3.1)
+    SERVER_DESTINATION_OTHER_SERVER = 64  # server: a Teredo destination whose server is not our primary address
+    SERVER_DESTINATION_NOT_GLOBAL = 65  # server: the destination's mapped IPv4 is not global unicast
+    SERVER_ECHO_TOO_BIG = 66     # server: an echo longer than SERVER_FORWARD_MAX_PAYLOAD: could carry data
+    SERVER_FORWARD_MALFORMED = 67  # server: an echo to forward with a bad ICMPv6 code or checksum, or truncated
+    SERVER_FORWARD_SOURCE_LIMIT = 68  # server: forwarded packets from this IPv4 address are over its rate
+    SERVER_FORWARD_DESTINATION_LIMIT = 69  # server: forwarded packets to this IPv4 address are over its rate
 
     @property
     def kind(self) -> Kind:

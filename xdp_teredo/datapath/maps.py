@@ -183,7 +183,7 @@ class Config:
     peer_timeout: float = constants.PEER_RECENT  # seconds; 0: never stale
     mtu: int = constants.TEREDO_MTU
     l2_len: int = 0
-    # The relay's checksum veth (relay/csum_veth.py): out of one end, back in at the other.
+    # The checksum veth (net/csum_veth.py; relay, client on a veth NIC): out of one end, back in at the other.
     csum_out_ifindex: int = 0
     csum_in_ifindex: int = 0
 

@@ -239,7 +239,7 @@ class RelayAttachment(Hooks):
                   replaced=self.replaced or None, maps=running.map_ids, pin_dir=self.pin_dir)
 
     def attach_back_in(self, ifindex: int) -> None:
-        """The tc program on the checksum veth's way back in (relay/csum_veth.py), for
+        """The tc program on the checksum veth's way back in (net/csum_veth.py), for
         an adopted data path: the pair is new, so its hook is too."""
         self._tc_filter(ifindex, TC_INGRESS, self.prog.functions[HOOK_TC],
                         "checksum veth ingress", "relay.detach_stale")

@@ -1,23 +1,13 @@
-"""A veth NIC's transmit checksum offload, turned off while our client runs on it.
+"""A device's transmit checksum offload, read and set by the legacy ethtool ioctl.
 
-Why (docs/client.md, "Checksums over a veth"): TCP and UDP leave the stack with their
-checksum left to the device (CHECKSUM_PARTIAL), and TCP as GSO super-packets; the
-kernel finishes both in validate_xmit_skb, after the tun's tc egress program has
-encapsulated the packet. A real NIC (or the kernel, for a NIC without the offload)
-finishes them there. A veth claims the offloads and hands the packet on unfinished:
-a Teredo peer that decapsulates in userspace on the same host (Miredo, in a
-container or namespace next to us) reads an IPv6 packet with a wrong checksum.
-No BPF helper can finish such a checksum for good: the skb keeps its offload state,
-and any device further on that does finish it would overwrite what we wrote.
+Used for the sending end of a checksum veth (net/csum_veth.py): with its tx checksum
+offload off, validate_xmit_skb finishes checksums and segments GSO packets in
+software for what is sent out of it (the kernel drops the dependent TSO features
+with it). The client no longer touches its NIC's offloads (docs/client.md,
+"Checksums over a veth").
 
-With the veth's tx checksum offload off, validate_xmit_skb on the veth finishes the
-checksum and segments GSO packets in software, for every packet, before they leave:
-what a NIC without offloads gets. The kernel drops the dependent TSO features with
-it, and brings them back when the offload is turned on again. Only where our NIC is
-a veth: a real NIC keeps its offloads (and GSO) as they are.
-
-The legacy ethtool ioctl (ETHTOOL_GTXCSUM / ETHTOOL_STXCSUM), which every kernel
-maps onto the "tx-checksumming" feature group; no ethtool binary is needed.
+ETHTOOL_GTXCSUM / ETHTOOL_STXCSUM, which every kernel maps onto the
+"tx-checksumming" feature group; no ethtool binary is needed.
 """
 
 from __future__ import annotations
@@ -26,17 +16,13 @@ import ctypes
 import fcntl
 import socket
 import struct
-from typing import Callable, Optional
 
-from .. import log
 from ..errors import RuntimeFailure
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
 ETHTOOL_STXCSUM = 0x17
 IFNAMSIZ = 16
-
-_log = log.get("xdp_teredo.net")
 
 
 class _EthtoolValue(ctypes.Structure):
@@ -67,26 +53,3 @@ def set_tx_checksum(ifname: str, on: bool) -> None:
     except OSError as err:
         raise RuntimeFailure(f"turning the tx checksum offload of {ifname} "
                              f"{'on' if on else 'off'}: {err}") from err
-
-
-def finish_checksums_on_veth(ifname: str, kind: Optional[str]) -> Optional[Callable[[], None]]:
-    """Have a veth NIC finish checksums and segmentation itself while we run.
-
-    Returns the undo (turns the offload back on), or None when there is nothing to
-    undo: not a veth, or its offload was off already (someone else's choice, kept).
-    """
-    if kind != "veth":
-        return None
-    if not tx_checksum(ifname):
-        _log.info("nic_offloads_kept", interface=ifname, tx_checksum="off")
-        return None
-    set_tx_checksum(ifname, False)
-    _log.info("nic_offloads_off", interface=ifname, kind=kind,
-              why="a veth passes checksums left to offload on unfinished; a userspace "
-                  "Teredo peer on this host would read them so")
-
-    def restore() -> None:
-        set_tx_checksum(ifname, True)
-        _log.info("nic_offloads_restored", interface=ifname)
-
-    return restore

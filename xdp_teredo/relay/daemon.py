@@ -39,7 +39,8 @@ from ..teredo import constants, encap, guard
 from ..teredo import peers as peerlist
 from ..teredo.packet import is_bubble, parse_ipv6
 from ..teredo.ratelimit import Limits
-from . import announce, csum_veth, egress
+from ..net import csum_veth
+from . import announce, egress
 from . import plan as rp
 
 IPv4Address = ipaddress.IPv4Address
@@ -62,7 +63,7 @@ class RelayDaemon(TunnelDaemon):
         self.peers = peerlist.PeerList(self.clock, rng=rng, relay=True,
                                        capacity=config.max_peers, accept_unknown=config.learn)
         self.ipv4 = self.ipv6 = None       # plan.Device
-        self.csum_veth = None              # (out, in) ifindexes of relay/csum_veth.py
+        self.csum_veth = None              # (out, in) ifindexes of net/csum_veth.py
         self.address: Optional[IPv4Address] = None
         self.icmp_address: Optional[IPv6Address] = None
         self.bubble_address = rp.bubble_source(rng)
@@ -113,7 +114,7 @@ class RelayDaemon(TunnelDaemon):
         self.teardown.push_always("BPF programs", self.prog.close)
         self.checkpoint()
         # Left in place by a crash (kept with the data path), replaced at the next start.
-        self.csum_veth = csum_veth.create(cfg.tunnel)
+        self.csum_veth = csum_veth.create(cfg.tunnel, owner="relay", forwarding=True)
         self.teardown.push("checksum veth", lambda: csum_veth.remove(cfg.tunnel))
         # Pins under the bpffs could not be removed once we are not root: a relay
         # that drops root pins nothing (the control socket serves `stats`).

@@ -47,7 +47,7 @@ class Egress:
                                            ipv4_forwarding=forwarding4, path=path)
         r.configure_datapath()
         r.prog.egress.set(redirect.xdp_targets(self.checks, path))
-        # The checksum veth's way back in (relay/csum_veth.py) always takes tc.
+        # The checksum veth's way back in (net/csum_veth.py) always takes tc.
         back_in = {r.csum_veth[1]: redirect.HOOK_TC} if r.csum_veth else {}
         if running is not None:
             chosen = {h.ifindex: h for h in self.hooks}
