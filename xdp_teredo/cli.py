@@ -321,6 +321,13 @@ def _hidden_seconds(name: str, help_text: str):
 @click.option("--upnp/--no-upnp", default=True, show_default=True,
               help="Ask a UPnP gateway on IFACE's network (SSDP) to map our UDP port "
                    "(RFC 6081 §4.3), in the background; removed at exit.")
+@click.option("--veth-offloads", type=click.Choice(["finish", "pass"]), default="finish",
+              show_default=True,
+              help="On a veth IFACE (containers, namespaces), the checksums and GSO the "
+                   "host left to offload. finish: round the client's checksum veth first, "
+                   "so that a Teredo peer decapsulating in userspace on this host "
+                   "(Miredo) reads them right; pass: as they are, GSO kept whole (faster; "
+                   "only when every such peer decapsulates in the kernel, as ours does).")
 @_inbound_options("stateful", "this host")
 @_metrics_option
 @_hidden_seconds("--refresh-interval", "Seconds between maintenance RSs (RFC: 30).")
@@ -331,7 +338,7 @@ def _hidden_seconds(name: str, help_text: str):
 @handles_errors
 def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_path,
            restart_safe, peer_max, refresh_interval, qualification_timeout, restart_delay,
-           peer_expiry, sync_interval, upnp, inbound, allow, metrics) -> None:
+           peer_expiry, sync_interval, upnp, veth_offloads, inbound, allow, metrics) -> None:
     """Give this host IPv6 over Teredo through IFACE (until SIGINT/SIGTERM)."""
     from . import client as teredo_client
     from .client import config as client_config
@@ -351,7 +358,8 @@ def attach(interface, servers, tunnel, bind_port, user, hook, xdp_mode, config_p
     extra = {"peer_max": peer_max} if peer_max is not None else {}
     extra["inbound"] = inbound_settings
     sys.exit(teredo_client.attach(settings, config_path, timers, restart_safe=restart_safe,
-                                  metrics=metrics_address, upnp=upnp, **extra))
+                                  metrics=metrics_address, upnp=upnp,
+                                  veth_offloads=veth_offloads, **extra))
 
 
 @cli.command()

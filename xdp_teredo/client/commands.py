@@ -21,7 +21,7 @@ PEERS_TIMEOUT = 30.0
 def attach(settings: cfg.Settings, config_path: Optional[str] = None,
            timers: Timers = Timers(), *, restart_safe: bool = False,
            peer_max: int = constants.PEER_LIST_MAX, inbound: Optional[guard.Settings] = None,
-           metrics=None, upnp: bool = True) -> int:
+           metrics=None, upnp: bool = True, veth_offloads: str = "finish") -> int:
     """`xdp-teredo attach`: prepare (nothing touched on a bad input), then run.
     `metrics`: daemon.metrics.MetricsAddress (--metrics)."""
     from .daemon import ClientDaemon
@@ -32,7 +32,9 @@ def attach(settings: cfg.Settings, config_path: Optional[str] = None,
     if inbound is not None:
         plan = dataclasses.replace(plan, inbound=inbound)
     return run(ClientDaemon(dataclasses.replace(plan, restart_safe=restart_safe,
-                                                peer_max=peer_max, upnp=upnp)), metrics=metrics)
+                                                peer_max=peer_max, upnp=upnp,
+                                                veth_offloads=veth_offloads)),
+               metrics=metrics)
 
 
 def detach(interface: str, tunnel: str = cfg.DEFAULT_TUNNEL) -> List[str]:

@@ -20,8 +20,7 @@ local discovery (client/discovery.py, §5.2.8). Then the skeleton drops root
 (--user keeps CAP_NET_ADMIN only) and serves: qualification starts at once on the
 slow path (the tun and the socket, as Miredo), and when the programs arrive
 handover.py attaches them and hands the trusted peers to the fast path. Adopting a
-running data path compiles during set-up instead (the running programs carry the
-traffic).
+running data path compiles during set-up instead (its programs carry the traffic).
 
 Events: a UDP datagram is a Router Advertisement for the Qualification, or, once
 qualified, goes to PeerList.on_incoming (§5.2.3); a packet read from the tun to
@@ -217,17 +216,16 @@ class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, Tunnel
 
     def own_csum_veth(self) -> None:
         """On a veth NIC, the checksum veth that finishes what the host left to offload
-        before tc encapsulates it (net/csum_veth.py, docs/client.md "Checksums over a
-        veth"); the NIC's own offloads stay as they are. Made before the data path is
-        attached or adopted (a killed client's pair is replaced), removed after it;
-        left for the next instance while a kept fast path runs on."""
+        (net/csum_veth.py, docs/client.md "Checksums over a veth"; the NIC's offloads
+        stay as they are). Made before the data path is attached or adopted, removed
+        after it; left for the next instance while a kept fast path runs on."""
         from ..net import csum_veth
 
-        if self.plan.nic.kind != "veth":
-            return
-        tunnel = self.config.tunnel
-        self.csum_veth = csum_veth.create(tunnel, owner="client", silent=True)
-        self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
+        if self.plan.nic.kind == "veth":
+            tunnel = self.config.tunnel
+            self.csum_veth = csum_veth.for_client(tunnel, self.plan.veth_offloads)
+            if self.csum_veth != (0, 0):
+                self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
 
     def own_hook(self) -> None:
         from .hook import Hook

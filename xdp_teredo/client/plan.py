@@ -75,6 +75,11 @@ class Plan:
     # Map our port on a UPnP gateway when one answers (--no-upnp: never search;
     # client/upnp.py, RFC 6081 §4.3).
     upnp: bool = True
+    # On a veth NIC, what the host left to offload (checksums, GSO): "finish" sends it
+    # round the checksum veth first (net/csum_veth.py), so that a peer that
+    # decapsulates in userspace on this host reads it right; "pass" hands it to the
+    # veth as it is (GSO kept whole: every such peer must decapsulate in the kernel).
+    veth_offloads: str = "finish"
     # Names that did not resolve at start ((name, reason)): retried while offline.
     unresolved: Tuple[Tuple[str, str], ...] = ()
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .. import log
 from ..errors import RuntimeFailure
@@ -121,7 +121,9 @@ class ClientAttachment(hooks.Hooks):
         self.xdp_attached: Optional[str] = None  # "native" / "generic" once attached
         self.adopted = False                     # taken over from a previous instance
         self.replaced: List[str] = []            # adopted hooks that got our programs
-        self.csum_veth = (0, 0)                  # (out, in) ifindexes, attach_csum_veth
+        # (out, in) ifindexes from attach_csum_veth; (0, 0): none (--veth-offloads
+        # pass); None: not said, the running config's are kept.
+        self.csum_veth: Optional[Tuple[int, int]] = None
 
     # -- the maps, for the control plane
     @property
@@ -140,8 +142,10 @@ class ClientAttachment(hooks.Hooks):
             tun_ifindex=config.tun_ifindex or self.tun_ifindex,
             # This attachment's checksum veth when it has one: a config read back
             # from an adopted data path names the pair that was replaced.
-            csum_out_ifindex=self.csum_veth[0] or config.csum_out_ifindex,
-            csum_in_ifindex=self.csum_veth[1] or config.csum_in_ifindex,
+            csum_out_ifindex=(config.csum_out_ifindex if self.csum_veth is None
+                              else self.csum_veth[0]),
+            csum_in_ifindex=(config.csum_in_ifindex if self.csum_veth is None
+                             else self.csum_veth[1]),
         )
         self.prog.config.write(config)
         _log.info("datapath_configured", local=f"{config.local_ipv4}:{config.local_port}",
@@ -216,8 +220,9 @@ class ClientAttachment(hooks.Hooks):
         its hook is too. An adopted data path's config names the old pair, whose
         ifindexes are gone: rewritten at once, or pending packets would be sent
         nowhere until the next configure()."""
-        self._tc_filter(in_ifindex, TC_INGRESS, self.prog.functions["tc_tx_back"],
-                        "checksum veth ingress", "client.detach_stale")
+        if in_ifindex:
+            self._tc_filter(in_ifindex, TC_INGRESS, self.prog.functions["tc_tx_back"],
+                            "checksum veth ingress", "client.detach_stale")
         self.csum_veth = (out_ifindex, in_ifindex)
         running = self.prog.config.read()
         if running is not None:

@@ -87,6 +87,18 @@ def create(tunnel: str, *, owner: str, forwarding: bool = False,
     return out_index, in_index
 
 
+def for_client(tunnel: str, veth_offloads: str) -> Tuple[int, int]:
+    """A client's pair on a veth NIC, per --veth-offloads (client/plan.py): "finish"
+    makes it (a killed client's is replaced); "pass" removes one a previous instance
+    left and returns (0, 0), so that an adopted config stops naming it and pending
+    offloads leave through the NIC as they are."""
+    if veth_offloads == "pass":
+        if remove(tunnel):
+            _log.info("checksum_veth_removed", tunnel=tunnel, reason="--veth-offloads pass")
+        return 0, 0
+    return create(tunnel, owner="client", silent=True)
+
+
 def remove(tunnel: str) -> bool:
     """Delete the pair (both ends go with one); whether there was one."""
     from pyroute2 import IPRoute
