@@ -86,7 +86,8 @@ static __always_inline int csum_left_to_offload(__u16 field, __u64 pseudo_sum)
 
 /* Where the checksum sits in the transport header: TCP and UDP, the protocols
  * whose checksums Linux leaves to offload; -1 for the others (ICMPv6 is always
- * computed in software). */
+ * computed in software). The client's offload probe relies on it: its echo
+ * request, left to offload on purpose, must leave without the detour. */
 static __always_inline int l4_csum_offset(__u8 nexthdr)
 {
 	if (nexthdr == IPPROTO_TCP)

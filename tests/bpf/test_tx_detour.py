@@ -14,6 +14,7 @@ import struct
 import pytest
 
 from xdp_teredo.datapath import Reason, now_ns
+from xdp_teredo.datapath.layout import PeerFlag
 
 from . import packets as P
 from .conftest import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
@@ -98,6 +99,46 @@ def test_without_a_checksum_veth_pending_packets_are_encapsulated_as_before(dp):
     # refuses (the e2e tests send real TCP GSO); what matters here: not sent round.
     gso = dp.tc_tx(segment(6, pending=True, size=2400), gso_size=1208, gso_segs=2)
     assert "tx_csum_detour" not in gso.counted
+
+
+@pytest.mark.parametrize("proto", [6, 17], ids=["tcp", "udp"])
+def test_a_peer_that_takes_offloads_gets_a_pending_checksum_as_it_is(dp, proto):
+    """client/csum_detour.py's probe came back: no detour to that peer."""
+    dp.configure(csum_out_ifindex=CK0, csum_in_ifindex=CK1)
+    trusted_peer(dp, flags=PeerFlag.TRUSTED | PeerFlag.TAKES_OFFLOADS)
+    frame = segment(proto, pending=True)
+    out = dp.tc_tx(frame)
+    assert out.counted == {"encapsulated": 1} and out.retval == TC_ACT_REDIRECT
+    assert_encapsulated(frame, out.frame, P.PEER_IPV4, P.PEER_PORT, ip_id=0)
+    # TCP GSO is not sent round either (a test run's GSO skb cannot be
+    # encapsulated, see above: what matters is where it went).
+    if proto == 6:
+        gso = dp.tc_tx(segment(6, pending=True, size=2400), gso_size=1208, gso_segs=2)
+        assert "tx_csum_detour" not in gso.counted
+
+
+def test_udp_gso_goes_round_even_to_a_peer_that_takes_offloads(dp):
+    """The kernel cannot cut an encapsulated UDP GSO packet the tun handed over
+    (bpf/client.c tx_needs_detour): the checksum veth cuts it first."""
+    dp.configure(csum_out_ifindex=CK0, csum_in_ifindex=CK1)
+    trusted_peer(dp, flags=PeerFlag.TRUSTED | PeerFlag.TAKES_OFFLOADS)
+    frame = segment(17, pending=False, size=2400)
+    out = dp.tc_tx(frame, gso_size=1208, gso_segs=2)
+    assert out.counted == {"tx_csum_detour": 1} and out.retval == TC_ACT_REDIRECT
+    assert out.frame == frame
+
+
+def test_an_icmpv6_checksum_left_to_offload_is_never_sent_round(dp):
+    """The offload probe's echo request leaves unfinished on purpose: if it were
+    finished on the way, every peer would seem to take offloads."""
+    from xdp_teredo.client.csum_detour import build_probe, _VNET_HDR
+
+    dp.configure(csum_out_ifindex=CK0, csum_in_ifindex=CK1)
+    trusted_peer(dp)
+    frame = P.ipv6_frame(build_probe(P.OUR_ADDRESS, P.PEER_ADDRESS, 1, b"12345678")[_VNET_HDR.size:])
+    out = dp.tc_tx(frame)
+    assert out.counted == {"encapsulated": 1} and out.retval == TC_ACT_REDIRECT
+    assert_encapsulated(frame, out.frame, P.PEER_IPV4, P.PEER_PORT, ip_id=0)
 
 
 def test_only_what_the_fast_path_sends_goes_round(dp):

@@ -134,6 +134,22 @@ def test_a_tcp_transfer_both_ways_takes_the_fast_path(teredo):
     assert slow.get("sent_direct", 0) + slow.get("delivered", 0) == 0, slow
 
 
+def test_miredo_is_asked_and_keeps_the_checksum_veth(teredo):
+    """The offload probe (client/csum_detour.py): our echo request with its
+    checksum left to offload reaches Miredo as it left, unfinished; Miredo
+    writes it to its tun, whose kernel drops it for its checksum, so no reply
+    comes. After every try the peer still takes the checksum veth: the TCP
+    transfer above needed it."""
+    lab = teredo.lab
+    cs.wait_until("three offload probes", lambda: cs.query(lab, "client1", "counters")[
+        "slow_path"].get("offload_probe_sent", 0) >= 3, timeout=15)
+    slow = cs.query(lab, "client1", "counters")["slow_path"]
+    assert slow.get("offload_probe_answered", 0) == 0, slow
+    peer = _peer(lab, teredo.theirs.address)
+    assert peer is not None and peer["trusted"] and not peer["takes_offloads"], peer
+    assert cs.events(teredo.ours, "peer_takes_offloads") == []
+
+
 def test_a_native_ipv6_host_through_the_echo_test_and_a_relay(teredo):
     lab = teredo.lab
     miredo.start_relay(lab, "relay")

@@ -14,9 +14,9 @@
 Set-up (as root, in this order; daemon/base.py undoes what was made if a step
 fails): the control socket (the lock against a second client with the same
 tunnel), the compile of the BPF programs started in a child (not waited for),
-on a veth NIC the checksum veth (net/csum_veth.py), the tunnel, the UDP socket
+on a veth NIC the checksum veth (client/csum_detour.py), the tunnel, the UDP socket
 bound to the NIC's address, the inbound guard, the hook, the NIC watch,
-local discovery (client/discovery.py, §5.2.8). Then the skeleton drops root
+local discovery (client/discovery.py, §5.2.8), the offload probe. Then the skeleton drops root
 (--user keeps CAP_NET_ADMIN only) and serves: qualification starts at once on the
 slow path (the tun and the socket, as Miredo), and when the programs arrive
 handover.py attaches them and hands the trusted peers to the fast path. Adopting a
@@ -64,6 +64,7 @@ from . import discovery
 from .handover import HandingOver
 from .mapped_port import UpnpMapping
 from .interface import FollowingTheNic
+from .csum_detour import ChecksumDetour
 from .plan import Plan, pin_root
 from .qualify import Qualifying
 
@@ -75,7 +76,7 @@ IPv6Address = ipaddress.IPv6Address
 _ECHO_IDENTIFIER = 0x7E3E
 
 
-class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
+class ClientDaemon(ChecksumDetour, UpnpMapping, Qualifying, HandingOver, FollowingTheNic, TunnelDaemon):
     role = "client"
     extra_signals = (signal.SIGHUP,)
     # Miredo's rate for the ICMPv6 errors we send into the tunnel: one per 100 ms.
@@ -142,6 +143,7 @@ class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, Tunnel
         self.own_hook()
         self._watch_nic()
         discovery.start(self)
+        self.start_offload_probe()
         self.listen()
 
     def _setup_slow_path_first(self) -> None:
@@ -213,19 +215,6 @@ class ClientDaemon(UpnpMapping, Qualifying, HandingOver, FollowingTheNic, Tunnel
         self.teardown.push("data path", att.detach, keep=att.release)
         if self.csum_veth is not None:
             att.attach_csum_veth(*self.csum_veth)
-
-    def own_csum_veth(self) -> None:
-        """On a veth NIC, the checksum veth that finishes what the host left to offload
-        (net/csum_veth.py, docs/client.md "Checksums over a veth"; the NIC's offloads
-        stay as they are). Made before the data path is attached or adopted, removed
-        after it; left for the next instance while a kept fast path runs on."""
-        from ..net import csum_veth
-
-        if self.plan.nic.kind == "veth":
-            tunnel = self.config.tunnel
-            self.csum_veth = csum_veth.for_client(tunnel, self.plan.veth_offloads)
-            if self.csum_veth != (0, 0):
-                self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
 
     def own_hook(self) -> None:
         from .hook import Hook

@@ -35,6 +35,8 @@ def peer_rows(entries: Iterable, pending: Iterable, *, now_ns: int, now: float,
             "trusted": entry.trusted,
             "learned": bool(entry.flags & PeerFlag.LEARNED),
             "relay": bool(entry.flags & PeerFlag.RELAY),
+            # Sent to as the offloads left it, no checksum detour (client/csum_detour.py).
+            "takes_offloads": bool(entry.flags & PeerFlag.TAKES_OFFLOADS),
             "last_rx_s": _age(now_ns, entry.last_rx_ns),
             "last_tx_s": _age(now_ns, entry.last_tx_ns),
             "rx_packets": entry.rx_packets, "tx_packets": entry.tx_packets,
