@@ -154,6 +154,8 @@ static __always_inline int tc_decap(struct __sk_buff *skb, __u32 *redirect_ret)
 	void *data, *data_end;
 	int reason;
 
+	if (!tc_maybe_udp4(skb))
+		return TEREDO_R_RX_NOT_TEREDO;
 	tc_pull(skb, want);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;

@@ -125,4 +125,23 @@ static __always_inline void tc_pull(struct __sk_buff *skb, __u32 want)
 		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
 }
 
+/*
+ * tc receive: whether a frame can be Teredo at all (IPv4 carrying UDP), read
+ * without a pull. Most of what crosses the NIC is the host's own traffic, TCP
+ * from local senders among it, whose skbs are clones with their headers alone
+ * in the linear area: bpf_skb_pull_data would make each one private (a copy of
+ * its head) just to be told it is not ours. Only a frame that may be ours is
+ * pulled.
+ */
+static __always_inline int tc_maybe_udp4(struct __sk_buff *skb)
+{
+	__u8 proto;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
+		return 0;
+	return proto == IPPROTO_UDP;
+}
+
 #endif /* TEREDO_PARSE_H */
