@@ -215,17 +215,19 @@ static __always_inline int tx_offload_pending(struct __sk_buff *skb, struct ipv6
 
 /*
  * Whether a packet with something left to offload goes round the checksum veth.
- * A peer whose path was seen to take it as it is (its kernel decapsulates, or a
+ * A NIC that finishes offloads itself (not a veth, or --veth-offloads pass:
+ * TEREDO_CFG_OFFLOADS_PASS) takes everything as it is, and so does a peer whose path was seen to take it as it is (its kernel decapsulates, or a
  * NIC on the way finishes it: client/csum_detour.py) gets it whole, GSO as
  * UDP-tunnel GSO, except UDP GSO (UDP_SEGMENT): the tun offers no checksum
  * offload, so the stack hands it over with its checksums not left to offload,
  * and the kernel cannot cut such a packet once it is encapsulated (dropped in
  * validate_xmit_skb, docs/kernel-notes.md). The detour cuts it before.
  */
-static __always_inline int tx_needs_detour(struct __sk_buff *skb, const struct teredo_peer *peer,
-					   struct ipv6hdr *ip6, __u32 ip6_len)
+static __always_inline int tx_needs_detour(struct __sk_buff *skb, const struct teredo_config *cfg,
+					   const struct teredo_peer *peer, struct ipv6hdr *ip6,
+					   __u32 ip6_len)
 {
-	if (peer->flags & TEREDO_PEER_TAKES_OFFLOADS)
+	if ((cfg->flags & TEREDO_CFG_OFFLOADS_PASS) || (peer->flags & TEREDO_PEER_TAKES_OFFLOADS))
 		return skb->gso_size && ip6->nexthdr == IPPROTO_UDP;
 	return tx_offload_pending(skb, ip6, (void *)(long)skb->data_end, ip6_len);
 }
@@ -309,7 +311,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, int back_in, __u32 *r
 	reason = tx_peer_verdict(peer, now, cfg->peer_timeout_ns);
 	if (reason != TEREDO_R_ENCAPSULATED || !peer)
 		return reason;
-	if (!back_in && cfg->csum_out_ifindex && tx_needs_detour(skb, peer, ip6, ip6_len))
+	if (!back_in && cfg->csum_out_ifindex && tx_needs_detour(skb, cfg, peer, ip6, ip6_len))
 		return tx_csum_detour(skb, cfg, l2_len, redirect_ret);
 
 	/* A refusal leaves the packet unchanged: the slow path can still send it. Any

@@ -326,8 +326,10 @@ def _hidden_seconds(name: str, help_text: str):
               help="On a veth IFACE (containers, namespaces), the checksums and GSO the "
                    "host left to offload. finish: round the client's checksum veth first, "
                    "so that a Teredo peer decapsulating in userspace on this host "
-                   "(Miredo) reads them right; pass: as they are, GSO kept whole (faster; "
-                   "only when every such peer decapsulates in the kernel, as ours does).")
+                   "(Miredo) reads them right, except to peers that answered an echo "
+                   "left unfinished (GSO kept whole); pass: as they are for every peer, "
+                   "GSO kept whole but for UDP GSO (only when every such peer "
+                   "decapsulates in the kernel, as ours does).")
 @_inbound_options("stateful", "this host")
 @_metrics_option
 @_hidden_seconds("--refresh-interval", "Seconds between maintenance RSs (RFC: 30).")

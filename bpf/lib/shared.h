@@ -32,6 +32,7 @@
 #define TEREDO_CFG_ENABLED 0x1       /* off: every Teredo packet goes to the slow path (not qualified yet) */
 #define TEREDO_CFG_LEARN_PEERS 0x2   /* RFC 4380 §5.2.3: a source embedding its UDP source becomes a trusted peer */
 #define TEREDO_CFG_RELAY 0x4         /* RFC 4380 §5.4.2: relay rules instead of client rules */
+#define TEREDO_CFG_OFFLOADS_PASS 0x8 /* client: the NIC finishes what is left to offload (not a veth, or --veth-offloads pass); only UDP GSO takes the checksum veth */
 
 /* struct teredo_peer.flags */
 #define TEREDO_PEER_TRUSTED 0x1      /* RFC 4380 §5.2.4: the peer answered; send to it directly */

@@ -128,6 +128,19 @@ def test_udp_gso_goes_round_even_to_a_peer_that_takes_offloads(dp):
     assert out.frame == frame
 
 
+@pytest.mark.parametrize("proto", [6, 17], ids=["tcp", "udp"])
+def test_a_nic_that_finishes_offloads_sends_only_udp_gso_round(dp, proto):
+    """Not a veth, or --veth-offloads pass (Config.offloads_pass): every peer gets
+    what is left to offload as it is, except UDP GSO."""
+    dp.configure(csum_out_ifindex=CK0, csum_in_ifindex=CK1, offloads_pass=True)
+    trusted_peer(dp)
+    frame = segment(proto, pending=True)
+    out = dp.tc_tx(frame)
+    assert out.counted == {"encapsulated": 1} and out.retval == TC_ACT_REDIRECT
+    gso = dp.tc_tx(segment(proto, pending=False, size=2400), gso_size=1208, gso_segs=2)
+    assert ("tx_csum_detour" in gso.counted) == (proto == 17), gso.counted
+
+
 def test_an_icmpv6_checksum_left_to_offload_is_never_sent_round(dp):
     """The offload probe's echo request leaves unfinished on purpose: if it were
     finished on the way, every peer would seem to take offloads."""

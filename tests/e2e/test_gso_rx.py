@@ -221,8 +221,8 @@ def _in_segs(lab, role: str) -> int:
 
 def test_a_clients_super_packets_cross_the_relay_whole(make_lab):
     """Teredo -> native across our relay (tc on its veths, as `auto` picks there),
-    our client sending with --veth-offloads pass (no checksum veth: its TCP leaves
-    in GSO super-packets, as from a client on a NIC that is not a veth), so that
+    our client sending with --veth-offloads pass (no detour for TCP: it leaves in
+    GSO super-packets, as from a client on a NIC that is not a veth), so that
     super-packets reach the relay. They must be forwarded whole (the egress MTU
     checked per segment, not against the whole skb, which sent each one to the slow
     path: relay_frag_needed)."""
@@ -252,3 +252,48 @@ def test_a_clients_super_packets_cross_the_relay_whole(make_lab):
     # took no more skbs than the relay forwarded (a GSO skb counts once).
     assert decap_bytes / counted["decapsulated"] > 4 * SEGMENT_FRAME, report
     assert segs <= counted["decapsulated"] + 10, report
+
+
+def test_with_veth_offloads_pass_udp_gso_still_arrives_and_tcp_leaves_whole(make_lab):
+    """--veth-offloads pass (what every NIC that is not a veth gets): TCP leaves in
+    GSO super-packets, but a UDP_SEGMENT packet, which the kernel cannot cut once
+    encapsulated, still goes round the checksum veth first: every datagram
+    arrives intact (before, none did)."""
+    from xdp_teredo.lab import roles, traffic
+
+    from .client_support import delta, nbytes, packets, query
+    from .test_client_ours import UDP_GSO_SINK, UDP_GSO_SOURCE
+
+    lab = make_lab("server", "client1", "public")
+    roles.start_server(lab, "xdp-teredo")
+    server = lab["server"].ipv4[0]
+    ours = roles.start_client(lab, "xdp-teredo", "client1", server, "--veth-offloads", "pass")
+    peer = roles.start_client(lab, "xdp-teredo", "public", server, "--veth-offloads", "pass",
+                              "--allow", "udp/5203", *traffic.ALLOW_IPERF)
+    try:
+        assert lab.ping("client1", peer.address, count=3, deadline=10).ok
+        stats0 = query(lab, "client1", "stats")
+        sink = lab.spawn("public", sys.executable, "-c", UDP_GSO_SINK, str(peer.address),
+                         "5203", "1000", log="udp-gso-sink.log")
+        sink.wait_for_output("listening", timeout=10)
+        sent = lab.run("client1", sys.executable, "-c", UDP_GSO_SOURCE, str(peer.address),
+                       "5203", "1000", "20", check=False)
+        assert sent.returncode == 0, sent.stderr
+        sink.wait_for_output(r"good=\d+", timeout=15)
+        good, bad = (int(kv.split("=")[1]) for kv in sink.output().split()[-2:])
+        stats1 = query(lab, "client1", "stats")
+        traffic.iperf3(lab, "client1", "public", peer.address, seconds=1)
+        stats2 = query(lab, "client1", "stats")
+        slow = query(lab, "client1", "counters")["slow_path"]
+    finally:
+        ours.stop()
+        peer.stop()
+    udp = delta(packets(stats0), packets(stats1))
+    tcp, tcp_bytes = delta(packets(stats1), packets(stats2)), delta(nbytes(stats1), nbytes(stats2))
+    report = dict(good=good, bad=bad, udp=udp, tcp=tcp)
+    assert bad == 0 and good >= 0.9 * 20 * 8, report
+    assert udp.get("tx_csum_detour", 0) >= 10, report
+    assert tcp.get("tx_csum_detour", 0) == 0, report
+    assert tcp_bytes.get("encapsulated", 0) > 2 * SEGMENT_FRAME * tcp.get("encapsulated", 1), report
+    # Nothing is asked under `pass`: every peer takes offloads already.
+    assert slow.get("offload_probe_sent", 0) == 0, slow

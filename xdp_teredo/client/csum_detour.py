@@ -24,8 +24,8 @@ is asked with the thing itself:
   checksum; a firewall may drop echo requests): the peer keeps the detour, which
   is right for every peer, only slower. A new mapping is asked again.
 
-Only while the client has a checksum veth (a veth NIC, --veth-offloads finish):
-with `pass`, or on any other NIC, nothing is detoured and nothing is asked.
+Only on a veth NIC under --veth-offloads finish: on any other NIC, and with
+`pass`, only UDP GSO is detoured (for every peer), and nothing is asked.
 """
 
 from __future__ import annotations
@@ -159,18 +159,22 @@ class ChecksumDetour:
     """Mixed into ClientDaemon (plan, config, csum_veth, tunnel, address, att,
     sync, loop, clock, log, counters and teardown live there)."""
 
+    offloads_pass = False
+
     def own_csum_veth(self) -> None:
-        """On a veth NIC, the checksum veth that finishes what the host left to offload
-        (net/csum_veth.py, docs/client.md "Checksums over a veth"; the NIC's offloads
-        stay as they are). Made before the data path is attached or adopted, removed
-        after it; left for the next instance while a kept fast path runs on."""
+        """The checksum veth that finishes what the host left to offload (net/csum_veth.py,
+        docs/client.md "Checksums over a veth"; the NIC's offloads stay as they are).
+        On a veth NIC under --veth-offloads finish, for every peer not known to take
+        it as it is; on any other NIC, and under `pass`, for UDP GSO only, which the
+        kernel cannot cut once it is encapsulated. Made before the data path is
+        attached or adopted, removed after it; left for the next instance while a
+        kept fast path runs on."""
         from ..net import csum_veth
 
-        if self.plan.nic.kind == "veth":
-            tunnel = self.config.tunnel
-            self.csum_veth = csum_veth.for_client(tunnel, self.plan.veth_offloads)
-            if self.csum_veth != (0, 0):
-                self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
+        tunnel = self.config.tunnel
+        self.offloads_pass = self.plan.nic.kind != "veth" or self.plan.veth_offloads == "pass"
+        self.csum_veth = csum_veth.create(tunnel, owner="client", silent=True)
+        self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
 
     # -- the offload probe --
 
@@ -182,7 +186,7 @@ class ChecksumDetour:
         """As root, in set-up: the two sockets (CAP_NET_RAW is needed to open them,
         not to use them), closed at exit. Nothing without a checksum veth. A kernel
         that refuses them leaves every peer on the detour: slower, never wrong."""
-        if self.csum_veth in (None, (0, 0)):
+        if self.csum_veth is None or self.offloads_pass:
             return
         try:
             self._probe_out, self._probe_in = self._probe_sockets(self.tunnel.name)

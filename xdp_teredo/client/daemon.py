@@ -214,7 +214,7 @@ class ClientDaemon(ChecksumDetour, UpnpMapping, Qualifying, HandingOver, Followi
         self.att = att
         self.teardown.push("data path", att.detach, keep=att.release)
         if self.csum_veth is not None:
-            att.attach_csum_veth(*self.csum_veth)
+            att.attach_csum_veth(*self.csum_veth, offloads_pass=self.offloads_pass)
 
     def own_hook(self) -> None:
         from .hook import Hook

@@ -121,9 +121,10 @@ class ClientAttachment(hooks.Hooks):
         self.xdp_attached: Optional[str] = None  # "native" / "generic" once attached
         self.adopted = False                     # taken over from a previous instance
         self.replaced: List[str] = []            # adopted hooks that got our programs
-        # (out, in) ifindexes from attach_csum_veth; (0, 0): none (--veth-offloads
-        # pass); None: not said, the running config's are kept.
+        # (out, in) ifindexes from attach_csum_veth, and whether only UDP GSO takes
+        # it (Config.offloads_pass); None: not said, the running config's are kept.
         self.csum_veth: Optional[Tuple[int, int]] = None
+        self.offloads_pass: Optional[bool] = None
 
     # -- the maps, for the control plane
     @property
@@ -146,6 +147,8 @@ class ClientAttachment(hooks.Hooks):
                               else self.csum_veth[0]),
             csum_in_ifindex=(config.csum_in_ifindex if self.csum_veth is None
                              else self.csum_veth[1]),
+            offloads_pass=(config.offloads_pass if self.offloads_pass is None
+                           else self.offloads_pass),
         )
         self.prog.config.write(config)
         _log.info("datapath_configured", local=f"{config.local_ipv4}:{config.local_port}",
@@ -214,7 +217,8 @@ class ClientAttachment(hooks.Hooks):
                   ingress=self.ingress, xdp=self.xdp_attached, replaced=self.replaced or None,
                   maps=running.map_ids, pin_dir=self.pin_dir, netns=self.netns)
 
-    def attach_csum_veth(self, out_ifindex: int, in_ifindex: int) -> None:
+    def attach_csum_veth(self, out_ifindex: int, in_ifindex: int, *,
+                         offloads_pass: bool = False) -> None:
         """tc_teredo_tx_back on the checksum veth's far end (net/csum_veth.py), after
         attach or adopt: the pair is always new (a killed client's is replaced), so
         its hook is too. An adopted data path's config names the old pair, whose
@@ -224,10 +228,12 @@ class ClientAttachment(hooks.Hooks):
             self._tc_filter(in_ifindex, TC_INGRESS, self.prog.functions["tc_tx_back"],
                             "checksum veth ingress", "client.detach_stale")
         self.csum_veth = (out_ifindex, in_ifindex)
+        self.offloads_pass = offloads_pass
         running = self.prog.config.read()
         if running is not None:
             self.prog.config.write(dataclasses.replace(
-                running, csum_out_ifindex=out_ifindex, csum_in_ifindex=in_ifindex))
+                running, csum_out_ifindex=out_ifindex, csum_in_ifindex=in_ifindex,
+                offloads_pass=offloads_pass))
 
     def release(self) -> None:
         """Leave everything attached and pinned, and forget it: the restart-safe stop

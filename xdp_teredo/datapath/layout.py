@@ -235,6 +235,7 @@ class ConfigFlag(enum.IntFlag):
     ENABLED = 0x1      # off: every Teredo packet goes to the slow path (not qualified yet)
     LEARN_PEERS = 0x2  # RFC 4380 §5.2.3: a source embedding its UDP source becomes a trusted peer
     RELAY = 0x4        # RFC 4380 §5.4.2: relay rules instead of client rules
+    OFFLOADS_PASS = 0x8  # client: the NIC finishes what is left to offload (not a veth, or --veth-offloads pass); only UDP GSO takes the checksum veth
 
 
 class ServerFlag(enum.IntFlag):

@@ -186,6 +186,9 @@ class Config:
     # The checksum veth (net/csum_veth.py; relay, client on a veth NIC): out of one end, back in at the other.
     csum_out_ifindex: int = 0
     csum_in_ifindex: int = 0
+    # Client: every peer gets what is left to offload as it is, except UDP GSO
+    # (ConfigFlag.OFFLOADS_PASS; client/csum_detour.py).
+    offloads_pass: bool = False
 
     def __post_init__(self):
         self.local_ipv4 = ipaddress.IPv4Address(self.local_ipv4)
@@ -203,6 +206,8 @@ class Config:
             f |= layout.ConfigFlag.LEARN_PEERS
         if self.relay:
             f |= layout.ConfigFlag.RELAY
+        if self.offloads_pass:
+            f |= layout.ConfigFlag.OFFLOADS_PASS
         return f
 
     def to_c(self) -> layout.ConfigValue:
@@ -225,6 +230,7 @@ class Config:
             enabled=bool(flags & layout.ConfigFlag.ENABLED),
             learn_peers=bool(flags & layout.ConfigFlag.LEARN_PEERS),
             relay=bool(flags & layout.ConfigFlag.RELAY),
+            offloads_pass=bool(flags & layout.ConfigFlag.OFFLOADS_PASS),
             peer_timeout=value.peer_timeout_ns / 1e9, mtu=value.mtu, l2_len=value.l2_len,
             csum_out_ifindex=value.csum_out_ifindex, csum_in_ifindex=value.csum_in_ifindex,
         )

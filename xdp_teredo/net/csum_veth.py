@@ -1,6 +1,6 @@
 """A checksum veth: where packets whose checksum or segmentation a local sender left
 to the device get finished by the kernel, so that tc can go on with them in the fast
-path. Used by the relay and by a client whose NIC is a veth.
+path. Used by the relay and by the client.
 
 No BPF helper finishes a CHECKSUM_PARTIAL checksum for good or changes the skb's
 offload state (docs/kernel-notes.md). So tc sends such a packet out of one end of a
@@ -14,11 +14,12 @@ like any finished packet:
   checksum on unfinished; stripping the outer headers in tc would leave csum_start
   pointing into the moved MAC header. Decapsulated when it comes back in. XDP does
   not need it: a redirected XDP frame carries no offload state.
-- the client on a veth NIC (bpf/client.c, `tx_csum_detour`): the host's TCP (GSO,
+- the client (bpf/client.c, `tx_csum_detour`): on a veth NIC, the host's TCP (GSO,
   CHECKSUM_PARTIAL) would leave encapsulated but unfinished, and a Teredo peer on
-  this host that decapsulates in userspace (Miredo) would read it so. Encapsulated
-  when it comes back in (tc_teredo_tx_back), so the NIC's own offloads stay as the
-  kernel set them (docs/client.md, "Checksums over a veth").
+  this host that decapsulates in userspace (Miredo) would read it so; on any NIC,
+  UDP GSO (UDP_SEGMENT), which the kernel cannot cut once encapsulated.
+  Encapsulated when it comes back in (tc_teredo_tx_back), so the NIC's own offloads
+  stay as the kernel set them (docs/client.md, "Checksums over a veth").
 
 The pair belongs to its daemon, named after its tunnel ("<tunnel>-ck0" sends,
 "-ck1" takes back), and removed at exit; one that a killed daemon left is replaced
@@ -85,18 +86,6 @@ def create(tunnel: str, *, owner: str, forwarding: bool = False,
                              f"{err}") from err
     _log.info("checksum_veth", owner=owner, out=out_name, back_in=in_name)
     return out_index, in_index
-
-
-def for_client(tunnel: str, veth_offloads: str) -> Tuple[int, int]:
-    """A client's pair on a veth NIC, per --veth-offloads (client/plan.py): "finish"
-    makes it (a killed client's is replaced); "pass" removes one a previous instance
-    left and returns (0, 0), so that an adopted config stops naming it and pending
-    offloads leave through the NIC as they are."""
-    if veth_offloads == "pass":
-        if remove(tunnel):
-            _log.info("checksum_veth_removed", tunnel=tunnel, reason="--veth-offloads pass")
-        return 0, 0
-    return create(tunnel, owner="client", silent=True)
 
 
 def remove(tunnel: str) -> bool:
