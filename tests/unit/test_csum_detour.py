@@ -112,3 +112,12 @@ def test_at_most_a_few_requests_per_turn():
     many = [Entry(ipaddress.IPv6Address(int(OTHER) + i)) for i in range(40)]
     assert len(probes.due(many, 0.0)) == cd.PROBES_PER_TURN
     assert len(probes.due(many, 0.1)) == cd.PROBES_PER_TURN
+
+
+def test_status_says_what_goes_round_the_checksum_veth():
+    from xdp_teredo.daemon.render import status_lines
+
+    lines = status_lines({"state": "qualified", "decap": "tc", "checksum_detour": "udp gso only"})
+    assert "detour     udp gso only" in lines
+    assert not any(line.startswith("detour") for line in status_lines({"state": "qualified",
+                                                                        "decap": "tc"}))

@@ -176,6 +176,14 @@ class ChecksumDetour:
         self.csum_veth = csum_veth.create(tunnel, owner="client", silent=True)
         self.teardown.push("checksum veth", lambda: csum_veth.remove(tunnel), keep=lambda: None)
 
+    def detour_status(self) -> Optional[str]:
+        """`status`: what goes round the checksum veth."""
+        if self.csum_veth is None:
+            return None
+        if self.offloads_pass:
+            return "udp gso only"
+        return "pending offloads, except to peers that take them (offload probe)"
+
     # -- the offload probe --
 
     offload_probes: Optional[OffloadProbes] = None

@@ -561,6 +561,7 @@ class ClientDaemon(ChecksumDetour, UpnpMapping, Qualifying, HandingOver, Followi
             # (datapath/rxhook.py: per device under --xdp-mode auto).
             "decap": self.receive.hook if self.receive else None,
             "decap_why": self.receive.why if self.receive else None,
+            "checksum_detour": self.detour_status(),   # client/csum_detour.py
             # "compiling": the slow path carries everything until the programs
             # are loaded (handover.py); "on": the fast path carries trusted peers.
             "fast_path": self.fast_path,

@@ -173,6 +173,8 @@ def status_lines(info: dict, colour: bool = False) -> List[str]:
             after = info.get("fast_path_s")
             lines.insert(at + 1, f"{'fast path':<10} {fast}"
                          + (f" ({after:g} s after the start)" if after is not None else ""))
+        if info.get("checksum_detour"):
+            lines.append(f"{'detour':<10} {info['checksum_detour']}")
     inbound_info = info.get("inbound")
     if inbound_info:
         allowed = ", ".join(inbound_info.get("allowed") or []) or "nothing"
