@@ -36,8 +36,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -198,6 +202,50 @@ def capacity(lab, rounds: int, seconds: float) -> dict:
     return {impl: loop_summary(got) for impl, got in runs.items()}
 
 
+CLOCK_READS = ("pvclock_clocksource_read_nowd", "read_tsc", "kvm_sched_clock_read", "sched_clock")
+
+
+def profile_loop(lab, impls=("xdp-teredo", "miredo"), k: int = LOOP_K[-1], seconds: float = 2.0,
+                 top: int = 10) -> dict:
+    """Where the time goes while the loop runs (perf record -a, apart from the
+    measured runs: sampling costs a little): per server, the shares of all the
+    machine's samples by command and by symbol, the BPF programs' shares, and the
+    clock reads' (the kernel reads the clock twice per program run while
+    kernel.bpf_stats_enabled is on)."""
+    from xdp_teredo.lab.rsloop import RsLoop
+
+    from . import profile
+
+    if not shutil.which("perf"):
+        return {"error": "perf is not installed (Debian: linux-perf)"}
+    out = {"k": k, "seconds": seconds}
+    with RsLoop(lab[GENERATOR].netns, lab[GENERATOR].uplink) as loop:
+        for impl in impls:
+            stop, _ = _start(lab, impl, *UNLIMITED)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    data = os.path.join(tmp, "perf.data")
+                    loop.running(True)
+                    loop.seed(str(lab["server"].ipv4[0]), k, NET)
+                    time.sleep(0.3)
+                    before = loop.counts()["turned"]
+                    subprocess.run(["perf", "record", "-a", "-F", "997", "-o", data, "--",
+                                    "sleep", str(seconds)], check=True, capture_output=True,
+                                   timeout=seconds + 60)
+                    pps = (loop.counts()["turned"] - before) / seconds
+                    loop.running(False)
+                    symbols = profile._report(data, "sym")
+                    out[impl] = {"loop_pps": round(pps), "by_command": profile._report(data, "comm")[:top],
+                                 "by_symbol": symbols[:top],
+                                 "bpf": {r["name"]: r["share"] for r in symbols
+                                         if r["name"].startswith("bpf_prog_")},
+                                 "clock_reads": sum(r["share"] for r in symbols
+                                                    if r["name"] in CLOCK_READS)}
+            finally:
+                stop()
+    return out
+
+
 def loop_summary(runs: list) -> dict:
     """Per K the median of the rounds and its spread; the server's figure is the best
     K's median (K large enough that the loop is never waiting on its own RTT)."""
@@ -346,6 +394,16 @@ def _forward_cost(prog, runs: int) -> float:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+def _bpf_stats_enabled():
+    """kernel.bpf_stats_enabled: on, every BPF program run reads the clock twice
+    (whoever turned it on; the benchmark only reports it)."""
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def measure(lab, seconds: float = 2.0, rounds: int = ROUNDS) -> dict:
     gen_ip = lab[GENERATOR].ipv4[0]
     lab.run("inet", "ip", "route", "add", NET, "via", str(gen_ip))
@@ -354,7 +412,11 @@ def measure(lab, seconds: float = 2.0, rounds: int = ROUNDS) -> dict:
     try:
         results["bpf"] = bpf_cost()
         print("server capacity (closed loop)", file=sys.stderr, flush=True)
+        results["bpf_stats_enabled"] = _bpf_stats_enabled()
         results["capacity"] = capacity(lab, rounds, seconds)
+        if ratio(results) is None or ratio(results)["median"] < TARGET:
+            print("server capacity: where the time goes (perf)", file=sys.stderr, flush=True)
+            results["profile"] = profile_loop(lab, seconds=seconds)
         # The flood's RAs stop at the generator's firewall (no port-unreachable storm).
         lab.run(GENERATOR, "iptables", "-t", "raw", "-I", "PREROUTING", "-p", "udp", "--sport",
                 "3544", "-j", "DROP")
@@ -432,7 +494,37 @@ def summary(results: dict) -> str:
                  + "; per forwarded bubble: "
                  + ", ".join(f"{v['ns_per_forward']:.0f} ns" for v in bpf.values()
                              if isinstance(v, dict) and "ns_per_forward" in v))
+    if results.get("bpf_stats_enabled"):
+        lines += ["", "kernel.bpf_stats_enabled was on during this part (not the benchmark's "
+                  "doing): the kernel read the clock twice around every BPF program run."]
+    lines += profile_lines(results.get("profile"))
     return "\n".join(lines)
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.1f}%"
+
+
+def profile_lines(prof: Optional[dict]) -> list:
+    """Where the time went while the loop ran: shares of all the machine's samples."""
+    if not prof:
+        return []
+    if "error" in prof:
+        return ["", f"Profile: {prof['error']}."]
+    lines = ["", f"Where the time goes (`perf record -a` for {prof['seconds']:g} s while the loop "
+             f"ran, K = {prof['k']}; shares of all the machine's samples):", ""]
+    for impl in IMPLS:
+        got = prof.get(impl)
+        if not got:
+            continue
+        bpf = ", ".join(f"{re.sub(r'^bpf_prog_[0-9a-f]+_', '', n)} {_pct(v)}"
+                        for n, v in sorted(got["bpf"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {NAMES[impl]} at {got['loop_pps']:,} RS/s: BPF programs {bpf or 'none'}; "
+                     f"clock reads {_pct(got['clock_reads'])}; by command "
+                     + ", ".join(f"{r['name']} {_pct(r['share'])}" for r in got["by_command"][:4])
+                     + "; top symbols "
+                     + ", ".join(f"{r['name']} {_pct(r['share'])}" for r in got["by_symbol"][:6]) + ".")
+    return lines
 
 
 if __name__ == "__main__":

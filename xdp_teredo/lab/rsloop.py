@@ -36,6 +36,8 @@ from xdp_teredo.teredo import constants, encap, icmpv6
 UNIT = "rsloop.c"
 NONCE_OFFSET = 4                 # RFC 4380 §5.1.1: indicator, id_len, au_len, then the nonce
 XDP_FLAGS_SKB_MODE = 1 << 1      # generic XDP: XDP_TX through the stack's transmit path
+XDP_FLAGS_DRV_MODE = 1 << 2      # native XDP: XDP_TX into the veth peer's ring
+MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
 COUNTERS = ("turned", "passed", "stopped", "tail_refused")   # rsloop.c's enum, in order
 _CLONE_NEWNET = 0x40000000
 
@@ -111,8 +113,8 @@ def sources(net: str, k: int, first_port: int = 40000) -> list:
 class RsLoop:
     """The loop on DEV of namespace NETNS, aimed at whichever server is seeded."""
 
-    def __init__(self, netns: str, dev: str = "eth0"):
-        self.netns, self.dev = netns, dev
+    def __init__(self, netns: str, dev: str = "eth0", mode: str = "generic"):
+        self.netns, self.dev, self.flags = netns, dev, MODES[mode]
         self.bpf = compile_loop()
         self._attached = False
         self._sock: Optional[socket.socket] = None
@@ -120,7 +122,7 @@ class RsLoop:
             fn = self.bpf.load_func(b"rsloop_xdp", self.bpf.XDP)
 
             def attach():
-                self.bpf.attach_xdp(dev, fn, XDP_FLAGS_SKB_MODE)
+                self.bpf.attach_xdp(dev, fn, self.flags)
                 return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
             self._sock = in_netns(netns, attach)
@@ -178,7 +180,7 @@ class RsLoop:
             self._sock.close()
             self._sock = None
         if self._attached:
-            in_netns(self.netns, lambda: self.bpf.remove_xdp(self.dev, XDP_FLAGS_SKB_MODE))
+            in_netns(self.netns, lambda: self.bpf.remove_xdp(self.dev, self.flags))
             self._attached = False
         if self.bpf is not None:
             self.bpf.cleanup()
