@@ -91,3 +91,19 @@ def test_the_loops_template_is_an_rs_with_the_nonce_where_the_program_keeps_it()
     assert payload[rsloop.NONCE_OFFSET:rsloop.NONCE_OFFSET + 8] == nonce
     assert icmpv6.parse_icmpv6(got.ipv6).type == 133   # RFC 4861 §4.1; its checksum verifies
     assert f"-DRSLOOP_PAYLOAD_LEN={len(payload)}" in rsloop.cflags(payload)
+
+
+def test_machine_shares_split_the_cpu_time_between_two_readings():
+    before = [100, 0, 50, 1000, 0, 0, 10, 0, 0, 0]
+    after = [150, 0, 100, 1100, 0, 0, 810, 0, 0, 0]   # +50 user +50 sys +100 idle +800 softirq
+    assert sb.machine_shares(before, after) == {"softirq": 0.8, "processes": 0.1, "idle": 0.1}
+
+
+def test_the_machine_column_is_the_best_ks_median():
+    runs = [{**run(64, 10), "machine": {"softirq": s, "processes": 0.1, "idle": 0.0}}
+            for s in (0.8, 0.9, 0.7)]
+    got = sb.loop_summary(runs)
+    assert got["machine"]["softirq"] == 0.8
+    res = results()
+    res["capacity"]["xdp-teredo"] = got
+    assert "| 80.0% / 10.0% / 0.0% |" in sb.summary(res)

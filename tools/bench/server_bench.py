@@ -165,10 +165,32 @@ def _answered_by_server(lab, impl: str):
     return None if impl == "miredo" else _status(lab)["counters"]["rs_answered"]
 
 
+# /proc/stat's "cpu" line, in order (proc(5)); steal etc. counted as other.
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq")
+
+
+def machine_times() -> list:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def machine_shares(before: list, after: list) -> dict:
+    """What the whole machine's CPUs did between two machine_times(): softirq
+    (where the loop and an XDP server run), user+system (processes), idle."""
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d) or 1
+    f = dict(zip(_STAT_FIELDS, d))
+    return {"softirq": round(f.get("softirq", 0) / total, 3),
+            "processes": round((f.get("user", 0) + f.get("nice", 0) + f.get("system", 0)) / total, 3),
+            "idle": round((f.get("idle", 0) + f.get("iowait", 0)) / total, 3)}
+
+
 def _loop_run(lab, loop, impl: str, proc, k: int, seconds: float) -> dict:
     server = str(lab["server"].ipv4[0])
     before, counted, cpu = loop.counts(), _answered_by_server(lab, impl), _cpu_s(proc.pid)
+    ticks = machine_times()
     got = loop.rate(server, k, NET, seconds)
+    machine = machine_shares(ticks, machine_times())
     cpu = _cpu_s(proc.pid) - cpu
     after = loop.counts()
     # Every RA the server sent in the bracket came back: turned around, or dropped
@@ -177,7 +199,7 @@ def _loop_run(lab, loop, impl: str, proc, k: int, seconds: float) -> dict:
     if counted is not None:
         counted = _answered_by_server(lab, impl) - counted
     return {**got, "loop_total": loop_total, "server_total": counted,
-            "in_flight_at_stop": after["stopped"] - before["stopped"],
+            "in_flight_at_stop": after["stopped"] - before["stopped"], "machine": machine,
             "daemon_cpu_s": round(cpu, 3),
             "daemon_cpu_us_per_ra": round(1e6 * cpu / got["turned"], 2) if got["turned"] else None}
 
@@ -202,6 +224,9 @@ def capacity(lab, rounds: int, seconds: float) -> dict:
     return {impl: loop_summary(got) for impl, got in runs.items()}
 
 
+# A JITed program's symbol (net.core.bpf_jit_kallsyms): bpf_prog_<tag>_<name>;
+# not the kernel's own bpf_prog_run_generic_xdp.
+BPF_PROG = re.compile(r"^bpf_prog_[0-9a-f]{16}_")
 CLOCK_READS = ("pvclock_clocksource_read_nowd", "read_tsc", "kvm_sched_clock_read", "sched_clock")
 
 
@@ -238,7 +263,7 @@ def profile_loop(lab, impls=("xdp-teredo", "miredo"), k: int = LOOP_K[-1], secon
                     out[impl] = {"loop_pps": round(pps), "by_command": profile._report(data, "comm")[:top],
                                  "by_symbol": symbols[:top],
                                  "bpf": {r["name"]: r["share"] for r in symbols
-                                         if r["name"].startswith("bpf_prog_")},
+                                         if BPF_PROG.match(r["name"])},
                                  "clock_reads": sum(r["share"] for r in symbols
                                                     if r["name"] in CLOCK_READS)}
             finally:
@@ -257,7 +282,10 @@ def loop_summary(runs: list) -> dict:
     best = max(per_k, key=lambda k: per_k[k]["median"])
     cpu = [r["daemon_cpu_us_per_ra"] for r in runs
            if r["k"] == best and r["daemon_cpu_us_per_ra"] is not None]
+    machine = [r["machine"] for r in runs if r["k"] == best and r.get("machine")]
     return {"runs": runs, "per_k": per_k, "k": best, "answered_pps": per_k[best]["median"],
+            "machine": {key: statistics.median(m[key] for m in machine) for key in machine[0]}
+            if machine else None,
             "min": per_k[best]["min"], "max": per_k[best]["max"],
             "daemon_cpu_us_per_ra": statistics.median(cpu) if cpu else None,
             "server_vs_loop": _agreement(runs)}
@@ -473,9 +501,10 @@ def _cell(c: dict) -> str:
 def summary(results: dict) -> str:
     cap, fl = results.get("capacity") or {}, results.get("flood") or {}
     lines = ["| server | answered RS/s, closed loop (min..max of rounds) | K in flight | "
-             "x miredo-server | own count / loop's | daemon CPU per RA | clients kept under "
+             "x miredo-server | own count / loop's | daemon CPU per RA | machine: softirq / "
+             "processes / idle | clients kept under "
              f"{results['flood_pps'] // 1000}k RS/s | their RSs answered |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
+             "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for impl in IMPLS:
         c, f = cap.get(impl) or {}, fl.get(impl) or {}
         r = ratio(results, impl)
@@ -484,6 +513,8 @@ def summary(results: dict) -> str:
                      + (f"{r['median']:.2f} | " if r else "- | ")
                      + (f"{agree:.3f} | " if agree is not None else "- | ")
                      + (f"{per:g} µs | " if per is not None else "- | ")
+                     + (" / ".join(_pct(c["machine"][key]) for key in ("softirq", "processes", "idle"))
+                        + " | " if c.get("machine") else "- | ")
                      + (f"{f['kept']}/{f['clients']} | {f['rs_answered_pct']}% |" if f
                         else "- | - |"))
     bpf = results.get("bpf", {})
@@ -517,7 +548,7 @@ def profile_lines(prof: Optional[dict]) -> list:
         got = prof.get(impl)
         if not got:
             continue
-        bpf = ", ".join(f"{re.sub(r'^bpf_prog_[0-9a-f]+_', '', n)} {_pct(v)}"
+        bpf = ", ".join(f"{BPF_PROG.sub('', n)} {_pct(v)}"
                         for n, v in sorted(got["bpf"].items(), key=lambda kv: -kv[1]))
         lines.append(f"- {NAMES[impl]} at {got['loop_pps']:,} RS/s: BPF programs {bpf or 'none'}; "
                      f"clock reads {_pct(got['clock_reads'])}; by command "
