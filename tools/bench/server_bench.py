@@ -253,11 +253,14 @@ def profile_loop(lab, impls=("xdp-teredo", "miredo"), k: int = LOOP_K[-1], secon
                     loop.running(True)
                     loop.seed(str(lab["server"].ipv4[0]), k, NET)
                     time.sleep(0.3)
-                    before = loop.counts()["turned"]
-                    subprocess.run(["perf", "record", "-a", "-F", "997", "-o", data, "--",
-                                    "sleep", str(seconds)], check=True, capture_output=True,
-                                   timeout=seconds + 60)
-                    pps = (loop.counts()["turned"] - before) / seconds
+                    rec = subprocess.Popen(["perf", "record", "-a", "-F", "997", "-o", data,
+                                            "--", "sleep", str(seconds)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)   # perf's own start-up is not the sampled window
+                    before, start = loop.counts()["turned"], time.monotonic()
+                    time.sleep(seconds / 2)
+                    pps = (loop.counts()["turned"] - before) / (time.monotonic() - start)
+                    rec.wait(timeout=seconds + 60)
                     loop.running(False)
                     symbols = profile._report(data, "sym")
                     out[impl] = {"loop_pps": round(pps), "by_command": profile._report(data, "comm")[:top],
