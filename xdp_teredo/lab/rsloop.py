@@ -143,13 +143,28 @@ class RsLoop:
         return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(COUNTERS)}
 
     def seed(self, server: str, k: int, net: str, port: int = constants.TEREDO_PORT) -> None:
-        """K RSs from K sources of `net` (routed back to this host) to server:port."""
+        """K RSs from K sources of `net` (routed back to this host) to server:port,
+        sent from every CPU in turn. On a veth, a frame is received on the CPU
+        that sent it, and a loop that never leaves softirq stays there: seeded
+        from one thread, the loop would run on whichever CPUs that thread
+        happened to be on. Spread evenly, it runs on all of them, as a multi-queue
+        NIC spreads its clients over its queues (docs/benchmarks.md)."""
         from xdp_teredo.lab.flood import datagram
 
         payload = template()
         dst = (ipaddress.IPv4Address(server), port)
-        for n, src in enumerate(sources(net, k)):
-            self._sock.sendto(datagram(src, dst, payload, n), (server, 0))
+        frames = [datagram(src, dst, payload, n) for n, src in enumerate(sources(net, k))]
+        cpus = sorted(os.sched_getaffinity(0))
+
+        def send(cpu: int) -> None:
+            os.sched_setaffinity(0, {cpu})   # this thread only
+            for frame in frames[cpus.index(cpu)::len(cpus)]:
+                self._sock.sendto(frame, (server, 0))
+
+        for cpu in cpus:
+            thread = threading.Thread(target=send, args=(cpu,))
+            thread.start()
+            thread.join()
 
     def rate(self, server: str, k: int, net: str, seconds: float, *, settle: float = 0.3,
              windows: int = 4) -> dict:
