@@ -122,7 +122,7 @@ class RsLoop:
             fn = self.bpf.load_func(b"rsloop_xdp", self.bpf.XDP)
 
             def attach():
-                self.bpf.attach_xdp(dev, fn, self.flags)
+                self.bpf.attach_xdp(dev.encode(), fn, self.flags)
                 return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
             self._sock = in_netns(netns, attach)
@@ -195,7 +195,7 @@ class RsLoop:
             self._sock.close()
             self._sock = None
         if self._attached:
-            in_netns(self.netns, lambda: self.bpf.remove_xdp(self.dev, self.flags))
+            in_netns(self.netns, lambda: self.bpf.remove_xdp(self.dev.encode(), self.flags))
             self._attached = False
         if self.bpf is not None:
             self.bpf.cleanup()
