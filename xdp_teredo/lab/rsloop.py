@@ -36,7 +36,7 @@ from xdp_teredo.teredo import constants, encap, icmpv6
 UNIT = "rsloop.c"
 NONCE_OFFSET = 4                 # RFC 4380 §5.1.1: indicator, id_len, au_len, then the nonce
 XDP_FLAGS_SKB_MODE = 1 << 1      # generic XDP: XDP_TX through the stack's transmit path
-XDP_FLAGS_DRV_MODE = 1 << 2      # native XDP: XDP_TX into the veth peer's ring
+XDP_FLAGS_DRV_MODE = 1 << 2      # native XDP: into the veth peer's ring, where it is lost (kernel-notes)
 MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
 COUNTERS = ("turned", "passed", "stopped", "tail_refused")   # rsloop.c's enum, in order
 _CLONE_NEWNET = 0x40000000
@@ -151,9 +151,10 @@ class RsLoop:
         NIC spreads its clients over its queues (docs/benchmarks.md)."""
         from xdp_teredo.lab.flood import datagram
 
-        payload = template()
         dst = (ipaddress.IPv4Address(server), port)
-        frames = [datagram(src, dst, payload, n) for n, src in enumerate(sources(net, k))]
+        # A nonce of its own for each (RFC 4380 §5.2.1); the program keeps it round after round.
+        frames = [datagram(src, dst, template(os.urandom(constants.AUTH_NONCE_LEN)), n)
+                  for n, src in enumerate(sources(net, k))]
         cpus = sorted(os.sched_getaffinity(0))
 
         def send(cpu: int) -> None:
