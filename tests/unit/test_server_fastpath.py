@@ -7,7 +7,6 @@ import struct
 
 import pytest
 
-from tools.bench import server_bench
 from xdp_teredo.datapath import layout
 from xdp_teredo.datapath.server import RaLimits, server_config
 from xdp_teredo.errors import UsageError
@@ -61,26 +60,6 @@ def test_xdp_options():
         config_from_options("192.0.2.1", xdp_mode="fast")
     with pytest.raises(UsageError, match="--xdp-ra-pps"):
         config_from_options("192.0.2.1", xdp_ra_pps=-1)
-
-
-def test_bench_summary():
-    def cap(pps, sent, answered, per):
-        return {"answered_pps": pps, "daemon_cpu_us_per_ra": per,
-                "steps": [{"sent": sent, "answered": answered}]}
-
-    def fl(kept):
-        return {"kept": kept, "clients": 8, "rs_answered_pct": 100.0 * kept / 8}
-
-    results = {"flood_pps": 100_000,
-               "capacity": {"xdp-teredo": cap(272_000, 544_000, 544_000, 0.0),
-                            "python": cap(5_000, 600_000, 9_000, 90.0),
-                            "miredo": cap(92_000, 600_000, 184_000, 9.5)},
-               "flood": {"xdp-teredo": fl(8), "python": fl(0), "miredo": fl(8)},
-               "bpf": {"no limits": {"ns_per_rs": 150.0}}}
-    text = server_bench.summary(results)
-    assert "| xdp-teredo (XDP) | 272,000 (all offered: generator-bound) | 0 µs | 8/8 |" in text
-    assert "| xdp-teredo (--xdp-mode off) | 5,000 | 90 µs | 0/8 |" in text
-    assert "no limits: 150 ns" in text
 
 
 def test_forwarding_rate_as_the_program_reads_it():

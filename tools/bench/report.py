@@ -264,6 +264,8 @@ def targets(results: dict, table: dict) -> list:
         lines.append(f"- `attach` to a Teredo address <= {STARTUP_TARGET:g} s (median of the "
                      "starts), and to the fast path: not measured in this run")
     lines.append(host_traffic.target_line(results.get("host_traffic")))
+    from .server_bench import target_line as server_target
+    lines.append(server_target(results.get("server")))
     lines.append(baseline.offloads_off_target(collate(results.get("offloads_off") or {}),
                                               results.get("baseline")))
     lines.append(baseline.datapath_target(results.get("datapath"), results.get("baseline"),
@@ -486,11 +488,14 @@ def server_section(srv: dict) -> list:
     from .server_bench import summary
 
     return ["### The server: Router Solicitations", "",
-            f"RSs as a client sends them from {srv['sources']} addresses of 198.18.0.0/15 "
-            "(sendmmsg senders, 64 datagrams a call), "
-            f"{srv['seconds']:g}-second steps at {', '.join(f'{r:,}' if r else 'flat out' for r in srv['rates'])} "
-            "per second; the servers without rate limits. Under the flood: "
-            f"{srv['flood_pps']:,} RS/s with the default limits while 8 clients behind the lab's "
+            "Answered RS/s: a closed loop (lab/rsloop.py) on the generator's uplink turns "
+            "every RA back into the next RS to the same server, K RSs in flight from K "
+            f"addresses of 198.18.0.0/15 (K = {', '.join(str(k) for k in srv.get('loop_k', []))}), "
+            f"{srv['seconds']:g} s per K, {srv.get('rounds', 1)} rounds with the servers "
+            "interleaved, the servers without rate limits; median of the rounds at the best K. "
+            "Own count / loop's: the server's count of RSs answered over the RAs the loop saw. "
+            f"Under the flood: {srv['flood_pps']:,} RS/s (sendmmsg, {srv['sources']} sources) "
+            "with the default limits while 8 clients behind the lab's "
             "NATs send an RS every second; lost = three unanswered in a row (§5.2.1).", "",
             summary(srv), ""]
 

@@ -20,9 +20,9 @@ Parts, in this order (each can be left out with --skip, or run alone with --only
   profile      perf and the BPF run-time statistics on the p2p path (profile.py).
   relay-table  the relay with 100,000 peers versus 10 (relay_scale.py).
   admission    new peers per second before the control plane lags (admission.py).
-  server       answered Router Solicitations per second and legitimate clients kept
-               under a 100k/s flood: our server in XDP, ours with --xdp-mode off,
-               miredo-server; BPF ns per RS (server_bench.py).
+  server       answered Router Solicitations per second (a closed loop: lab/rsloop.py)
+               and legitimate clients kept under a 100k/s flood: our server in XDP,
+               ours with --xdp-mode off, miredo-server; BPF ns per RS (server_bench.py).
   startup      the command -> a Teredo address, and -> the fast path carrying the
                traffic: our client and Miredo's, 5 starts each (startup.py).
 Memory (resident set of every daemon, kernel memory of its BPF maps) is taken
