@@ -488,7 +488,7 @@ def server_section(srv: dict) -> list:
     from .server_bench import summary
 
     return ["### The server: Router Solicitations", "",
-            "Answered RS/s: a closed loop (lab/rsloop.py) on the generator's uplink turns "
+            "Answered RS/s: a closed loop (lab/rsloop.py) at the far end of the server's link (inet's port) turns "
             "every RA back into the next RS to the same server, K RSs in flight from K "
             f"addresses of 198.18.0.0/15 (K = {', '.join(str(k) for k in srv.get('loop_k', []))}), "
             f"{srv['seconds']:g} s per K, {srv.get('rounds', 1)} rounds with the servers "
