@@ -92,14 +92,8 @@ def run(args) -> int:
         demo.say(f"listening on {lab[SERVER_HOST].ipv4[0]}:3544 and {lab[SERVER_HOST].ipv4[1]}:3544")
 
         demo.step(f"Start our relay on '{RELAY_HOST}': 2001::/32 <-> the native IPv6 network")
-        # A veth takes XDP-redirected frames only when its peer end has XDP or GRO
-        # on; the relay checks and would fall back to tc. Here we let it use XDP.
-        demo.say("(GRO on the far ends of the relay's two veths, so that they accept "
-                 "XDP-redirected frames; IPv4 forwarding on its uplink, which bpf_fib_lookup "
-                 "needs to route what XDP encapsulates. Without them it would use tc, and say so.)")
-        lab.run("inet", "ethtool", "-K", f"to-{RELAY_HOST}", "gro", "on")
-        lab.run(NATIVE, "ethtool", "-K", lab[NATIVE].uplink, "gro", "on")
-        lab.run(RELAY_HOST, "sysctl", "-qw", f"net.ipv4.conf.{lab[RELAY_HOST].uplink}.forwarding=1")
+        # Its devices are veths: --path auto takes tc there (XDP on a veth costs its
+        # peer GSO), and `status` says so; on a NIC with native XDP it takes XDP.
         demo.say("$ xdp-teredo relay --ipv4-iface eth0 --ipv6-iface eth1")
         roles.start_relay(lab, "xdp-teredo", RELAY_HOST)
         demo.command(lab, RELAY_HOST, "status")

@@ -40,7 +40,7 @@ TAKES = XDP_ACT_BASIC | XDP_ACT_REDIRECT | XDP_ACT_NDO_XMIT
 REFUSES = XDP_ACT_BASIC | XDP_ACT_REDIRECT
 
 
-def device(ifindex, name, features, kind="veth"):
+def device(ifindex, name, features, kind=None):
     return EgressCheck(ifindex=ifindex, name=name, kind=kind, features=features)
 
 
@@ -67,14 +67,31 @@ def test_xdp_only_where_the_other_side_takes_redirected_frames(if4, if6, forward
 
 
 def test_the_reasons_say_what_to_do_about_it():
-    eth0, eth1 = device(2, "eth0", REFUSES), device(3, "eth1", REFUSES)
+    eth0, eth1 = device(2, "eth0", REFUSES), device(3, "eth1", REFUSES, kind="veth")
     why = {c.name: c.why for c in choose_hooks(eth0, eth1, ipv4_forwarding=True)}
     assert "eth1 is a veth" in why["eth0"] and "gro on" in why["eth0"]
-    assert "eth0 is a veth" in why["eth1"]
+    assert "eth1 is a veth: XDP there" in why["eth1"] and "--path xdp" in why["eth1"]
     nic = device(2, "eth0", REFUSES, kind=None)
     assert "driver of eth0 cannot transmit" in nic.explain()
     assert "forwarding=0" in choose_hooks(device(2, "eth0", TAKES), device(3, "eth1", TAKES),
                                           ipv4_forwarding=False)[1].why
+
+
+@pytest.mark.parametrize("if4,if6", [(TAKES, TAKES), (REFUSES, TAKES), (None, None)])
+def test_on_a_veth_auto_takes_tc_even_where_xdp_could_redirect(if4, if6):
+    """XDP on a veth costs its peer GSO; tc measured faster across the relay."""
+    choices = choose_hooks(device(2, "eth0", if4, kind="veth"), device(3, "eth1", if6, kind="veth"),
+                           ipv4_forwarding=True)
+    assert {c.name: c.hook for c in choices} == {"eth0": "tc", "eth1": "tc"}
+    assert all("is a veth: XDP there" in c.why for c in choices)
+    mixed = choose_hooks(device(2, "eth0", TAKES), device(3, "eth1", TAKES, kind="veth"),
+                         ipv4_forwarding=True)
+    assert {c.name: c.hook for c in mixed} == {"eth0": "xdp", "eth1": "tc"}
+    one = device(2, "eth0", TAKES, kind="veth")
+    assert [c.hook for c in choose_hooks(one, one, ipv4_forwarding=True)] == ["tc"]
+    forced = choose_hooks(device(2, "eth0", TAKES, kind="veth"), device(3, "eth1", TAKES, kind="veth"),
+                          ipv4_forwarding=True, path="xdp")
+    assert {c.hook for c in forced} == {"xdp"}
 
 
 def test_one_device_for_both_sides():

@@ -107,9 +107,10 @@ class FleetLab(Lab):
             netns.add_address(host.netns, LAN, f"{addr6}/64")
             netns.add_route(host.netns, "default", via=gw6)
             host.ipv6, host.gateway6 = [ipaddress.IPv6Address(addr6)], ipaddress.IPv6Address(gw6)
-            # As in `make demo`: the far ends take XDP-redirected frames (GRO on), and
-            # IPv4 forwarding on the uplink lets bpf_fib_lookup route the encapsulated
-            # packets, so the relay runs XDP on both sides.
+            # The far ends take XDP-redirected frames (GRO on), and IPv4 forwarding on
+            # the uplink lets bpf_fib_lookup route the encapsulated packets: what a
+            # relay run with --path xdp needs. Under auto the relays take tc on these
+            # veths (datapath/redirect.py).
             self.run("inet", "ethtool", "-K", f"to-{role}", "gro", "on")
             self.run("core", "ethtool", "-K", f"to-{role}", "gro", "on")
             netns.set_sysctl(host.netns, f"net.ipv4.conf.{UPLINK}.forwarding", 1)

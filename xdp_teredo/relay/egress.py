@@ -73,15 +73,15 @@ class Egress:
             # A driver without native XDP: tc there (generic XDP would gain nothing).
             self.hooks = [h if h.ifindex != err.ifindex else
                           redirect.HookChoice(h.ifindex, h.name, redirect.HOOK_TC,
-                                              f"the driver of {h.name} has no native XDP")
+                                              f"the driver of {h.name} has no native XDP",
+                                              fallback=True)
                           for h in self.hooks]
             att = r.prog.attach({**{h.ifindex: h.hook for h in self.hooks}, **back_in},
                                 pin=pin, pin_root=pin_root, pin_ifindex=r.ipv4.ifindex)
         for hook in self.hooks:
-            fallback = hook.hook == redirect.HOOK_TC and path == "auto"
             # A fallback is worth a warning: it is slower, and the fix is on a
-            # device the relay does not own.
-            (r.log.warning if fallback else r.log.info)(
+            # device the relay does not own (a veth's tc is a choice, not one).
+            (r.log.warning if hook.fallback and path == "auto" else r.log.info)(
                 "relay_hook", interface=hook.name, hook=hook.hook, why=hook.why)
         return att
 
