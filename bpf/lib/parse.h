@@ -135,10 +135,14 @@ static __always_inline void tc_pull(struct __sk_buff *skb, __u32 want)
  */
 static __always_inline int tc_maybe_udp4(struct __sk_buff *skb)
 {
+	void *data = (void *)(long)skb->data;
+	struct iphdr *ip = data + ETH_HLEN;
 	__u8 proto;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return 0;
+	if ((void *)(ip + 1) <= (void *)(long)skb->data_end)
+		return ip->protocol == IPPROTO_UDP;   /* in the linear area: no helper call */
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
 		return 0;
 	return proto == IPPROTO_UDP;
