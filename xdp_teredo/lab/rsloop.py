@@ -28,9 +28,10 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from xdp_teredo.errors import RuntimeFailure
+from xdp_teredo.lab.traffic import in_netns
 from xdp_teredo.teredo import constants, encap, icmpv6
 
 UNIT = "rsloop.c"
@@ -39,7 +40,6 @@ XDP_FLAGS_SKB_MODE = 1 << 1      # generic XDP: XDP_TX through the stack's trans
 XDP_FLAGS_DRV_MODE = 1 << 2      # native XDP: into the veth peer's ring, where it is lost (kernel-notes)
 MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
 COUNTERS = ("turned", "passed", "stopped", "tail_refused")   # rsloop.c's enum, in order
-_CLONE_NEWNET = 0x40000000
 
 
 def template(nonce: bytes = bytes(constants.AUTH_NONCE_LEN)) -> bytes:
@@ -75,31 +75,6 @@ def compile_loop():
     value.running = 1
     table[table.Key(0)] = value
     return bpf
-
-
-def in_netns(netns: str, fn: Callable):
-    """fn() in a thread that entered /run/netns/NETNS; its result, or its error."""
-    out: dict = {}
-
-    def body():
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {netns}")
-            finally:
-                os.close(fd)
-            out["result"] = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller
-            out["error"] = err
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("result")
 
 
 def sources(net: str, k: int, first_port: int = 40000) -> list:
