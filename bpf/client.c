@@ -22,8 +22,9 @@
  * NIC it reaches the control plane's UDP socket, on the tun the control plane's
  * reader. Every exit is counted under a reason (lib/shared.h, layout.py).
  *
- * Time base: bpf_ktime_get_ns(), CLOCK_MONOTONIC, the clock the control plane
- * reads (time.monotonic_ns(), xdp_teredo/teredo/clock.py).
+ * Time base: CLOCK_MONOTONIC, the clock the control plane reads
+ * (time.monotonic_ns(), xdp_teredo/teredo/clock.py), read once per packet at its
+ * last tick (lib/clock.h).
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -60,7 +61,7 @@ static __always_inline int client_rx_decide(void *data, void *data_end, __u32 pk
 	reason = rx_decide(&c, pkt_len, d, &v);
 	if (reason != TEREDO_R_DECAPSULATED)
 		return reason;
-	guarded = guard_inbound(&c, v.ip6);
+	guarded = guard_inbound(&c, v.ip6, d->now);
 	return guarded != GUARD_PASS ? guarded : reason;
 }
 
@@ -302,12 +303,12 @@ static __always_inline int tc_encap(struct __sk_buff *skb, int back_in, __u32 *r
 	/* Whichever path sends it (this one or the control plane's), the packet
 	 * leaves: its flow may be answered (lib/guard.h). Recorded once, not again
 	 * when it comes back from the checksum veth. */
+	now = datapath_now();
 	if (!back_in)
-		guard_outbound(&c, ip6);
+		guard_outbound(&c, ip6, now);
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
 	peer = peers_lookup(&key);
-	now = bpf_ktime_get_ns();
 	reason = tx_peer_verdict(peer, now, cfg->peer_timeout_ns);
 	if (reason != TEREDO_R_ENCAPSULATED || !peer)
 		return reason;

@@ -104,11 +104,11 @@ static __always_inline int xdp_relay_out(__u32 slot, int *action, int done)
 }
 
 /* The inbound guard's flow for a packet a client sends to native IPv6 (lib/guard.h). */
-static __always_inline void guard_record(struct ipv6hdr *ip6, void *end)
+static __always_inline void guard_record(struct ipv6hdr *ip6, void *end, __u64 now)
 {
 	struct cursor c = { .pos = ip6 + 1, .end = end };
 
-	guard_outbound(&c, ip6);
+	guard_outbound(&c, ip6, now);
 }
 
 static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
@@ -133,7 +133,7 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 	if (!slot)
 		return TEREDO_R_RELAY_EGRESS_NOT_XDP;
 	/* The client starts (or goes on with) a flow: its answers may come back. */
-	guard_record(rx.ip6, data_end);
+	guard_record(rx.ip6, data_end, rx.now);
 
 	/* Bytes after the IPv4 packet (rx_check_headers allows them): not IPv6's. */
 	extra = (int)(data_end - data) - (ETH_HLEN + TEREDO_ENCAP_OVERHEAD + (int)rx.ip6_len);
@@ -197,7 +197,7 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 			return reason;
 	}
 
-	guard_record(rx.ip6, data_end);
+	guard_record(rx.ip6, data_end, rx.now);
 
 	keep = ETH_HLEN + TEREDO_ENCAP_OVERHEAD + rx.ip6_len;
 	if (skb->len > keep && bpf_skb_change_tail(skb, keep, 0))
@@ -305,10 +305,12 @@ tail:
 
 /* What both hooks decide before touching a native packet (§5.4.1): for a
  * trusted, fresh client, past the guard. c is just past the IPv6 header;
- * verdict_len 0 leaves the length to the stack (a GSO packet). */
+ * verdict_len 0 leaves the length to the stack (a GSO packet); *now is the
+ * packet's clock (lib/clock.h), once it is read. */
 static __always_inline int relay_tx_decide(struct cursor *c, const struct ethhdr *eth,
 					   struct ipv6hdr *ip6, __u32 verdict_len,
-					   const struct teredo_config *cfg, struct teredo_peer **peer)
+					   const struct teredo_config *cfg, struct teredo_peer **peer,
+					   __u64 *now)
 {
 	struct teredo_peer_key key;
 	int reason;
@@ -321,24 +323,25 @@ static __always_inline int relay_tx_decide(struct cursor *c, const struct ethhdr
 		return TEREDO_R_RX_NOT_TEREDO;
 	/* For the client, this packet is inbound: the guard decides, before the peer
 	 * lookup, so that neither path takes it. */
-	reason = guard_inbound(c, ip6);
+	*now = datapath_now();
+	reason = guard_inbound(c, ip6, *now);
 	if (reason != GUARD_PASS)
 		return reason;
 
 	__builtin_memcpy(&key, &ip6->daddr, sizeof(key));
 	*peer = peers_lookup(&key);
-	reason = tx_peer_verdict(*peer, bpf_ktime_get_ns(), cfg->peer_timeout_ns);
+	reason = tx_peer_verdict(*peer, *now, cfg->peer_timeout_ns);
 	if (reason != TEREDO_R_ENCAPSULATED || !*peer)
 		return reason;
 	return RELAY_GO;
 }
 
 /* The peer's activity and the outer IPv4 ID of this packet (lib/peer.h). */
-static __always_inline __u16 relay_tx_account(struct teredo_peer *peer, __u32 ip6_len)
+static __always_inline __u16 relay_tx_account(struct teredo_peer *peer, __u32 ip6_len, __u64 now)
 {
 	__u16 ip_id = tx_ip_id(peer);
 
-	tx_account(peer, ip6_len, bpf_ktime_get_ns());
+	tx_account(peer, ip6_len, now);
 	return ip_id;
 }
 
@@ -355,6 +358,7 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	struct ipv6hdr *ip6;
 	__u32 *slot, ip6_len;
 	__u16 ip_id;
+	__u64 now;
 	__u8 hop_limit;
 	int extra, reason;
 
@@ -365,7 +369,7 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	ip6_len = TEREDO_IPV6_HDR_LEN + bpf_ntohs(ip6->payload_len);
 	if ((void *)ip6 + ip6_len > data_end)
 		return TEREDO_R_TX_MALFORMED; /* truncated, or a jumbogram: the stack's */
-	reason = relay_tx_decide(&c, eth, ip6, ip6_len, cfg, &peer);
+	reason = relay_tx_decide(&c, eth, ip6, ip6_len, cfg, &peer, &now);
 	if (reason != RELAY_GO)
 		return reason;
 	relay_fib4_params(&fib, cfg, peer, ip6_len);
@@ -391,7 +395,7 @@ static __always_inline int xdp_relay_encap(struct xdp_md *ctx, int *action)
 	if ((void *)eth + ETH_HLEN + TEREDO_ENCAP_OVERHEAD + TEREDO_IPV6_HDR_LEN > data_end)
 		return TEREDO_R_TX_ENCAP_ERROR; /* cannot happen: the verifier wants it */
 	ip6 = (void *)eth + ETH_HLEN + TEREDO_ENCAP_OVERHEAD;
-	ip_id = relay_tx_account(peer, ip6_len);
+	ip_id = relay_tx_account(peer, ip6_len, now);
 	encap4_build(&outer, cfg->local_ipv4, cfg->local_port, peer->mapped_ipv4,
 		     peer->mapped_port, ip6_len, ip_id);
 	__builtin_memcpy((void *)eth + ETH_HLEN, &outer, sizeof(outer));
@@ -418,6 +422,7 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	__u32 ip6_len;
 	int at;
 	__u16 ip_id;
+	__u64 now;
 	__u8 hop_limit;
 	int reason;
 
@@ -433,7 +438,7 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	ip6_len = TEREDO_IPV6_HDR_LEN + bpf_ntohs(ip6->payload_len);
 	if (!skb->gso_size && ip6_len > skb->len - ETH_HLEN)
 		return TEREDO_R_TX_MALFORMED; /* truncated, or a jumbogram: the stack's */
-	reason = relay_tx_decide(&c, eth, ip6, skb->gso_size ? 0 : ip6_len, cfg, &peer);
+	reason = relay_tx_decide(&c, eth, ip6, skb->gso_size ? 0 : ip6_len, cfg, &peer, &now);
 	if (reason != RELAY_GO)
 		return reason;
 	/*
@@ -464,7 +469,7 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	/* A refusal leaves the packet unchanged: the slow path can still send it. */
 	if (bpf_skb_adjust_room(skb, TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_ENCAP_FLAGS))
 		return TEREDO_R_TX_ENCAP_UNSUPPORTED;
-	ip_id = relay_tx_account(peer, ip6_len);
+	ip_id = relay_tx_account(peer, ip6_len, now);
 	encap4_build(&outer, cfg->local_ipv4, cfg->local_port, peer->mapped_ipv4,
 		     peer->mapped_port, ip6_len, ip_id);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0) ||

@@ -11,9 +11,10 @@
  * slow path and against which tests/bpf/test_guard.py checks this code packet for
  * packet. This header holds the guard's parser and its two decisions (both
  * units include it, after their map block):
- *   guard_inbound(c, ip6)   receive: GUARD_PASS or a TEREDO_R_GUARD_* reason
- *   guard_outbound(c, ip6)  transmit: record or refresh the packet's flow
- * c is a cursor just after the fixed IPv6 header (parse_ipv6's).
+ *   guard_inbound(c, ip6, now)   receive: GUARD_PASS or a TEREDO_R_GUARD_* reason
+ *   guard_outbound(c, ip6, now)  transmit: record or refresh the packet's flow
+ * c is a cursor just after the fixed IPv6 header (parse_ipv6's); now is the
+ * packet's datapath_now() (lib/clock.h).
  */
 #ifndef TEREDO_GUARD_H
 #define TEREDO_GUARD_H
@@ -23,6 +24,7 @@
 #include <linux/icmpv6.h>
 #include <linux/ipv6.h>
 
+#include "clock.h"
 #include "parse.h"
 
 /* Extension headers walked to find the transport header (guard.EXT_MAX). */
@@ -279,20 +281,19 @@ static __always_inline int guard_icmpv6(struct guard_view *g, const struct tered
  * matching flow is refreshed; an admitted first fragment is remembered so that
  * the rest of its packet follows it in (guard.inbound).
  */
-static __always_inline int guard_inbound(struct cursor *c, struct ipv6hdr *ip6)
+static __always_inline int guard_inbound(struct cursor *c, struct ipv6hdr *ip6, __u64 now)
 {
 	const struct teredo_guard_config *gc = guard_config_get();
 	struct teredo_fragment_key fk = {};
 	struct guard_view g = {};
 	struct teredo_flow *flow;
-	__u64 now, *seen;
+	__u64 *seen;
 	int verdict;
 
 	if (!gc || gc->policy != TEREDO_GUARD_STATEFUL)
 		return GUARD_PASS;
 	if (guard_parse(c, ip6, 1, &g))
 		return TEREDO_R_GUARD_UNPARSED;
-	now = bpf_ktime_get_ns();
 	if (g.fragment && g.frag_offset) {
 		guard_fragment_key(&g, &fk);
 		seen = guard_fragments_lookup(&fk);
@@ -323,20 +324,18 @@ static __always_inline int guard_inbound(struct cursor *c, struct ipv6hdr *ip6)
 }
 
 /* Transmit: record or refresh the flow of a packet the host sends (guard.outbound). */
-static __always_inline void guard_outbound(struct cursor *c, struct ipv6hdr *ip6)
+static __always_inline void guard_outbound(struct cursor *c, struct ipv6hdr *ip6, __u64 now)
 {
 	const struct teredo_guard_config *gc = guard_config_get();
 	struct teredo_flow fresh = {};
 	struct guard_view g = {};
 	struct teredo_flow *flow;
 	__u32 state;
-	__u64 now;
 
 	if (!gc || gc->policy != TEREDO_GUARD_STATEFUL)
 		return;
 	if (guard_parse(c, ip6, 0, &g) || (g.fragment && g.frag_offset))
 		return;
-	now = bpf_ktime_get_ns();
 	if (g.key.proto == IPPROTO_ICMPV6) {
 		/* Errors and replies answer something: they start nothing. */
 		if (g.icmp_type != ICMPV6_ECHO_REQUEST)

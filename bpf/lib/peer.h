@@ -8,6 +8,7 @@
 #ifndef TEREDO_PEER_H
 #define TEREDO_PEER_H
 
+#include "clock.h"
 #include "decap.h"
 #include "parse.h"
 
@@ -24,6 +25,7 @@ struct rx_decision {
 	__u32 tun_ifindex;
 	__u8 hop_limit;
 	__u8 udp_csum_pending;	/* the sender (a local one) left the UDP checksum to offload */
+	__u64 now;		/* datapath_now() when the packet was judged (lib/clock.h) */
 };
 
 /* From the Ethernet header to the peer's verdict (rx_source_verdict's reason);
@@ -52,13 +54,14 @@ static __always_inline int rx_decide(struct cursor *c, __u32 pkt_len, struct rx_
 	d->cfg_flags = cfg->flags;
 	d->ip6_len = v->ip6_len;
 	d->tun_ifindex = cfg->tun_ifindex;
+	d->now = datapath_now();
 	return rx_source_verdict(d->peer, v, cfg->flags, &d->refresh);
 }
 
 /* Activity of a peer we decapsulated for, or a new peer learned from it. */
 static __always_inline void rx_account(const struct rx_decision *d)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = d->now;
 
 	if (d->peer && d->refresh) {
 		d->peer->last_rx_ns = now;

@@ -8,6 +8,7 @@ what the program returned, the packet afterwards, and which counters moved.
 import dataclasses
 import ipaddress
 import struct
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -21,6 +22,13 @@ from . import packets as P
 XDP_DROP, XDP_PASS = 1, 2
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 NIC_IFINDEX, TUN_IFINDEX = 2, 3  # any non-zero: test runs redirect nowhere
+CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; the time module has no name for it
+
+
+def stamp_floor_ns() -> int:
+    """The earliest time the data path may stamp from now on: it reads CLOCK_MONOTONIC
+    as of the last tick (bpf/lib/clock.h), up to a tick behind now_ns()."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 @dataclass

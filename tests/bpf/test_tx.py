@@ -17,7 +17,7 @@ from xdp_teredo.datapath.layout import Kind
 
 from . import model
 from . import packets as P
-from .conftest import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
+from .conftest import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, stamp_floor_ns
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -123,7 +123,7 @@ def test_send_moves_the_peer_counters(dp):
     dp.configure()
     trusted_peer(dp, tx_packets=0xFFFF, tx_bytes=10)
     frame = to_peer()
-    before = now_ns()
+    before = stamp_floor_ns()
     first = dp.tc_tx(frame)
     second = dp.tc_tx(frame)
     after = now_ns()

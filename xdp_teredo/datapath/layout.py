@@ -13,8 +13,9 @@ Conventions (so that the BPF code compares packet bytes without byte swaps):
   xdp_teredo.datapath.maps converts them to and from ipaddress objects;
 - no implicit padding: every struct is laid out so that its fields are naturally
   aligned and the generator refuses a struct with holes;
-- times are nanoseconds of CLOCK_MONOTONIC, what bpf_ktime_get_ns() returns and
-  what time.monotonic_ns() reads (the control plane's clock, teredo/clock.py).
+- times are nanoseconds of CLOCK_MONOTONIC, what time.monotonic_ns() reads (the
+  control plane's clock, teredo/clock.py) and the data path reads as of the last
+  tick (bpf/lib/clock.h).
 """
 
 import ctypes

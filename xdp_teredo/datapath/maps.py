@@ -28,7 +28,8 @@ IPv6 = Union[str, ipaddress.IPv6Address]
 
 
 def now_ns() -> int:
-    """The data path's clock: CLOCK_MONOTONIC, as bpf_ktime_get_ns() reads it."""
+    """The data path's clock: CLOCK_MONOTONIC (the data path reads it as of the last
+    tick, up to a tick behind this: bpf/lib/clock.h)."""
     return time.monotonic_ns()
 
 

@@ -5,8 +5,9 @@ The protocol state machines never call time.* themselves; they are given a clock
 and never sleep (the pattern of pyroute2's DHCP client).
 
 The time base is CLOCK_MONOTONIC in seconds: time.monotonic() on Linux, and also
-what bpf_ktime_get_ns() counts (in ns), so timestamps read from BPF maps can be
-compared with `Clock.monotonic()` after dividing by 1e9.
+what the data path stamps (in ns, as of the last timer tick: bpf/lib/clock.h), so
+timestamps read from BPF maps can be compared with `Clock.monotonic()` after dividing
+by 1e9; they lag it by at most a tick.
 """
 
 import time

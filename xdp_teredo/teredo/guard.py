@@ -21,7 +21,8 @@ reference the BPF tests compare the C with, packet for packet.
 Flows are keyed as the host sees them: (local address, remote address, transport
 protocol, local port, remote port). ICMPv6 echo uses the identifier as the local
 port and 0 as the remote one; other transports have no ports (0, 0). Time is
-nanoseconds of CLOCK_MONOTONIC (bpf_ktime_get_ns), passed in.
+nanoseconds of CLOCK_MONOTONIC (the data path reads it as of the last tick:
+bpf/lib/clock.h), passed in.
 """
 
 from __future__ import annotations
