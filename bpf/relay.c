@@ -64,14 +64,71 @@
  * complete checksum equal to the pseudo-header sum, once in 65536), or with no
  * checksum veth configured, is the stack's: never sent round twice.
  */
+static __always_inline int relay_came_round(const struct __sk_buff *skb)
+{
+	const struct teredo_config *cfg = config_get();
+
+	return cfg && cfg->csum_in_ifindex && skb->ingress_ifindex == cfg->csum_in_ifindex;
+}
+
 static __always_inline int tc_csum_detour(struct __sk_buff *skb, __u32 *ret)
 {
 	const struct teredo_config *cfg = config_get();
 
-	if (!cfg || !cfg->csum_out_ifindex || skb->ingress_ifindex == cfg->csum_in_ifindex)
+	if (!cfg || !cfg->csum_out_ifindex || relay_came_round(skb))
 		return TEREDO_R_RELAY_OFFLOAD_PENDING;
 	*ret = bpf_redirect(cfg->csum_out_ifindex, 0);
 	return TEREDO_R_RELAY_CSUM_DETOUR;
+}
+
+/*
+ * Whether a client takes what a native sender left to offload (a checksum, a GSO
+ * super-packet) as it is, learnt from its own packets: left to offload, they only
+ * stay so within this kernel, across veths. A client whose outer UDP checksum
+ * arrives pending sent it from a socket on this host (Miredo), and reads our
+ * packets in userspace as they arrive: a checksum left pending stays wrong, a
+ * super-packet stays one datagram. One whose checksum arrives finished either
+ * decapsulates in the kernel (ours sends 0) or is reached through a device that
+ * finishes offloads (another machine): PeerFlag TAKES_OFFLOADS, and
+ * tc_relay_encap sends it packets whole. Learnt from what arrives from the
+ * network, not from what the checksum veth finished (relay_came_round). Written
+ * only when it changes; an entry the control plane makes anew starts without it
+ * (the detour: always right).
+ */
+static __always_inline void relay_learn_offloads(struct teredo_peer *peer, int csum_pending)
+{
+	__u16 flags;
+
+	if (!peer)
+		return;
+	flags = csum_pending ? peer->flags & ~TEREDO_PEER_TAKES_OFFLOADS :
+			       peer->flags | TEREDO_PEER_TAKES_OFFLOADS;
+	if (flags != peer->flags)
+		peer->flags = flags;
+}
+
+/*
+ * Whether tc_relay_encap encapsulates a packet with something left to offload as
+ * it is: to a client that takes it (relay_learn_offloads), a checksum left
+ * pending, and a TCP super-packet (UDP-tunnel GSO after the encapsulation, cut
+ * after us) whose segments fit the client's MTU. UDP GSO goes round the checksum
+ * veth as the client's does (tx_needs_detour in client.c): the kernel cannot cut
+ * an encapsulated one; so does a super-packet whose IPv6 length is not its own
+ * (BIG TCP): the outer lengths come from it.
+ */
+static __always_inline int relay_sends_whole(const struct __sk_buff *skb,
+					     const struct teredo_peer *peer,
+					     const struct ipv6hdr *ip6, const void *data_end,
+					     __u32 ip6_len, const struct teredo_config *cfg)
+{
+	if (!(peer->flags & TEREDO_PEER_TAKES_OFFLOADS))
+		return 0;
+	if (!skb->gso_size)
+		return 1;
+	if (ip6->nexthdr != IPPROTO_TCP || ip6_len != skb->len - ETH_HLEN)
+		return 0;
+	return relay_gso_segment_len(ip6, (const __u8 *)(ip6 + 1), data_end, skb->gso_size) <=
+	       cfg->mtu;
 }
 
 /* ------------------------------------------------------------ decapsulation */
@@ -125,6 +182,7 @@ static __always_inline int xdp_relay_decap(struct xdp_md *ctx, int *action)
 	reason = relay_rx_decide(data, data_end, data_end - data, &rx);
 	if (reason != RELAY_GO)
 		return reason;
+	relay_learn_offloads(rx.peer, rx.udp_csum_pending);
 	relay_fib6_params(&fib, rx.ip6, rx.ip6_len, ctx->ingress_ifindex);
 	reason = relay_fib_verdict(bpf_fib_lookup(ctx, &fib, sizeof(fib), 0));
 	if (reason != RELAY_GO)
@@ -180,6 +238,10 @@ static __always_inline int tc_relay_decap(struct __sk_buff *skb, __u32 *ret)
 	reason = rx_gso_verdict(relay_rx_decide(data, data_end, skb->len, &rx), skb->gso_size);
 	if (reason != RELAY_GO)
 		return reason;
+	/* What comes back from the checksum veth was finished there: it says nothing
+	 * about the client. */
+	if (!relay_came_round(skb))
+		relay_learn_offloads(rx.peer, rx.udp_csum_pending);
 	/* Only a Teredo client on this very host sends these (a veth passes its UDP
 	 * checksum on unfinished). Stripped as it is, the skb would keep csum_start
 	 * inside the headers we remove (the moved MAC header): a device further on that
@@ -420,7 +482,7 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	struct cursor c;
 	void *data, *data_end;
 	__u32 ip6_len;
-	int at;
+	int at, whole;
 	__u16 ip_id;
 	__u64 now;
 	__u8 hop_limit;
@@ -448,12 +510,14 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	 * further on; and an encapsulated GSO packet that reaches a Teredo client's
 	 * socket on this host unsegmented is one huge datagram. Round the checksum
 	 * veth, which segments and completes (tc_csum_detour); without one, the stack,
-	 * forwarding into the tun (no offloads): slow path, but right.
+	 * forwarding into the tun (no offloads): slow path, but right. A client that
+	 * takes offloads gets it as it is (relay_sends_whole).
 	 */
-	if (skb->gso_size)
+	whole = relay_sends_whole(skb, peer, ip6, data_end, ip6_len, cfg);
+	if (skb->gso_size && !whole)
 		return tc_csum_detour(skb, ret);
 	at = l4_csum_offset(ip6->nexthdr);
-	if (at >= 0) {
+	if (at >= 0 && !whole) {
 		__u16 *field = (void *)(ip6 + 1) + at;
 
 		if ((void *)(field + 1) > data_end)
@@ -464,7 +528,8 @@ static __always_inline int tc_relay_encap(struct __sk_buff *skb, __u32 *ret)
 	}
 	hop_limit = ip6->hop_limit - 1;
 
-	if (skb->len > ETH_HLEN + ip6_len && bpf_skb_change_tail(skb, ETH_HLEN + ip6_len, 0))
+	if (!skb->gso_size && skb->len > ETH_HLEN + ip6_len &&
+	    bpf_skb_change_tail(skb, ETH_HLEN + ip6_len, 0))
 		return TEREDO_R_TX_ENCAP_UNSUPPORTED;
 	/* A refusal leaves the packet unchanged: the slow path can still send it. */
 	if (bpf_skb_adjust_room(skb, TEREDO_ENCAP_OVERHEAD, BPF_ADJ_ROOM_MAC, TEREDO_ENCAP_FLAGS))

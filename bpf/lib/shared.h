@@ -38,7 +38,7 @@
 #define TEREDO_PEER_TRUSTED 0x1      /* RFC 4380 §5.2.4: the peer answered; send to it directly */
 #define TEREDO_PEER_LEARNED 0x2      /* created by the data path (ConfigFlag.LEARN_PEERS), not the control plane */
 #define TEREDO_PEER_RELAY 0x4        /* a native IPv6 host reached through this relay (§5.2.9) */
-#define TEREDO_PEER_TAKES_OFFLOADS 0x8 /* an echo left to offload came back (client/csum_detour.py): no checksum detour to it */
+#define TEREDO_PEER_TAKES_OFFLOADS 0x8 /* no checksum detour to it: client, an echo left to offload came back (client/csum_detour.py); relay, its outer UDP checksums arrive finished (bpf/relay.c) */
 
 /* struct teredo_server_config.flags */
 #define TEREDO_SERVER_ENABLED 0x1    /* off: every datagram to the server goes to the daemon (ServerPolicy) */

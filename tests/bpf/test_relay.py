@@ -636,6 +636,56 @@ def test_tc_sends_a_local_clients_partial_udp_checksum_round_the_checksum_veth(r
     assert relay.tc(from_client(to_native())).counted == {"decapsulated": 1}
 
 
+def _pending_udp(frame: bytes) -> bytes:
+    """A client frame as a sender on this host hands it over: the outer UDP checksum
+    left to offload (the folded IPv4 pseudo-header sum)."""
+    frame = bytearray(frame)
+    udp_len = struct.unpack("!H", frame[38:40])[0]
+    frame[40:42] = struct.pack("!H", _sum16(bytes(frame[26:34]) + struct.pack("!xBH", 17, udp_len)))
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_a_client_takes_offloads_while_its_checksums_arrive_finished(relay, hook):
+    """Learnt from the client's own packets: finished (another machine's, or our
+    client's 0) sets TAKES_OFFLOADS, pending (a socket on this host: Miredo)
+    clears it; the entry is rewritten only when that changes."""
+    trusted_client(relay)
+    run = getattr(relay, hook)
+    assert run(from_client(to_native())).counted == {"decapsulated": 1}
+    assert relay.prog.peers.get(CLIENT).flags & PeerFlag.TAKES_OFFLOADS
+    assert run(_pending_udp(from_client(to_native()))).counted == \
+        ({"decapsulated": 1} if hook == "xdp" else {"relay_offload_pending": 1})
+    assert not relay.prog.peers.get(CLIENT).flags & PeerFlag.TAKES_OFFLOADS
+    assert relay.prog.peers.get(CLIENT).trusted, "the other flags stay"
+
+
+def test_what_the_checksum_veth_finished_teaches_nothing(relay):
+    """A pending client packet sent round comes back finished: that is the veth's
+    doing, not the client's, so it must not make the client look as if it took
+    offloads (a Miredo client would then be sent packets it cannot read)."""
+    trusted_client(relay)
+    relay.configure(csum_out_ifindex=relay.net["small0"], csum_in_ifindex=relay.net["lan0"])
+    assert relay.tc(_pending_udp(from_client(to_native()))).counted == {"relay_csum_detour": 1}
+    back = relay.tc(from_client(to_native()), ingress=relay.net["lan0"])
+    assert back.counted == {"decapsulated": 1}
+    assert not relay.prog.peers.get(CLIENT).flags & PeerFlag.TAKES_OFFLOADS
+
+
+@pytest.mark.parametrize("make", [tcp_segment, udp_datagram], ids=["tcp", "udp"])
+def test_tc_sends_a_native_checksum_left_to_offload_whole_to_a_client_that_takes_it(relay, make):
+    """Left pending, encapsulated as it is: the client decapsulates in the kernel
+    (or a device on the way finishes it), so nothing goes round the checksum veth."""
+    trusted_client(relay, flags=PeerFlag.TRUSTED | PeerFlag.TAKES_OFFLOADS)
+    relay.configure(csum_out_ifindex=relay.net["small0"], csum_in_ifindex=relay.net["up0"])
+    packet = partial(make())
+    out = relay.tc(bytes(Ether(src=HOST_MAC, dst=LAN0_MAC, type=0x86DD)) + packet,
+                   ingress=relay.net["lan0"])
+    assert out.counted == {"encapsulated": 1} and out.retval == TC_ACT_REDIRECT
+    inner = out.frame[42:]
+    assert inner[:7] + inner[8:] == packet[:7] + packet[8:], "unchanged, checksum still pending"
+
+
 @pytest.mark.parametrize("make", [tcp_segment, udp_datagram], ids=["tcp", "udp"])
 def test_tc_sends_a_native_checksum_left_to_offload_round_the_checksum_veth(relay, make):
     trusted_client(relay)

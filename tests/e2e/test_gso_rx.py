@@ -254,6 +254,43 @@ def test_a_clients_super_packets_cross_the_relay_whole(make_lab):
     assert segs <= counted["decapsulated"] + 10, report
 
 
+def test_native_super_packets_reach_our_client_through_the_relay_whole(make_lab):
+    """Native -> Teredo across our relay (tc, as `auto` picks on veths), to our client
+    as it starts by default: its packets reach the relay with the outer UDP checksum
+    finished (0), so the relay learns that it takes offloads, and v6host's TCP
+    super-packets are encapsulated whole instead of going round the relay's checksum
+    veth to be cut (bpf/relay.c relay_learn_offloads)."""
+    from xdp_teredo.lab import roles, traffic
+
+    lab = make_lab("server", "relay", "client1", "v6host")
+    roles.start_server(lab, "xdp-teredo")
+    relay = roles.start_relay(lab, "xdp-teredo", "relay")
+    client = roles.start_client(lab, "xdp-teredo", "client1", lab["server"].ipv4[0],
+                                *traffic.ALLOW_IPERF)
+    try:
+        target = lab["v6host"].ipv6[0]
+        assert lab.ping("client1", target, count=3, deadline=10).ok
+        rows = json.loads(roles.cli(lab, "relay", "peers", "--json", check=True).stdout)
+        row = next(r for r in rows if r["address"] == str(client.address))
+        before = _relay_stats(lab)
+        flow = traffic.iperf3(lab, "client1", "v6host", target, seconds=2, reverse=True)
+        after = _relay_stats(lab)
+    finally:
+        client.stop()
+        relay.stop()
+    counted = {k: after[k] - before[k] for k in after if isinstance(after[k], int) and after[k] != before[k]}
+    encap_bytes = after["bytes"]["encapsulated"] - before["bytes"]["encapsulated"]
+    report = dict(counted, encapsulated_bytes=encap_bytes, row=row,
+                  mbps=round(flow.delivered_bps / 1e6))
+    assert row["takes_offloads"], report
+    assert flow.delivered_bps > 0 and counted.get("encapsulated", 0) > 0, report
+    # Whole: several segments per encapsulated packet on average, and none of
+    # v6host's super-packets sent round (the iperf3 control connection's first
+    # packets may be, before the client's first packet taught the relay).
+    assert encap_bytes / counted["encapsulated"] > 4 * SEGMENT_FRAME, report
+    assert counted.get("relay_csum_detour", 0) < 10, report
+
+
 def test_with_veth_offloads_pass_udp_gso_still_arrives_and_tcp_leaves_whole(make_lab):
     """--veth-offloads pass (what every NIC that is not a veth gets): TCP leaves in
     GSO super-packets, but a UDP_SEGMENT packet, which the kernel cannot cut once

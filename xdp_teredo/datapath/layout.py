@@ -256,7 +256,7 @@ class PeerFlag(enum.IntFlag):
     TRUSTED = 0x1  # RFC 4380 §5.2.4: the peer answered; send to it directly
     LEARNED = 0x2  # created by the data path (ConfigFlag.LEARN_PEERS), not the control plane
     RELAY = 0x4    # a native IPv6 host reached through this relay (§5.2.9)
-    TAKES_OFFLOADS = 0x8  # an echo left to offload came back (client/csum_detour.py): no checksum detour to it
+    TAKES_OFFLOADS = 0x8  # no checksum detour to it: client, an echo left to offload came back (client/csum_detour.py); relay, its outer UDP checksums arrive finished (bpf/relay.c)
 
 
 # ---------------------------------------------------------------------------
