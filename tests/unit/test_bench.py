@@ -164,6 +164,21 @@ def test_report_ratio_rows_and_ceiling():
     assert "| plain / miredo (the ceiling of any tunnel's ratio) | 5.00x | 5.00x | 5.00x | 5.00x |" in md
 
 
+def test_the_other_direction_gets_its_own_row_ratio_and_target():
+    """TCP dst -> src (iperf3 -R): through a relay, the clients' downloads."""
+    results = _results()
+    for run in results["runs"]:
+        run["path"] = "relay"
+        run["tcp_reverse"] = {"bps": {"plain": 2e9, "miredo": 2e8, "xdp-teredo": 1.8e9}[run["impl"]]}
+    table = report.collate(results)
+    text = "\n".join(report.targets(results, table))
+    assert ("relay, one TCP stream the other way (dst -> src), xdp-teredo / plain >= 0.8: "
+            "0.90, **met**") in text
+    md = report.markdown(results, table, [])
+    assert "| ratio of medians | UDP 64 | UDP 512 | UDP 1200 | TCP | TCP other way |" in md
+    assert "| xdp-teredo / plain | 0.70x | 0.70x | 0.70x | 0.80x | 0.90x |" in md
+
+
 def test_a_partial_run_reports_beside_its_results_and_leaves_the_docs_alone(tmp_path, monkeypatch):
     doc, img = tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img"
     doc.parent.mkdir()

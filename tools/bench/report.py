@@ -35,7 +35,10 @@ TARGETS = [
     ("p2p", "udp1200", "plain", 0.9),
     ("p2p", "tcp", "plain", 0.8),
     ("relay", "tcp", "plain", 0.8),
+    ("relay", "tcp_reverse", "plain", 0.8),
 ]
+METRIC_NAMES = {"udp1200": "UDP 1200 B", "tcp": "one TCP stream",
+                "tcp_reverse": "one TCP stream the other way (dst -> src)"}
 
 
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
@@ -109,6 +112,8 @@ def collate(results: dict) -> dict:
             for label, ns in (u.get("daemon_cpu_ns_per_pkt") or {}).items():
                 cell.setdefault(f"daemon{size}:{label}", []).append(ns)
         cell.setdefault("tcp", []).append(run["tcp"]["bps"])
+        if run.get("tcp_reverse"):
+            cell.setdefault("tcp_reverse", []).append(run["tcp_reverse"]["bps"])
         cell.setdefault("p50", []).append(run["latency"]["p50_ms"])
         cell.setdefault("p99", []).append(run["latency"]["p99_ms"])
         for label, mem in (run.get("memory") or {}).items():
@@ -137,7 +142,9 @@ def comparison(results: dict, table: dict, title: str = "Path `{}`") -> list:
         rows += [(f"UDP {s} B, limited by", f"bound{s}", "text") for s in sizes]
         rows += [(f"UDP {s} B, machine CPU ns per delivered pkt", f"cpu{s}", "") for s in sizes]
         rows += [(f"UDP {s} B, machine CPU ns per offered pkt", f"cpuoffered{s}", "") for s in sizes]
-        rows += [("TCP, one stream", "tcp", "bps"), ("ping p50 under load, ms", "p50", "ms"),
+        rows += [("TCP, one stream", "tcp", "bps"),
+                 ("TCP, one stream the other way (dst -> src)", "tcp_reverse", "bps"),
+                 ("ping p50 under load, ms", "p50", "ms"),
                  ("ping p99 under load, ms", "p99", "ms")]
         body = [[label] + [_spread(table.get((path, i), {}).get(key, []), unit) for i in impls]
                 for label, key, unit in rows]
@@ -151,6 +158,8 @@ def comparison(results: dict, table: dict, title: str = "Path `{}`") -> list:
                     for i in impls])
         lines += _table([""] + impls, body)
         keys = [f"udp{s}" for s in sizes] + ["tcp"]
+        reverse = any("tcp_reverse" in table.get((path, i), {}) for i in impls)
+        keys += ["tcp_reverse"] if reverse else []
         if "xdp-teredo" in impls:
             ratios = []
             for base in ("miredo", "plain"):
@@ -165,7 +174,8 @@ def comparison(results: dict, table: dict, title: str = "Path `{}`") -> list:
                     _ratio(_med(table[(path, "plain")].get(k, [])), _med(table[(path, "miredo")].get(k, [])))
                     for k in keys)]
                 ratios.append(["plain / miredo (the ceiling of any tunnel's ratio)"] + cells)
-            lines += _table(["ratio of medians"] + [f"UDP {s}" for s in sizes] + ["TCP"], ratios)
+            lines += _table(["ratio of medians"] + [f"UDP {s}" for s in sizes] + ["TCP"]
+                            + (["TCP other way"] if reverse else []), ratios)
     return lines
 
 
@@ -221,7 +231,7 @@ def targets(results: dict, table: dict) -> list:
     for path, key, base, want in TARGETS:
         a = _med(table.get((path, "xdp-teredo"), {}).get(key, []))
         b = _med(table.get((path, base), {}).get(key, []))
-        what = f"{path}, {'UDP 1200 B' if key == 'udp1200' else 'one TCP stream'}, xdp-teredo / {base} >= {want}"
+        what = f"{path}, {METRIC_NAMES[key]}, xdp-teredo / {base} >= {want}"
         if a is None or b is None:
             lines.append(f"- {what}: not measured in this run")
             continue

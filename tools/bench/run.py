@@ -62,6 +62,11 @@ def measure(lab, ep: setups.Endpoint, seconds: float, streams: int, sizes=UDP_SI
         }
     tcp = traffic.iperf3(lab, ep.src, ep.dst, ep.address, seconds=seconds, daemons=ep.daemons)
     out["tcp"] = {"bps": tcp.delivered_bps, "cpu_s": tcp.cpu.machine if tcp.cpu else None}
+    # The other way (dst -> src, iperf3 -R: src still connects, from behind its NAT):
+    # through a relay, the download, what its clients mostly do.
+    tcp = traffic.iperf3(lab, ep.src, ep.dst, ep.address, seconds=seconds, daemons=ep.daemons,
+                         reverse=True)
+    out["tcp_reverse"] = {"bps": tcp.delivered_bps, "cpu_s": tcp.cpu.machine if tcp.cpu else None}
     lat = traffic.ping_under_load(lab, ep.src, ep.dst, ep.address, load_seconds=seconds + 1)
     out["latency"] = {"p50_ms": lat.percentile(50), "p99_ms": lat.percentile(99),
                       "sent": lat.sent, "received": lat.received}
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--path", action="append", choices=sorted(setups.PATHS))
     ap.add_argument("--skip", action="append", choices=PARTS, default=[], help="leave a part out")
     ap.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
-    ap.add_argument("--offloads-off-repeats", type=int, default=2,
+    ap.add_argument("--offloads-off-repeats", type=int, default=3,
                     help="rounds of the comparison with the lab's veth offloads off")
     ap.add_argument("--host-repeats", type=int, default=3,
                     help="rounds of the host-traffic part (each variant once per round)")
