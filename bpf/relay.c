@@ -54,6 +54,14 @@
 
 /* ------------------------------------------------------------ checksum detour */
 
+/* A packet that came back in from the checksum veth (finished there). */
+static __always_inline int relay_came_round(const struct __sk_buff *skb)
+{
+	const struct teredo_config *cfg = config_get();
+
+	return cfg && cfg->csum_in_ifindex && skb->ingress_ifindex == cfg->csum_in_ifindex;
+}
+
 /*
  * A same-host sender's offload request (a checksum left pending, or a GSO packet)
  * that tc cannot carry out for good: no helper changes the skb's offload state. The
@@ -64,13 +72,6 @@
  * complete checksum equal to the pseudo-header sum, once in 65536), or with no
  * checksum veth configured, is the stack's: never sent round twice.
  */
-static __always_inline int relay_came_round(const struct __sk_buff *skb)
-{
-	const struct teredo_config *cfg = config_get();
-
-	return cfg && cfg->csum_in_ifindex && skb->ingress_ifindex == cfg->csum_in_ifindex;
-}
-
 static __always_inline int tc_csum_detour(struct __sk_buff *skb, __u32 *ret)
 {
 	const struct teredo_config *cfg = config_get();
