@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
     ap.add_argument("--offloads-off-repeats", type=int, default=3,
                     help="rounds of the comparison with the lab's veth offloads off")
-    ap.add_argument("--host-repeats", type=int, default=3,
+    ap.add_argument("--host-repeats", type=int, default=5,
                     help="rounds of the host-traffic part (each variant once per round)")
     ap.add_argument("--host-no-native", action="store_true",
                     help="host-traffic: leave out the --xdp-mode native variant")
