@@ -22,6 +22,7 @@ What must hold at the receiver:
 Evidence is counted, never timed.
 """
 
+import contextlib
 import ctypes
 import json
 import sys
@@ -213,6 +214,30 @@ def _relay_stats(lab) -> dict:
     return json.loads(roles.cli(lab, "relay", "stats", "--json", check=True).stdout)
 
 
+@contextlib.contextmanager
+def _through_our_relay(make_lab, *client_args):
+    """Our server, our relay (tc on its veths, as `auto` picks there) and our client
+    on client1 with client_args, client1 -> v6host answering: (lab, client, target)."""
+    from xdp_teredo.lab import roles
+
+    lab = make_lab("server", "relay", "client1", "v6host")
+    roles.start_server(lab, "xdp-teredo")
+    relay = roles.start_relay(lab, "xdp-teredo", "relay")
+    client = roles.start_client(lab, "xdp-teredo", "client1", lab["server"].ipv4[0], *client_args)
+    try:
+        target = lab["v6host"].ipv6[0]
+        assert lab.ping("client1", target, count=3, deadline=10).ok
+        yield lab, client, target
+    finally:
+        client.stop()
+        relay.stop()
+
+
+def _moved(before: dict, after: dict) -> dict:
+    """The relay's packet counters that moved between two `stats --json` reads."""
+    return {k: after[k] - before[k] for k in after if isinstance(after[k], int) and after[k] != before[k]}
+
+
 def _in_segs(lab, role: str) -> int:
     lines = [line.split() for line in lab.run(role, "cat", "/proc/net/snmp").stdout.splitlines()
              if line.startswith("Tcp:")]
@@ -226,23 +251,13 @@ def test_a_clients_super_packets_cross_the_relay_whole(make_lab):
     super-packets reach the relay. They must be forwarded whole (the egress MTU
     checked per segment, not against the whole skb, which sent each one to the slow
     path: relay_frag_needed)."""
-    from xdp_teredo.lab import roles, traffic
+    from xdp_teredo.lab import traffic
 
-    lab = make_lab("server", "relay", "client1", "v6host")
-    roles.start_server(lab, "xdp-teredo")
-    relay = roles.start_relay(lab, "xdp-teredo", "relay")
-    client = roles.start_client(lab, "xdp-teredo", "client1", lab["server"].ipv4[0],
-                                "--veth-offloads", "pass")
-    try:
-        target = lab["v6host"].ipv6[0]
-        assert lab.ping("client1", target, count=3, deadline=10).ok
+    with _through_our_relay(make_lab, "--veth-offloads", "pass") as (lab, _client, target):
         before, segs_before = _relay_stats(lab), _in_segs(lab, "v6host")
         flow = traffic.iperf3(lab, "client1", "v6host", target, seconds=2)
         after, segs = _relay_stats(lab), _in_segs(lab, "v6host") - segs_before
-    finally:
-        client.stop()
-        relay.stop()
-    counted = {k: after[k] - before[k] for k in after if isinstance(after[k], int) and after[k] != before[k]}
+    counted = _moved(before, after)
     decap_bytes = after["bytes"]["decapsulated"] - before["bytes"]["decapsulated"]
     report = dict(counted, decapsulated_bytes=decap_bytes, v6host_in_segs=segs,
                   mbps=round(flow.delivered_bps / 1e6))
@@ -262,23 +277,13 @@ def test_native_super_packets_reach_our_client_through_the_relay_whole(make_lab)
     veth to be cut (bpf/relay.c relay_learn_offloads)."""
     from xdp_teredo.lab import roles, traffic
 
-    lab = make_lab("server", "relay", "client1", "v6host")
-    roles.start_server(lab, "xdp-teredo")
-    relay = roles.start_relay(lab, "xdp-teredo", "relay")
-    client = roles.start_client(lab, "xdp-teredo", "client1", lab["server"].ipv4[0],
-                                *traffic.ALLOW_IPERF)
-    try:
-        target = lab["v6host"].ipv6[0]
-        assert lab.ping("client1", target, count=3, deadline=10).ok
+    with _through_our_relay(make_lab, *traffic.ALLOW_IPERF) as (lab, client, target):
         rows = json.loads(roles.cli(lab, "relay", "peers", "--json", check=True).stdout)
         row = next(r for r in rows if r["address"] == str(client.address))
         before = _relay_stats(lab)
         flow = traffic.iperf3(lab, "client1", "v6host", target, seconds=2, reverse=True)
         after = _relay_stats(lab)
-    finally:
-        client.stop()
-        relay.stop()
-    counted = {k: after[k] - before[k] for k in after if isinstance(after[k], int) and after[k] != before[k]}
+    counted = _moved(before, after)
     encap_bytes = after["bytes"]["encapsulated"] - before["bytes"]["encapsulated"]
     report = dict(counted, encapsulated_bytes=encap_bytes, row=row,
                   mbps=round(flow.delivered_bps / 1e6))
