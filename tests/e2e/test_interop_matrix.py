@@ -13,7 +13,6 @@ Roles are started through xdp_teredo.lab.roles, as `make demo` and tools/lab.py
 start them. One lab for the module; each case starts and stops its daemons.
 """
 
-import ipaddress
 import json
 
 import pytest

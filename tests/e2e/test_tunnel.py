@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys

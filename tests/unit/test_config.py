@@ -1,7 +1,6 @@
 """miredo.conf parsing, command-line settings and their merge (xdp_teredo/config.py)."""
 
 import ipaddress
-import os
 
 import pytest
 

@@ -8,7 +8,6 @@ import ipaddress
 import random
 import subprocess
 
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from xdp_teredo.teredo import constants as C
